@@ -1,0 +1,23 @@
+"""The ``tokcal`` command. Each ``*_cmd.py`` module in this package adds its commands to ``app``."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+app = typer.Typer(
+    name="tokcal",
+    help="Token-level calibration of sequence models: collect, evaluate, fit, check, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.endswith("_cmd")):
+    importlib.import_module(f"{__name__}.{_mod}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

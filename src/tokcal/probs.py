@@ -1,0 +1,72 @@
+"""TokenProbs: the per-token probabilities every metric reads (DESIGN §3), from a sketch.
+
+A calibrator's job, seen from the metrics, is to turn a TokenTable into a :class:`TokenProbs`;
+the uncalibrated model is ``token_probs(table)`` (temperature 1, exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import sketch
+from .table import TokenTable
+
+
+@dataclass
+class TokenProbs:
+    """Calibrated per-token quantities for N tokens.
+
+    ``top_ids``/``top_probs`` [N, k]: the k most likely ids and their probabilities, descending
+    (an argmax-changing calibrator re-sorts them); ``label_prob`` p_i(y_i) (NaN where the label is
+    unknown); ``sum_sq`` sum_j p_ij^2 over the whole vocabulary; ``entropy`` in nats.
+    """
+
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    label: np.ndarray
+    label_prob: np.ndarray
+    sum_sq: np.ndarray
+    entropy: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.top_ids[:, 0]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.top_probs[:, 0]
+
+    @property
+    def labeled(self) -> np.ndarray:
+        return self.label >= 0
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.top_ids[:, 0] == self.label
+
+    def select(self, rows: Any) -> TokenProbs:
+        return TokenProbs(self.top_ids[rows], self.top_probs[rows], self.label[rows], self.label_prob[rows],
+                          self.sum_sq[rows], self.entropy[rows])
+
+
+def token_probs(table: TokenTable, temperature: Any = 1.0) -> TokenProbs:
+    """Probabilities of ``softmax(z / T)`` from the table's sketch; T scalar or one per row.
+
+    Exact at T = 1; elsewhere within the sketch bound (see :mod:`tokcal.sketch`).
+    """
+    sk = table.sketch
+    logz, mean, _ = sketch.logit_moments(sk, temperature)
+    beta = 1.0 / np.broadcast_to(np.asarray(temperature, dtype=np.float64), (len(table),))
+    top = np.exp(beta[:, None] * sk.top_logits.astype(np.float64) - logz[:, None])
+    with np.errstate(invalid="ignore"):
+        label_prob = np.exp(beta * sk.label_logit.astype(np.float64) - logz)
+    label_prob = np.where(table.labeled, label_prob, np.nan)
+    sum_sq = sketch.sum_sq_probs(sk, temperature)
+    ent = np.maximum(logz - beta * mean, 0.0)
+    return TokenProbs(table.top_ids, top, table.label, label_prob, sum_sq, ent)

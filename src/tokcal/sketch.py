@@ -1,0 +1,528 @@
+"""Logit sketches: everything tokcal needs from a row of V logits, in O(k + B) numbers.
+
+A row of logits z (length V) is summarised by
+
+* the top-k ids and logits, descending;
+* the exact log-normaliser ``log Z(1) = logsumexp(z)``;
+* the gold logit ``z_y``;
+* a *tail summary* of the V - k logits outside the top-k: at each inverse temperature
+  beta_b of a fixed grid (``TailLayout.betas``) the tail log-partition
+  ``f(beta_b) = log sum_{j not in top-k} exp(beta_b * z_j)`` and its derivative
+  ``f'(beta_b)`` (the tail's mean logit under the tilted distribution).
+
+``f`` is a cumulant generating function: smooth and convex in beta. Between grid nodes it is
+interpolated by cubic Hermite splines (value + derivative at both ends), so the log-partition at
+any temperature is ``log Z(beta) = logaddexp(logsumexp(beta * top), f(beta))``. At beta = 1 the
+stored exact normaliser is used, so every temperature-1 quantity is exact (DESIGN §2). Off the
+grid nodes the error is the Hermite interpolation error (fourth derivative of f), well below
+1e-3 nats for 0.25 <= T <= 4 on Zipf-like and Gaussian logits (tests/test_sketch.py).
+
+The node values themselves come from a fine, non-uniform histogram of the tail offsets
+``d = z_k - z_j`` (bins narrow near the top, wider far below it), with a per-bin count and mean
+and the uniform-density variance ``w^2 / 12`` as the second cumulant; the beta = 1 node is exact.
+
+Sources that return only top-k log-probs (APIs) have an unknown tail; ``sketch_logprobs``
+spreads the remaining mass uniformly over the V - k other ids and records
+``TailLayout.kind == "uniform-remainder"``.
+
+Every public function takes its input kind explicitly: ``logits`` (unnormalised) or
+``logprobs``; temperatures are T (probabilities are softmax(z / T)), scalar or one per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ValidationError, first_bad_row
+
+DEFAULT_TOP_K = 32
+#: log2 of the inverse-temperature grid nodes (beta = 0 is added in front).
+_LOG2_BETA_NODES = np.linspace(-3.0, 3.0, 17)
+#: Fine histogram of tail offsets d = z_k - z: edges a * (exp(j r) - 1), J bins up to d = 80.
+_FINE_A, _FINE_J, _FINE_DMAX = 0.5, 128, 80.0
+_FINE_R = np.log1p(_FINE_DMAX / _FINE_A) / _FINE_J
+_FINE_EDGES = _FINE_A * np.expm1(_FINE_R * np.arange(_FINE_J + 1))
+_FINE_VAR = np.diff(_FINE_EDGES) ** 2 / 12.0
+_LUT_RES = 0.005  # offset quantum for the bin lookup table
+
+
+def _fine_lut() -> np.ndarray:
+    q = np.arange(int(_FINE_DMAX / _LUT_RES) + 1) * _LUT_RES
+    return np.clip(np.searchsorted(_FINE_EDGES, q, side="right") - 1, 0, _FINE_J - 1).astype(np.int32)
+
+
+_LUT = _fine_lut()
+
+
+@dataclass(frozen=True)
+class TailLayout:
+    """How the ``tail`` column is to be read.
+
+    ``kind``: ``"binned"`` (from full logits), ``"uniform-remainder"`` (from top-k log-probs:
+    remaining mass spread evenly over the other ids) or ``"empty"`` (k == V).
+    ``betas``: inverse temperatures of the nodes, ascending, starting at 0.
+    """
+
+    kind: str = "binned"
+    betas: tuple[float, ...] = field(
+        default_factory=lambda: (0.0, *(float(2.0**e) for e in _LOG2_BETA_NODES))
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "betas": list(self.betas)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TailLayout:
+        return cls(kind=str(d["kind"]), betas=tuple(float(b) for b in d["betas"]))
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.betas)
+
+    @property
+    def tail_known(self) -> bool:
+        return self.kind != "uniform-remainder"
+
+
+@dataclass
+class LogitSketch:
+    """The sketch of N rows: the TokenTable's numeric columns, without the bookkeeping."""
+
+    top_ids: np.ndarray  # int32 [N, k]
+    top_logits: np.ndarray  # float32 [N, k], descending
+    label_logit: np.ndarray  # float32 [N]; NaN where the label is unknown
+    log_normalizer: np.ndarray  # float32 [N], exact logsumexp at T = 1
+    tail: np.ndarray  # float32 [N, B, 2]: f(beta_b), f'(beta_b)
+    layout: TailLayout
+    vocab_size: int
+
+    def __len__(self) -> int:
+        return int(self.top_logits.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.top_logits.shape[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Building sketches
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_logits_shape(shape: tuple[int, ...], top_k: int) -> None:
+    if len(shape) != 2:
+        raise ValidationError(f"logits: expected a 2-D array [tokens, vocab], got shape {tuple(shape)}")
+    if shape[0] == 0:
+        raise ValidationError("logits: empty (0 tokens)")
+    if not 1 <= top_k <= shape[1]:
+        raise ValidationError(f"top_k={top_k} must be in [1, vocab size {shape[1]}]")
+
+
+def _check_labels(labels: np.ndarray | None, n: int, vocab_size: int) -> np.ndarray:
+    if labels is None:
+        return np.full(n, -1, dtype=np.int32)
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValidationError(f"labels: expected shape ({n},) to match logits, got {labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValidationError(f"labels: expected integer token ids, got dtype {labels.dtype}")
+    bad = (labels < -1) | (labels >= vocab_size)
+    if bad.any():
+        i = first_bad_row(bad)
+        raise ValidationError(
+            f"labels: row {i} has id {int(labels[i])}, outside [0, {vocab_size}) (use -1 for unknown)"
+        )
+    return labels.astype(np.int32)
+
+
+def _numba_kernel():
+    import numba
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def sift_down(hv, hi, pos, size):
+        # min-heap on (value, -id): the root is the weakest of the current top-k
+        while True:
+            left = 2 * pos + 1
+            if left >= size:
+                return
+            child = left
+            right = left + 1
+            if right < size and (hv[right] < hv[left] or (hv[right] == hv[left] and hi[right] > hi[left])):
+                child = right
+            if hv[child] < hv[pos] or (hv[child] == hv[pos] and hi[child] > hi[pos]):
+                hv[pos], hv[child] = hv[child], hv[pos]
+                hi[pos], hi[child] = hi[child], hi[pos]
+                pos = child
+            else:
+                return
+
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def sum_exp(row, mx):
+        s = 0.0
+        for j in range(row.shape[0]):
+            s += np.exp(np.float64(row[j]) - mx)
+        return s
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def kernel(z, labels, k, lut, inv_res, top_ids, top_vals, log_norm, tail1, label_logit, cnt, sm, bad):
+        n, v = z.shape
+        qmax = lut.shape[0] - 1
+        for i in numba.prange(n):
+            row = z[i]
+            finite = True
+            for j in range(v):
+                if not np.isfinite(row[j]):
+                    finite = False
+                    break
+            if not finite:
+                bad[i] = 1
+                continue
+            hv = top_vals[i]
+            hi = top_ids[i]
+            for j in range(k):
+                hv[j] = row[j]
+                hi[j] = j
+            for p in range(k // 2 - 1, -1, -1):
+                sift_down(hv, hi, p, k)
+            for j in range(k, v):
+                x = row[j]
+                if x > hv[0]:
+                    hv[0] = x
+                    hi[0] = j
+                    sift_down(hv, hi, 0, k)
+            # heap sort: repeatedly move the weakest to the end -> descending order
+            for end in range(k - 1, 0, -1):
+                hv[0], hv[end] = hv[end], hv[0]
+                hi[0], hi[end] = hi[end], hi[0]
+                sift_down(hv, hi, 0, end)
+            mx = np.float64(hv[0])
+            zk = hv[k - 1]
+            s = sum_exp(row, mx)
+            for j in range(v):
+                x = row[j]
+                d = zk - x
+                q = 0
+                if d > 0:
+                    q = min(int(d * inv_res), qmax)
+                b = lut[q]
+                cnt[i, b] += 1.0
+                sm[i, b] += x
+            stop = 0.0
+            for t in range(k):
+                x = hv[t]
+                cnt[i, 0] -= 1.0
+                sm[i, 0] -= x
+                stop += np.exp(np.float64(x) - mx)
+            log_norm[i] = mx + np.log(s)
+            rest = s - stop
+            tail1[i] = mx + np.log(rest) if rest > 0 else -np.inf
+            if labels[i] >= 0:
+                label_logit[i] = row[labels[i]]
+            else:
+                label_logit[i] = np.nan
+
+    return kernel
+
+
+_KERNEL = None
+
+
+def _sketch_chunk_numpy(z: np.ndarray, labels: np.ndarray, k: int):
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _numba_kernel()
+    n = z.shape[0]
+    top_ids = np.empty((n, k), np.int32)
+    top_vals = np.empty((n, k), np.float32)
+    log_norm = np.empty(n, np.float64)
+    tail1 = np.empty(n, np.float64)
+    label_logit = np.empty(n, np.float32)
+    cnt = np.zeros((n, _FINE_J), np.float64)
+    sm = np.zeros((n, _FINE_J), np.float64)
+    bad = np.zeros(n, np.uint8)
+    _KERNEL(
+        np.ascontiguousarray(z), labels, k, _LUT, 1.0 / _LUT_RES,
+        top_ids, top_vals, log_norm, tail1, label_logit, cnt, sm, bad,
+    )
+    return top_ids, top_vals, log_norm, tail1, label_logit, cnt, sm, bad
+
+
+def _sketch_chunk_torch(z, labels: np.ndarray, k: int):
+    import torch
+
+    z = z.detach()
+    if z.dtype not in (torch.float32, torch.float64):
+        z = z.float()
+    dev = z.device
+    finite = torch.isfinite(z).all(dim=1)
+    bad = (~finite).to(torch.uint8).cpu().numpy()
+    if bad.any():
+        z = torch.where(finite[:, None], z, torch.zeros((), dtype=z.dtype, device=dev))
+    vals, ids = z.topk(k, dim=1)
+    log_norm = torch.logsumexp(z.double() if dev.type == "cpu" else z, dim=1)
+    masked = z.scatter(1, ids, float("-inf"))
+    tail1 = torch.logsumexp(masked, dim=1) if k < z.shape[1] else torch.full_like(log_norm, float("-inf"))
+    d = (vals[:, -1:] - z).clamp_(0, _FINE_DMAX) / _LUT_RES
+    lut = torch.as_tensor(_LUT, device=dev, dtype=torch.long)
+    b = lut[d.long().clamp_(max=len(_LUT) - 1)]
+    b.scatter_(1, ids, _FINE_J)  # top-k go to a discard bin
+    ones = torch.ones_like(z)
+    cnt = torch.zeros(z.shape[0], _FINE_J + 1, device=dev, dtype=z.dtype).scatter_add_(1, b, ones)
+    sm = torch.zeros(z.shape[0], _FINE_J + 1, device=dev, dtype=z.dtype).scatter_add_(1, b, z)
+    lab = torch.as_tensor(labels, device=dev, dtype=torch.long)
+    lab_logit = z.gather(1, lab.clamp(min=0)[:, None])[:, 0]
+    lab_logit = torch.where(lab >= 0, lab_logit, torch.full_like(lab_logit, float("nan")))
+
+    def cpu(t, dtype):
+        return t.cpu().numpy().astype(dtype, copy=False)
+
+    return (
+        cpu(ids, np.int32), cpu(vals, np.float32), cpu(log_norm, np.float64), cpu(tail1, np.float64),
+        cpu(lab_logit, np.float32), cpu(cnt[:, :-1], np.float64), cpu(sm[:, :-1], np.float64), bad,
+    )
+
+
+def _tail_nodes(cnt: np.ndarray, sm: np.ndarray, tail1: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """Node values f(beta_b), f'(beta_b) from a fine histogram (count, sum) of the tail [n, J]."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(cnt > 0, sm / np.maximum(cnt, 1.0), 0.0)
+        logc = np.where(cnt > 0, np.log(cnt), -np.inf)
+    out = np.empty((cnt.shape[0], len(betas), 2), np.float64)
+    empty = ~np.isfinite(logc).any(axis=1)
+    for b, beta in enumerate(betas):
+        a = logc + beta * mean + 0.5 * beta * beta * _FINE_VAR
+        amax = np.max(a, axis=1, keepdims=True)
+        amax = np.where(np.isfinite(amax), amax, 0.0)
+        w = np.exp(a - amax)
+        s = w.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[:, b, 0] = amax[:, 0] + np.log(s)
+            out[:, b, 1] = (w * (mean + beta * _FINE_VAR)).sum(axis=1) / s
+        if beta == 1.0:
+            out[:, b, 0] = tail1
+    out[empty, :, 0] = -np.inf
+    out[empty, :, 1] = 0.0
+    return out.astype(np.float32)
+
+
+def sketch_logits(
+    logits: Any,
+    labels: Any = None,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    chunk_rows: int = 2048,
+) -> LogitSketch:
+    """Sketch full ``logits`` [N, V] (numpy array or torch tensor, any device).
+
+    Numpy input runs a parallel numba kernel; torch input is processed on its own device in
+    chunks of ``chunk_rows`` rows, so full logits never need to leave the accelerator.
+    ``labels``: gold ids [N] (-1 = unknown) or None.
+    """
+    is_torch = hasattr(logits, "detach") and hasattr(logits, "device")
+    shape = tuple(logits.shape)
+    _check_logits_shape(shape, top_k)
+    n, vocab = shape
+    labels = _check_labels(None if labels is None else _to_numpy(labels), n, vocab)
+    if not is_torch:
+        logits = np.asarray(logits)
+        if not np.issubdtype(logits.dtype, np.floating):
+            raise ValidationError(f"logits: expected floating point values, got dtype {logits.dtype}")
+        if logits.dtype not in (np.float32, np.float64):
+            logits = logits.astype(np.float32)
+    layout = TailLayout(kind="binned" if top_k < vocab else "empty")
+    betas = np.asarray(layout.betas)
+    parts = []
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        z = logits[start:stop]
+        lab = labels[start:stop]
+        res = _sketch_chunk_torch(z, lab, top_k) if is_torch else _sketch_chunk_numpy(z, lab, top_k)
+        ids, vals, lnorm, tail1, lab_logit, cnt, sm, bad = res
+        if bad.any():
+            i = start + first_bad_row(bad.astype(bool))
+            raise ValidationError(f"logits: row {i} contains NaN or inf")
+        parts.append((ids, vals, lab_logit, lnorm.astype(np.float32), _tail_nodes(cnt, sm, tail1, betas)))
+    cols = [np.concatenate(c) for c in zip(*parts)]
+    return LogitSketch(*cols, layout=layout, vocab_size=vocab)
+
+
+def sketch_logprobs(
+    top_ids: Any,
+    top_logprobs: Any,
+    label_logprob: Any,
+    *,
+    vocab_size: int,
+) -> LogitSketch:
+    """Sketch from top-k log-probs alone (API outputs: OpenAI, vLLM), tail unknown.
+
+    The mass left outside the top-k, ``r = 1 - sum(exp(top_logprobs))``, is spread evenly over the
+    other ``V - k`` ids: ``f(beta) = log(V - k) + beta * log(r / (V - k))``. The log-probs act as
+    logits with ``log Z(1) = logaddexp(logsumexp(top), log r) = 0``. ``label_logprob`` [N] is the
+    gold token's log-prob (NaN where unknown). Rows are re-sorted descending.
+    """
+    ids = np.asarray(top_ids)
+    lp = np.asarray(top_logprobs, dtype=np.float64)
+    if lp.ndim != 2 or ids.shape != lp.shape:
+        raise ValidationError(f"top_logprobs: expected matching 2-D arrays, got {ids.shape} and {lp.shape}")
+    n, k = lp.shape
+    if n == 0:
+        raise ValidationError("top_logprobs: empty (0 tokens)")
+    if k > vocab_size:
+        raise ValidationError(f"top_logprobs: k={k} exceeds vocab_size={vocab_size}")
+    if (ids < 0).any() or (ids >= vocab_size).any():
+        i = first_bad_row(((ids < 0) | (ids >= vocab_size)).any(axis=1))
+        raise ValidationError(f"top_ids: row {i} has an id outside [0, {vocab_size})")
+    bad = np.isnan(lp).any(axis=1) | (lp > 1e-6).any(axis=1)
+    if bad.any():
+        i = first_bad_row(bad)
+        raise ValidationError(f"top_logprobs: row {i} has NaN or a log-prob above 0: {lp[i].tolist()}")
+    lp = np.maximum(lp, -1e4)  # APIs write -9999 or -inf for "practically zero"
+    order = np.argsort(-lp, axis=1, kind="stable")
+    lp = np.take_along_axis(lp, order, 1)
+    ids = np.take_along_axis(ids, order, 1).astype(np.int32)
+    lab = np.asarray(label_logprob, dtype=np.float64)
+    lab = np.where(np.isnan(lab), np.nan, np.maximum(lab, -1e4))
+    top_mass = np.exp(lp).sum(axis=1)
+    rest = vocab_size - k
+    layout = TailLayout(kind="uniform-remainder" if rest > 0 else "empty")
+    betas = np.asarray(layout.betas)
+    tail = np.zeros((n, len(betas), 2), np.float64)
+    if rest > 0:
+        remainder = np.clip(1.0 - top_mass, 1e-12, 1.0)
+        per_id = np.log(remainder / rest)
+        tail[:, :, 0] = np.log(rest) + betas[None, :] * per_id[:, None]
+        tail[:, :, 1] = per_id[:, None]
+        log_norm = np.logaddexp(_logsumexp(lp), np.log(remainder))
+    else:
+        tail[:, :, 0] = -np.inf
+        log_norm = _logsumexp(lp)
+    return LogitSketch(
+        ids, lp.astype(np.float32), lab.astype(np.float32), log_norm.astype(np.float32),
+        tail.astype(np.float32), layout, int(vocab_size),
+    )
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _logsumexp(a: np.ndarray, axis: int = 1) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return (m + np.log(np.exp(a - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantities at any temperature
+# ----------------------------------------------------------------------------------------------
+
+
+def _beta(temperature: Any, n: int) -> np.ndarray:
+    t = np.asarray(temperature, dtype=np.float64)
+    if t.ndim == 0:
+        t = np.full(n, float(t))
+    if t.shape != (n,):
+        raise ValidationError(f"temperature: expected a scalar or shape ({n},), got {t.shape}")
+    if not np.all(np.isfinite(t)) or np.any(t <= 0):
+        i = first_bad_row(~np.isfinite(t) | (t <= 0))
+        raise ValidationError(f"temperature: row {i} has {t[i]}, must be finite and > 0")
+    return 1.0 / t
+
+
+def tail_cumulants(sk: LogitSketch, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tail log-partition f(beta), f'(beta), f''(beta) per row by cubic Hermite interpolation.
+
+    Above the last node f is extended linearly (f'' = 0), the asymptote of a log-partition.
+    """
+    nodes = np.asarray(sk.layout.betas)
+    f = sk.tail[:, :, 0].astype(np.float64)
+    g = sk.tail[:, :, 1].astype(np.float64)
+    n = len(sk)
+    rows = np.arange(n)
+    if sk.layout.kind == "empty":
+        z = np.zeros(n)
+        return np.full(n, -np.inf), z, z
+    beyond = beta >= nodes[-1]
+    j = np.clip(np.searchsorted(nodes, beta, side="right") - 1, 0, len(nodes) - 2)
+    x0, x1 = nodes[j], nodes[j + 1]
+    h = x1 - x0
+    t = np.clip((beta - x0) / h, 0.0, 1.0)
+    f0, f1, g0, g1 = f[rows, j], f[rows, j + 1], g[rows, j] * h, g[rows, j + 1] * h
+    t2, t3 = t * t, t * t * t
+    val = (2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * g0 + (-2 * t3 + 3 * t2) * f1 + (t3 - t2) * g1
+    d1 = ((6 * t2 - 6 * t) * f0 + (3 * t2 - 4 * t + 1) * g0 + (-6 * t2 + 6 * t) * f1 + (3 * t2 - 2 * t) * g1) / h
+    d2 = ((12 * t - 6) * f0 + (6 * t - 4) * g0 + (-12 * t + 6) * f1 + (6 * t - 2) * g1) / (h * h)
+    last_f, last_g = f[:, -1], g[:, -1]
+    val = np.where(beyond, last_f + (beta - nodes[-1]) * last_g, val)
+    d1 = np.where(beyond, last_g, d1)
+    d2 = np.where(beyond, 0.0, np.maximum(d2, 0.0))
+    return val, d1, d2
+
+
+def logit_moments(sk: LogitSketch, temperature: Any = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``log Z(beta)``, ``E_p[z]`` and ``Var_p[z]`` under ``p = softmax(beta z)``, beta = 1/T.
+
+    These are the value, gradient and curvature of the log-partition in beta: the NLL of the gold
+    token is ``log Z(beta) - beta z_y``, so its Newton step needs exactly these (DESIGN §4).
+    """
+    n = len(sk)
+    beta = _beta(temperature, n)
+    top = sk.top_logits.astype(np.float64)
+    a = beta[:, None] * top
+    f, f1, f2 = tail_cumulants(sk, beta)
+    logz = np.logaddexp(_logsumexp(a), f)
+    exact = beta == 1.0
+    if exact.any():
+        logz = np.where(exact, sk.log_normalizer.astype(np.float64), logz)
+    p_top = np.exp(a - logz[:, None])
+    with np.errstate(invalid="ignore"):
+        p_tail = np.where(np.isfinite(f), np.exp(f - logz), 0.0)
+    mean = (p_top * top).sum(axis=1) + p_tail * f1
+    second = (p_top * top * top).sum(axis=1) + p_tail * (f2 + f1 * f1)
+    var = np.maximum(second - mean * mean, 0.0)
+    return logz, mean, var
+
+
+def log_partition(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
+    """``log Z(T) = log sum_j exp(z_j / T)`` per row (float64); exact at T = 1."""
+    n = len(sk)
+    beta = _beta(temperature, n)
+    f = tail_cumulants(sk, beta)[0]
+    logz = np.logaddexp(_logsumexp(beta[:, None] * sk.top_logits.astype(np.float64)), f)
+    return np.where(beta == 1.0, sk.log_normalizer.astype(np.float64), logz)
+
+
+def top_logprobs(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
+    """Log-probabilities of the top-k ids at temperature T, [N, k] float64."""
+    beta = _beta(temperature, len(sk))
+    return beta[:, None] * sk.top_logits.astype(np.float64) - log_partition(sk, temperature)[:, None]
+
+
+def label_logprob(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
+    """Log-probability of the gold token at temperature T (NaN where the label is unknown)."""
+    beta = _beta(temperature, len(sk))
+    return beta * sk.label_logit.astype(np.float64) - log_partition(sk, temperature)
+
+
+def confidence(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
+    """Top-1 probability ``c = max_j p_j`` at temperature T."""
+    beta = _beta(temperature, len(sk))
+    return np.exp(beta * sk.top_logits[:, 0].astype(np.float64) - log_partition(sk, temperature))
+
+
+def entropy(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
+    """Shannon entropy in nats, ``H = log Z(beta) - beta E_p[z]``."""
+    beta = _beta(temperature, len(sk))
+    logz, mean, _ = logit_moments(sk, temperature)
+    return np.maximum(logz - beta * mean, 0.0)
+
+
+def sum_sq_probs(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
+    """``sum_j p_j^2 = Z(2 beta) / Z(beta)^2`` (the quadratic term of the full Brier score)."""
+    t = np.asarray(temperature, dtype=np.float64)
+    return np.exp(log_partition(sk, t / 2.0) - 2.0 * log_partition(sk, t))

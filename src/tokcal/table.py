@@ -1,0 +1,492 @@
+"""TokenTable: one row per predicted token (DESIGN §2), validated, sliceable, stored as Parquet."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._version import __version__
+from .errors import SchemaError, ValidationError, first_bad_row
+from .sketch import DEFAULT_TOP_K, LogitSketch, TailLayout, sketch_logits, sketch_logprobs
+
+SCHEMA_VERSION = 1
+_META_KEY = b"tokcal"
+_REQUIRED = (
+    "sequence_id", "position", "label", "top_ids", "top_logits",
+    "label_logit", "log_normalizer", "tail_logz", "tail_mean",
+)
+
+
+@dataclass(frozen=True)
+class GroupColumn:
+    """A dictionary-encoded categorical column: ``categories[codes[i]]`` is row i's value."""
+
+    codes: np.ndarray  # int32 [N]
+    categories: tuple[str, ...]
+
+    @classmethod
+    def from_values(cls, name: str, values: Any, n: int) -> GroupColumn:
+        if isinstance(values, GroupColumn):
+            col = values
+        elif isinstance(values, str):
+            col = cls(np.zeros(n, np.int32), (values,))
+        else:
+            arr = np.asarray(values).astype(str)
+            if arr.shape != (n,):
+                raise ValidationError(f"group '{name}': expected {n} values, got shape {arr.shape}")
+            cats, codes = np.unique(arr, return_inverse=True)
+            col = cls(codes.astype(np.int32), tuple(str(c) for c in cats))
+        if col.codes.shape != (n,):
+            raise ValidationError(f"group '{name}': expected {n} codes, got shape {col.codes.shape}")
+        if col.codes.size and (col.codes.min() < 0 or col.codes.max() >= len(col.categories)):
+            i = first_bad_row((col.codes < 0) | (col.codes >= len(col.categories)))
+            raise ValidationError(f"group '{name}': row {i} has code {col.codes[i]} without a category")
+        return col
+
+    def values(self) -> np.ndarray:
+        return np.asarray(self.categories, dtype=object)[self.codes]
+
+    def take(self, idx: np.ndarray) -> GroupColumn:
+        return GroupColumn(self.codes[idx], self.categories)
+
+
+class TokenTable:
+    """Per-token predictions: the logit sketch of each token plus ids, groups and features.
+
+    Build one with :meth:`from_logits` (full logits), :meth:`from_logprobs` (API top-k
+    log-probs) or :meth:`read_parquet`. Columns are numpy arrays; rows with ``label == -1`` are
+    kept (for annotation) but excluded from every metric.
+    """
+
+    def __init__(
+        self,
+        *,
+        sequence_id: Any,
+        position: Any,
+        label: Any,
+        top_ids: Any,
+        top_logits: Any,
+        label_logit: Any,
+        log_normalizer: Any,
+        tail: Any,
+        layout: TailLayout,
+        vocab_size: int,
+        groups: Mapping[str, Any] | None = None,
+        features: Any = None,
+        vocab: Sequence[str] | None = None,
+        source: Mapping[str, Any] | None = None,
+        validate: bool = True,
+    ) -> None:
+        self.sequence_id = np.asarray(sequence_id, dtype=np.int64)
+        self.position = np.asarray(position, dtype=np.int32)
+        self.label = np.asarray(label, dtype=np.int32)
+        self.top_ids = np.asarray(top_ids, dtype=np.int32)
+        self.top_logits = np.asarray(top_logits, dtype=np.float32)
+        self.label_logit = np.asarray(label_logit, dtype=np.float32)
+        self.log_normalizer = np.asarray(log_normalizer, dtype=np.float32)
+        self.tail = np.asarray(tail, dtype=np.float32)
+        self.layout = layout
+        self.vocab_size = int(vocab_size)
+        n = len(self.label)
+        self.groups: dict[str, GroupColumn] = {
+            str(k): GroupColumn.from_values(str(k), v, n) for k, v in (groups or {}).items()
+        }
+        self.features = None if features is None else np.asarray(features, dtype=np.float32)
+        self.vocab = None if vocab is None else list(vocab)
+        self.source = dict(source or {})
+        if validate:
+            self.validate()
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_sketch(
+        cls,
+        sk: LogitSketch,
+        labels: Any = None,
+        *,
+        sequence_ids: Any = None,
+        positions: Any = None,
+        groups: Mapping[str, Any] | None = None,
+        features: Any = None,
+        vocab: Sequence[str] | None = None,
+        source: Mapping[str, Any] | None = None,
+    ) -> TokenTable:
+        n = len(sk)
+        labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels)
+        seq = np.zeros(n, np.int64) if sequence_ids is None else np.asarray(sequence_ids)
+        pos = np.arange(n, dtype=np.int32) if positions is None else np.asarray(positions)
+        return cls(
+            sequence_id=seq, position=pos, label=labels, top_ids=sk.top_ids, top_logits=sk.top_logits,
+            label_logit=sk.label_logit, log_normalizer=sk.log_normalizer, tail=sk.tail,
+            layout=sk.layout, vocab_size=sk.vocab_size, groups=groups, features=features,
+            vocab=vocab, source=source,
+        )
+
+    @classmethod
+    def from_logits(
+        cls,
+        logits: Any,
+        labels: Any = None,
+        *,
+        sequence_ids: Any = None,
+        positions: Any = None,
+        top_k: int = DEFAULT_TOP_K,
+        groups: Mapping[str, Any] | None = None,
+        features: Any = None,
+        vocab: Sequence[str] | None = None,
+        source: Mapping[str, Any] | None = None,
+    ) -> TokenTable:
+        """Sketch full ``logits`` [N, V] (numpy or torch) with gold ``labels`` [N] (-1 = unknown).
+
+        ``sequence_ids`` default to one sequence; ``positions`` to 0..N-1.
+        """
+        sk = sketch_logits(logits, labels, top_k=top_k)
+        return cls.from_sketch(
+            sk, labels, sequence_ids=sequence_ids, positions=positions, groups=groups,
+            features=features, vocab=vocab, source=source,
+        )
+
+    @classmethod
+    def from_logprobs(
+        cls,
+        top_ids: Any,
+        top_logprobs: Any,
+        labels: Any,
+        label_logprob: Any,
+        *,
+        vocab_size: int,
+        sequence_ids: Any = None,
+        positions: Any = None,
+        groups: Mapping[str, Any] | None = None,
+        vocab: Sequence[str] | None = None,
+        source: Mapping[str, Any] | None = None,
+    ) -> TokenTable:
+        """Build from top-k ``logprobs`` only (API outputs); the tail is unknown (DESIGN §2)."""
+        sk = sketch_logprobs(top_ids, top_logprobs, label_logprob, vocab_size=vocab_size)
+        return cls.from_sketch(
+            sk, labels, sequence_ids=sequence_ids, positions=positions, groups=groups,
+            vocab=vocab, source=source,
+        )
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise :class:`ValidationError` naming the column and first bad row of any violation."""
+        n = len(self.label)
+        if n == 0:
+            raise ValidationError("empty TokenTable: 0 tokens")
+        if self.top_ids.ndim != 2 or self.top_ids.shape[0] != n:
+            raise ValidationError(f"top_ids: expected shape ({n}, k), got {self.top_ids.shape}")
+        k = self.top_ids.shape[1]
+        for name, arr, shape in (
+            ("sequence_id", self.sequence_id, (n,)),
+            ("position", self.position, (n,)),
+            ("label_logit", self.label_logit, (n,)),
+            ("log_normalizer", self.log_normalizer, (n,)),
+            ("top_logits", self.top_logits, (n, k)),
+            ("tail", self.tail, (n, self.layout.n_nodes, 2)),
+        ):
+            if arr.shape != shape:
+                raise ValidationError(f"{name}: expected shape {shape}, got {arr.shape}")
+        if not 1 <= k <= self.vocab_size:
+            raise ValidationError(f"top_ids: k={k} must be in [1, vocab_size={self.vocab_size}]")
+        if self.layout.kind == "empty" and k != self.vocab_size:
+            raise ValidationError(f"tail layout 'empty' needs k == vocab_size, got k={k}")
+        self._check((self.label < -1) | (self.label >= self.vocab_size), "label",
+                    f"outside [0, {self.vocab_size}) and not -1", self.label)
+        self._check((self.top_ids < 0).any(1) | (self.top_ids >= self.vocab_size).any(1), "top_ids",
+                    f"has an id outside [0, {self.vocab_size})", self.top_ids)
+        self._check(~np.isfinite(self.top_logits).all(1), "top_logits", "is not finite", self.top_logits)
+        self._check((np.diff(self.top_logits, axis=1) > 0).any(1), "top_logits", "is not sorted descending",
+                    self.top_logits)
+        self._check(~np.isfinite(self.log_normalizer), "log_normalizer", "is not finite", self.log_normalizer)
+        known = self.label >= 0
+        self._check(known & ~np.isfinite(self.label_logit), "label_logit",
+                    "is not finite for a known label", self.label_logit)
+        self._check(self.label_logit > self.top_logits[:, 0] + 1e-4 * (1 + np.abs(self.top_logits[:, 0])),
+                    "label_logit", "exceeds the top-1 logit", self.label_logit)
+        bad_tail = np.isnan(self.tail).any((1, 2)) | np.isposinf(self.tail).any((1, 2))
+        self._check(bad_tail, "tail", "contains NaN or +inf", self.tail)
+        if self.features is not None and (self.features.ndim != 2 or self.features.shape[0] != n):
+            raise ValidationError(f"features: expected shape ({n}, F), got {self.features.shape}")
+        if self.features is not None:
+            self._check(~np.isfinite(self.features).all(1), "features", "is not finite", self.features)
+        if self.vocab is not None and len(self.vocab) != self.vocab_size:
+            raise ValidationError(f"vocab: {len(self.vocab)} strings for vocab_size={self.vocab_size}")
+
+    @staticmethod
+    def _check(mask: np.ndarray, column: str, what: str, values: np.ndarray) -> None:
+        if mask.any():
+            i = first_bad_row(mask)
+            raise ValidationError(f"{column}: row {i} {what} (value {values[i].tolist()!r})")
+
+    # -- basic accessors -----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def __repr__(self) -> str:
+        return (f"TokenTable(n={len(self)}, k={self.k}, vocab_size={self.vocab_size}, "
+                f"sequences={self.n_sequences}, groups={list(self.groups)}, tail={self.layout.kind!r})")
+
+    @property
+    def k(self) -> int:
+        return int(self.top_ids.shape[1])
+
+    @property
+    def n_sequences(self) -> int:
+        return int(np.unique(self.sequence_id).size)
+
+    @property
+    def labeled(self) -> np.ndarray:
+        """Mask of rows with a known gold label (the rows metrics count)."""
+        return self.label >= 0
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """argmax id of each row (calibrators that preserve the argmax keep it)."""
+        return self.top_ids[:, 0]
+
+    @property
+    def correct(self) -> np.ndarray:
+        """``1[argmax == label]`` (False where the label is unknown)."""
+        return self.top_ids[:, 0] == self.label
+
+    @property
+    def sketch(self) -> LogitSketch:
+        return LogitSketch(self.top_ids, self.top_logits, self.label_logit, self.log_normalizer,
+                           self.tail, self.layout, self.vocab_size)
+
+    def group(self, name: str) -> GroupColumn:
+        if name not in self.groups:
+            raise ValidationError(f"no group column '{name}'; this table has {sorted(self.groups)}")
+        return self.groups[name]
+
+    def token_strings(self, ids: Any) -> list[str]:
+        """Vocabulary strings of ``ids`` (``<id>`` where the table has no vocabulary)."""
+        ids = np.asarray(ids).ravel()
+        if self.vocab is None:
+            return [f"<{int(i)}>" for i in ids]
+        return [self.vocab[int(i)] if 0 <= i < len(self.vocab) else f"<{int(i)}>" for i in ids]
+
+    # -- selection and concatenation -----------------------------------------------------------
+
+    def select(self, rows: Any) -> TokenTable:
+        """Rows by boolean mask or integer index (a new table sharing metadata)."""
+        idx = np.asarray(rows)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise ValidationError(f"select: boolean mask of shape {idx.shape} for {len(self)} rows")
+            idx = np.flatnonzero(idx)
+        return TokenTable(
+            sequence_id=self.sequence_id[idx], position=self.position[idx], label=self.label[idx],
+            top_ids=self.top_ids[idx], top_logits=self.top_logits[idx], label_logit=self.label_logit[idx],
+            log_normalizer=self.log_normalizer[idx], tail=self.tail[idx], layout=self.layout,
+            vocab_size=self.vocab_size, groups={k: g.take(idx) for k, g in self.groups.items()},
+            features=None if self.features is None else self.features[idx], vocab=self.vocab,
+            source=self.source, validate=False,
+        ).checked_nonempty()
+
+    __getitem__ = select
+
+    def checked_nonempty(self) -> TokenTable:
+        if len(self) == 0:
+            raise ValidationError("selection is empty (0 tokens)")
+        return self
+
+    def with_groups(self, **groups: Any) -> TokenTable:
+        """A copy with extra group columns (name=values)."""
+        new = self.select(np.arange(len(self)))
+        for k, v in groups.items():
+            new.groups[k] = GroupColumn.from_values(k, v, len(self))
+        return new
+
+    @staticmethod
+    def concat(tables: Sequence[TokenTable]) -> TokenTable:
+        """Stack tables row-wise; vocabularies, k and tail layouts must agree; groups are unioned."""
+        tables = list(tables)
+        if not tables:
+            raise ValidationError("concat: no tables given")
+        first = tables[0]
+        for i, t in enumerate(tables[1:], 1):
+            if t.vocab_size != first.vocab_size:
+                raise ValidationError(f"concat: table {i} has vocab_size {t.vocab_size}, table 0 {first.vocab_size}")
+            if t.k != first.k or t.layout != first.layout:
+                raise ValidationError(f"concat: table {i} has k={t.k}/{t.layout.kind}, table 0 k={first.k}/"
+                                      f"{first.layout.kind}")
+            if set(t.groups) != set(first.groups):
+                raise ValidationError(f"concat: table {i} has groups {sorted(t.groups)}, table 0 {sorted(first.groups)}")
+            if (t.features is None) != (first.features is None):
+                raise ValidationError(f"concat: table {i} and table 0 disagree on having features")
+        groups = {}
+        for name in first.groups:
+            cats = sorted(set().union(*(t.groups[name].categories for t in tables)))
+            lookup = {c: i for i, c in enumerate(cats)}
+            codes = [np.asarray([lookup[c] for c in t.groups[name].categories], np.int32)[t.groups[name].codes]
+                     for t in tables]
+            groups[name] = GroupColumn(np.concatenate(codes), tuple(cats))
+
+        def cat(attr: str) -> np.ndarray:
+            return np.concatenate([getattr(t, attr) for t in tables])
+
+        return TokenTable(
+            sequence_id=cat("sequence_id"), position=cat("position"), label=cat("label"),
+            top_ids=cat("top_ids"), top_logits=cat("top_logits"), label_logit=cat("label_logit"),
+            log_normalizer=cat("log_normalizer"), tail=cat("tail"), layout=first.layout,
+            vocab_size=first.vocab_size, groups=groups,
+            features=None if first.features is None else cat("features"),
+            vocab=first.vocab, source=first.source, validate=False,
+        )
+
+    # -- Arrow / Parquet -----------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION, "tokcal_version": __version__, "vocab_size": self.vocab_size,
+            "k": self.k, "tail_layout": self.layout.to_dict(), "source": self.source, "vocab": self.vocab,
+        }
+
+    def to_arrow(self) -> pa.Table:
+        n, k, b = len(self), self.k, self.layout.n_nodes
+
+        def fixed(arr: np.ndarray, width: int, typ: pa.DataType) -> pa.Array:
+            return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), typ), width)
+
+        cols = {
+            "sequence_id": pa.array(self.sequence_id), "position": pa.array(self.position),
+            "label": pa.array(self.label), "top_ids": fixed(self.top_ids, k, pa.int32()),
+            "top_logits": fixed(self.top_logits, k, pa.float32()), "label_logit": pa.array(self.label_logit),
+            "log_normalizer": pa.array(self.log_normalizer),
+            "tail_logz": fixed(np.ascontiguousarray(self.tail[:, :, 0]), b, pa.float32()),
+            "tail_mean": fixed(np.ascontiguousarray(self.tail[:, :, 1]), b, pa.float32()),
+        }
+        for name, g in self.groups.items():
+            cols[f"group:{name}"] = pa.DictionaryArray.from_arrays(pa.array(g.codes), pa.array(list(g.categories)))
+        if self.features is not None:
+            cols["features"] = fixed(self.features, self.features.shape[1], pa.float32())
+        table = pa.table(cols)
+        assert table.num_rows == n
+        return table.replace_schema_metadata({_META_KEY: json.dumps(self.metadata()).encode()})
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, where: str = "table") -> TokenTable:
+        meta = _read_meta(table.schema.metadata, where)
+        missing = [c for c in _REQUIRED if c not in table.column_names]
+        if missing:
+            raise SchemaError(f"{where}: missing column(s) {missing}")
+        n = table.num_rows
+
+        def fixed(name: str, dtype: Any) -> np.ndarray:
+            col = table.column(name).combine_chunks()
+            flat = col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+            return flat.reshape(n, -1) if n else flat.reshape(0, col.type.list_size)
+
+        def plain(name: str, dtype: Any) -> np.ndarray:
+            return table.column(name).to_numpy().astype(dtype, copy=False)
+
+        groups = {}
+        for name in table.column_names:
+            if name.startswith("group:"):
+                col = table.column(name).combine_chunks()
+                if not pa.types.is_dictionary(col.type):
+                    col = col.dictionary_encode()
+                codes = col.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+                groups[name[6:]] = GroupColumn(codes, tuple(str(c) for c in col.dictionary.to_pylist()))
+        tail = np.stack([fixed("tail_logz", np.float32), fixed("tail_mean", np.float32)], axis=-1)
+        try:
+            return cls(
+                sequence_id=plain("sequence_id", np.int64), position=plain("position", np.int32),
+                label=plain("label", np.int32), top_ids=fixed("top_ids", np.int32),
+                top_logits=fixed("top_logits", np.float32), label_logit=plain("label_logit", np.float32),
+                log_normalizer=plain("log_normalizer", np.float32), tail=tail,
+                layout=TailLayout.from_dict(meta["tail_layout"]), vocab_size=meta["vocab_size"],
+                groups=groups, features=fixed("features", np.float32) if "features" in table.column_names else None,
+                vocab=meta.get("vocab"), source=meta.get("source"),
+            )
+        except ValidationError as e:
+            raise ValidationError(f"{where}: {e}") from None
+
+    def write_parquet(self, path: str | os.PathLike, *, row_group_size: int = 65536) -> Path:
+        """Write atomically (temp file in the same folder, then rename). Returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: pq.write_table(self.to_arrow(), tmp, compression="zstd",
+                                                      row_group_size=row_group_size))
+        return path
+
+    @classmethod
+    def read_parquet(cls, path: str | os.PathLike) -> TokenTable:
+        """Read a Parquet file, or a directory of parts (``*.parquet``, in name order)."""
+        parts = list(cls.iter_parquet(path, batch_rows=None))
+        return parts[0] if len(parts) == 1 else cls.concat(parts)
+
+    @classmethod
+    def iter_parquet(cls, path: str | os.PathLike, batch_rows: int | None = 262144) -> Iterator[TokenTable]:
+        """Stream a file or dataset directory as tables of at most ``batch_rows`` rows
+        (``None``: one table per file). Memory stays bounded by the batch size."""
+        for file in parquet_files(path):
+            try:
+                pf = pq.ParquetFile(file)
+                meta_raw = pf.schema_arrow.metadata
+                _read_meta(meta_raw, str(file))
+                if batch_rows is None:
+                    yield cls.from_arrow(pf.read(), str(file))
+                    continue
+                for batch in pf.iter_batches(batch_size=batch_rows):
+                    tbl = pa.Table.from_batches([batch]).replace_schema_metadata(meta_raw)
+                    yield cls.from_arrow(tbl, str(file))
+            except (pa.ArrowInvalid, OSError) as e:
+                raise SchemaError(f"{file}: not a readable Parquet file ({e})") from None
+
+
+def parquet_files(path: str | os.PathLike) -> list[Path]:
+    """The Parquet files behind ``path``: itself, or the ``*.parquet`` parts of a directory."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise SchemaError(f"{path}: directory holds no *.parquet parts")
+        return files
+    if not path.exists():
+        raise SchemaError(f"{path}: no such file or directory")
+    return [path]
+
+
+def _read_meta(raw: Mapping[bytes, bytes] | None, where: str) -> dict[str, Any]:
+    if not raw or _META_KEY not in raw:
+        raise SchemaError(f"{where}: not a tokcal TokenTable (no 'tokcal' metadata)")
+    try:
+        meta = json.loads(raw[_META_KEY])
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"{where}: corrupt tokcal metadata ({e})") from None
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"{where}: TokenTable schema version {version!r}; this tokcal reads {SCHEMA_VERSION}")
+    return meta
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    A crash leaves either the old file or none, never half of one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
