@@ -345,7 +345,7 @@ def sketch_logits(
             i = start + first_bad_row(bad.astype(bool))
             raise ValidationError(f"logits: row {i} contains NaN or inf")
         parts.append((ids, vals, lab_logit, lnorm.astype(np.float32), _tail_nodes(cnt, sm, tail1, betas)))
-    cols = [np.concatenate(c) for c in zip(*parts)]
+    cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
     return LogitSketch(*cols, layout=layout, vocab_size=vocab)
 
 

@@ -325,7 +325,9 @@ class TokenTable:
                 raise ValidationError(f"concat: table {i} has k={t.k}/{t.layout.kind}, table 0 k={first.k}/"
                                       f"{first.layout.kind}")
             if set(t.groups) != set(first.groups):
-                raise ValidationError(f"concat: table {i} has groups {sorted(t.groups)}, table 0 {sorted(first.groups)}")
+                raise ValidationError(
+                    f"concat: table {i} has groups {sorted(t.groups)}, table 0 {sorted(first.groups)}"
+                )
             if (t.features is None) != (first.features is None):
                 raise ValidationError(f"concat: table {i} and table 0 disagree on having features")
         groups = {}

@@ -1,0 +1,147 @@
+"""The logit sketch against brute force on full logits (DESIGN §2 exactness contract)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp, softmax
+
+from tokcal import sketch
+from tokcal.errors import ValidationError
+
+TEMPERATURES = [0.25, 0.33, 0.5, 0.7, 0.9, 1.0, 1.3, 1.7, 2.0, 3.0, 4.0]
+
+
+def zipf_logits(rng: np.random.Generator, n: int, vocab: int) -> np.ndarray:
+    """Heavy-tailed, LM-like: Zipf log-frequencies permuted per context, scaled, plus noise."""
+    base = -np.log(np.arange(1, vocab + 1))
+    z = np.empty((n, vocab), np.float32)
+    for i in range(n):
+        z[i] = rng.permutation(base) * rng.uniform(0.8, 3.0) + rng.normal(0.0, 1.0, vocab)
+    return z
+
+
+def gaussian_logits(rng: np.random.Generator, n: int, vocab: int) -> np.ndarray:
+    """Light-tailed: Gaussian logits with a few boosted candidates."""
+    z = rng.normal(0.0, rng.uniform(1.0, 4.0, (n, 1)), (n, vocab)).astype(np.float32)
+    z[:, :5] += rng.uniform(0.0, 15.0, (n, 1)).astype(np.float32)
+    return z
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {"zipf50k": zipf_logits(rng, 60, 50_000), "gauss50k": gaussian_logits(rng, 60, 50_000),
+            "zipf2k": zipf_logits(rng, 200, 2_000)}
+
+
+@pytest.mark.parametrize("name", ["zipf50k", "gauss50k", "zipf2k"])
+def test_exact_at_temperature_one(cases, name):
+    z = cases[name]
+    labels = np.random.default_rng(1).integers(0, z.shape[1], len(z))
+    sk = sketch.sketch_logits(z, labels, top_k=32)
+    z64 = z.astype(np.float64)
+    order = np.argsort(-z, axis=1, kind="stable")[:, :32]
+    np.testing.assert_array_equal(sk.top_ids, order)
+    np.testing.assert_array_equal(sk.top_logits, np.take_along_axis(z, order, 1))
+    np.testing.assert_array_equal(sk.label_logit, z[np.arange(len(z)), labels])
+    np.testing.assert_allclose(sk.log_normalizer, logsumexp(z64, axis=1), rtol=2e-7, atol=1e-6)
+    p = softmax(z64, axis=1)
+    np.testing.assert_allclose(sketch.log_partition(sk, 1.0), sk.log_normalizer.astype(np.float64))
+    np.testing.assert_allclose(sketch.confidence(sk), p.max(1), rtol=1e-6)
+    np.testing.assert_allclose(np.exp(sketch.label_logprob(sk)), p[np.arange(len(z)), labels], rtol=1e-5)
+    np.testing.assert_allclose(sketch.sum_sq_probs(sk), (p * p).sum(1), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["zipf50k", "gauss50k", "zipf2k"])
+def test_log_partition_within_bound_at_other_temperatures(cases, name):
+    z = cases[name].astype(np.float64)
+    sk = sketch.sketch_logits(cases[name], top_k=32)
+    for t in TEMPERATURES:
+        exact = logsumexp(z / t, axis=1)
+        err = np.abs(sketch.log_partition(sk, t) - exact).max()
+        assert err < 1e-3, f"T={t}: log-partition off by {err:.2e} nats"
+        p = softmax(z / t, axis=1)
+        ent = -(p * np.log(np.maximum(p, 1e-300))).sum(1)
+        assert np.abs(sketch.entropy(sk, t) - ent).max() < 5e-3
+        np.testing.assert_allclose(sketch.sum_sq_probs(sk, t), (p * p).sum(1), atol=1e-4)
+
+
+def test_per_row_temperatures_and_moments(cases):
+    z = cases["zipf2k"]
+    sk = sketch.sketch_logits(z, top_k=16)
+    t = np.random.default_rng(3).uniform(0.3, 3.0, len(z))
+    zt = z.astype(np.float64) / t[:, None]
+    logz, mean, var = sketch.logit_moments(sk, t)
+    p = softmax(zt, axis=1)
+    np.testing.assert_allclose(logz, logsumexp(zt, axis=1), atol=1e-3)
+    np.testing.assert_allclose(mean, (p * z).sum(1), atol=5e-3)
+    true_var = (p * z * z).sum(1) - (p * z).sum(1) ** 2
+    np.testing.assert_allclose(var, true_var, rtol=2e-2, atol=5e-3)
+
+
+def test_torch_input_matches_numpy(cases):
+    z = cases["zipf2k"]
+    labels = np.random.default_rng(2).integers(-1, z.shape[1], len(z))
+    a = sketch.sketch_logits(z, labels, top_k=32)
+    b = sketch.sketch_logits(torch.from_numpy(z), torch.from_numpy(labels), top_k=32, chunk_rows=37)
+    np.testing.assert_array_equal(a.top_ids, b.top_ids)
+    np.testing.assert_array_equal(a.top_logits, b.top_logits)
+    np.testing.assert_array_equal(a.label_logit, b.label_logit)
+    np.testing.assert_allclose(a.log_normalizer, b.log_normalizer, rtol=1e-7)
+    for t in (0.5, 2.0):
+        np.testing.assert_allclose(sketch.log_partition(a, t), sketch.log_partition(b, t), atol=1e-5)
+
+
+def test_ties_and_full_vocabulary():
+    z = np.zeros((3, 10), np.float32)
+    z[1, 3] = 1.0
+    sk = sketch.sketch_logits(z, np.array([0, 3, 9]), top_k=4)
+    assert sk.top_ids[0].tolist() == [0, 1, 2, 3]
+    assert sk.top_ids[1, 0] == 3
+    np.testing.assert_allclose(sketch.confidence(sk)[0], 0.1, rtol=1e-6)
+    full = sketch.sketch_logits(z, top_k=10)
+    assert full.layout.kind == "empty"
+    for t in (0.5, 1.0, 2.0):
+        np.testing.assert_allclose(sketch.log_partition(full, t), logsumexp(z / t, axis=1), rtol=1e-6)
+
+
+def test_logprob_sketch_unknown_tail():
+    ids = np.array([[5, 2, 9], [1, 0, 3]])
+    lp = np.log(np.array([[0.5, 0.2, 0.1], [0.7, 0.29, 1e-12]]))
+    lp[1, 2] = -9999.0
+    sk = sketch.sketch_logprobs(ids, lp, np.log([0.2, np.nan]), vocab_size=100)
+    assert sk.layout.kind == "uniform-remainder" and not sk.layout.tail_known
+    np.testing.assert_allclose(sketch.log_partition(sk, 1.0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.exp(sketch.top_logprobs(sk))[0], [0.5, 0.2, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(np.exp(sketch.label_logprob(sk))[0], 0.2, rtol=1e-6)
+    # the remaining 0.2 of row 0 is spread over 97 ids: log Z(T) is exact for that model
+    probs = np.concatenate([[0.5, 0.2, 0.1], np.full(97, 0.2 / 97)])
+    for t in (0.5, 2.0):
+        np.testing.assert_allclose(sketch.log_partition(sk, t)[0], logsumexp(np.log(probs) / t), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "message"),
+    [
+        (np.array([[0.0, np.nan, 1.0], [0, 1, 2]], np.float32), None, "row 0 contains NaN or inf"),
+        (np.array([[0.0, 1, 2], [0, np.inf, 1]], np.float32), None, "row 1 contains NaN or inf"),
+        (np.zeros((2, 3), np.float32), np.array([0, 3]), "row 1 has id 3, outside [0, 3)"),
+        (np.zeros((2, 3), np.float32), np.array([0]), "labels: expected shape (2,)"),
+        (np.zeros((0, 3), np.float32), None, "empty"),
+        (np.zeros(3, np.float32), None, "2-D"),
+        (np.zeros((2, 3), np.int64), None, "floating point"),
+    ],
+)
+def test_bad_logits_are_named(logits, labels, message):
+    with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        sketch.sketch_logits(logits, labels, top_k=2)
+
+
+def test_bad_temperature_and_top_k():
+    sk = sketch.sketch_logits(np.zeros((2, 4), np.float32), top_k=2)
+    with pytest.raises(ValidationError, match="temperature"):
+        sketch.log_partition(sk, 0.0)
+    with pytest.raises(ValidationError, match="top_k=5"):
+        sketch.sketch_logits(np.zeros((2, 4), np.float32), top_k=5)
