@@ -1,0 +1,204 @@
+"""Diagrams drawn from evaluations: reliability, confidence histogram, risk-coverage.
+
+Drawing is a separate, tiny step after computing (as in relplot): every function here reads the
+numbers of ``Evaluation.to_dict()`` and draws them; none computes a metric. Several evaluations (e.g.
+before and after each calibrator) are overlaid in one figure. matplotlib is imported lazily with the
+Agg backend, so ``import tokcal.report`` stays cheap and works without a display.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ValidationError
+from ..table import atomic_write
+from .data import as_dicts, interval, number
+
+FORMATS = ("png", "svg", "pdf")
+DIAGRAMS = ("reliability", "confidence_histogram", "risk_coverage")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(n: int) -> list[Any]:
+    plt = _pyplot()
+    cycle = plt.get_cmap("tab10").colors
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
+def _label(name: str, what: str, value: Any) -> str:
+    v = number(value)
+    return f"{name} ({what} {v:.4f})" if v is not None else name
+
+
+def reliability_diagram(evaluations: Any, title: str | None = "Reliability") -> Any:
+    """Per-bin accuracy against mean confidence, with each bin's interval, plus the bin counts.
+
+    Top panel: one line per evaluation through (conf_b, acc_b), vertical bars for the bootstrap
+    interval of acc_b, and the diagonal of perfect calibration. Bottom panel: n_b as outlined bars
+    spanning each bin [lo, hi) (log scale), so empty and sparse bins are visible.
+    """
+    evs = as_dicts(evaluations)
+    plt = _pyplot()
+    fig, (ax, axn) = plt.subplots(
+        2, 1, figsize=(5.6, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
+    )
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+    for (name, ev), color in zip(evs.items(), _colors(len(evs)), strict=True):
+        rows = [b for b in ev["bins"] if (b.get("n") or 0) > 0 and number(b.get("confidence")) is not None]
+        conf = [number(b["confidence"]) for b in rows]
+        acc = [number(b.get("accuracy")) for b in rows]
+        ax.plot(conf, acc, marker="o", markersize=3.5, linewidth=1.4, color=color,
+                label=_label(name, "ECE", ev["overall"].get("ece")))
+        lo_err, hi_err, xs = [], [], []
+        for b, c, a in zip(rows, conf, acc, strict=True):
+            ci = interval(b.get("acc_ci"))
+            if ci is not None and a is not None:
+                xs.append(c)
+                lo_err.append(max(a - ci[0], 0.0))
+                hi_err.append(max(ci[1] - a, 0.0))
+        if xs:
+            ys = [a for b, a in zip(rows, acc, strict=True) if interval(b.get("acc_ci")) is not None]
+            ax.errorbar(xs, ys, yerr=[lo_err, hi_err], fmt="none", ecolor=color, elinewidth=1, capsize=2)
+        for b in ev["bins"]:
+            lo, hi, n = number(b.get("lo")), number(b.get("hi")), number(b.get("n"))
+            if lo is not None and hi is not None and n:
+                axn.bar(lo, n, width=hi - lo, align="edge", fill=False, edgecolor=color, linewidth=1.1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.25)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title)
+    axn.set_yscale("log")
+    axn.set_ylabel("tokens")
+    axn.set_xlabel("confidence")
+    axn.grid(alpha=0.25)
+    return fig
+
+
+def confidence_histogram(evaluations: Any, title: str | None = "Confidence") -> Any:
+    """Share of tokens per confidence bin (the evaluation's ``confidence_histogram``), one step line each."""
+    evs = as_dicts(evaluations)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    drawn = 0
+    for (name, ev), color in zip(evs.items(), _colors(len(evs)), strict=True):
+        hist = ev.get("confidence_histogram") or {}
+        edges, counts = hist.get("edges") or [], hist.get("counts") or []
+        total = sum(c for c in counts if c)
+        if len(edges) != len(counts) + 1 or not total:
+            continue
+        ax.stairs([c / total for c in counts], edges, color=color, linewidth=1.5,
+                  label=_label(name, "mean", ev["overall"].get("confidence")))
+        drawn += 1
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("confidence of the predicted token")
+    ax.set_ylabel("share of tokens")
+    ax.grid(alpha=0.25)
+    if drawn:
+        ax.legend(loc="best", fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def risk_coverage_curve(evaluations: Any, title: str | None = "Selective prediction") -> Any:
+    """Risk (error rate of the kept tokens) against coverage when keeping the most confident first."""
+    evs = as_dicts(evaluations)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    drawn = 0
+    for (name, ev), color in zip(evs.items(), _colors(len(evs)), strict=True):
+        rc = ev.get("risk_coverage") or {}
+        cov, risk = rc.get("coverage") or [], rc.get("risk") or []
+        if not cov or len(cov) != len(risk):
+            continue
+        ax.plot(cov, risk, color=color, linewidth=1.5, label=_label(name, "AURC", rc.get("aurc")))
+        drawn += 1
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("coverage")
+    ax.set_ylabel("risk (error rate)")
+    ax.grid(alpha=0.25)
+    if drawn:
+        ax.legend(loc="best", fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+_DRAW = {"reliability": reliability_diagram, "confidence_histogram": confidence_histogram,
+         "risk_coverage": risk_coverage_curve}
+
+
+def draw(diagram: str, evaluations: Any) -> Any:
+    """The figure of one of :data:`DIAGRAMS` for ``evaluations``."""
+    if diagram not in _DRAW:
+        raise ValidationError(f"unknown diagram {diagram!r}; expected one of {', '.join(DIAGRAMS)}")
+    return _DRAW[diagram](evaluations)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 200) -> Path:
+    """Write ``fig`` to ``path`` atomically; the format (png, svg, pdf) comes from the suffix."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ValidationError(f"{path}: unsupported figure format {fmt!r}; use one of {', '.join(FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
+                                               metadata=_metadata(fmt)))
+    return path
+
+
+def save_diagrams(
+    evaluations: Any, out_dir: str | os.PathLike, formats: Iterable[str] = ("png", "svg"), dpi: int = 200
+) -> list[Path]:
+    """Write every diagram of :data:`DIAGRAMS` as ``out_dir/<diagram>.<format>``; return the paths."""
+    evs = as_dicts(evaluations)
+    formats = [f.lower().lstrip(".") for f in formats]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValidationError(f"unsupported figure format(s) {', '.join(bad)}; use {', '.join(FORMATS)}")
+    plt = _pyplot()
+    paths = []
+    for diagram in DIAGRAMS:
+        fig = draw(diagram, evs)
+        try:
+            paths += [save_figure(fig, Path(out_dir) / f"{diagram}.{fmt}", dpi=dpi) for fmt in formats]
+        finally:
+            plt.close(fig)
+    return paths
+
+
+def _metadata(fmt: str) -> dict[str, Any] | None:
+    """Leave out creation dates so the same evaluation gives the same file."""
+    return {"Date": None} if fmt == "svg" else {"CreationDate": None} if fmt == "pdf" else None
+
+
+def figure_svg(fig: Any, salt: str) -> str:
+    """``fig`` as an ``<svg>`` element to inline in HTML: text drawn as paths (no fonts to fetch),
+    element ids salted with ``salt`` so several inlined figures never share an id."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata=_metadata("svg"))
+    text = buf.getvalue()
+    start = text.find("<svg")
+    if start < 0:  # pragma: no cover - matplotlib always writes an <svg> root
+        raise RuntimeError("matplotlib wrote no <svg> element")
+    return re.sub(r"\s*<metadata>.*?</metadata>", "", text[start:], flags=re.S)
