@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SchemaError, ValidationError
+from ..table import atomic_write
 
 REQUIRED_KEYS = ("signature", "overall", "bins")
 
@@ -56,6 +57,22 @@ def load_evaluation(path: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SchemaError(f"{path}: not valid JSON ({e})") from None
     return as_dict(data, name=str(path))
+
+
+def write_file(path: str | os.PathLike, write: Any) -> Path:
+    """``atomic_write(path, write)`` with the permissions a new file normally gets (0666 less the umask;
+    the temp file behind an atomic write starts private, 0600). Creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
+
+    def write_public(tmp: str) -> None:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)
+
+    atomic_write(path, write_public)
+    return path
 
 
 def number(x: Any) -> float | None:

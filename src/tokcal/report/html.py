@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..table import atomic_write
-from .data import as_dicts, interval, number
+from .data import as_dicts, interval, number, write_file
 from .plots import DIAGRAMS, _pyplot, draw, figure_svg
 
 _CAPTIONS = {
@@ -247,15 +246,4 @@ def write_html(path: str | os.PathLike, evaluations: Any, title: str = "tokcal c
     The file is written atomically (temp file, then rename) and needs no network to display.
     """
     text = render_html(evaluations, title=title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: _write_text(tmp, text))
-    return path
-
-
-def _write_text(tmp: str, text: str) -> None:
-    """Write ``text`` with the usual permissions (the temp file starts private, 0600)."""
-    Path(tmp).write_text(text, encoding="utf-8")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    return write_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ValidationError
-from ..table import atomic_write
-from .data import as_dicts, interval, number
+from .data import as_dicts, interval, number, write_file
 
 FORMATS = ("png", "svg", "pdf")
 DIAGRAMS = ("reliability", "confidence_histogram", "risk_coverage")
@@ -158,8 +157,7 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 200) -> Path:
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise ValidationError(f"{path}: unsupported figure format {fmt!r}; use one of {', '.join(FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
+    write_file(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
                                                metadata=_metadata(fmt)))
     return path
 

@@ -1,0 +1,46 @@
+"""``tokcal report``: one self-contained HTML report (and optional diagram files) from evaluation JSONs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import ValidationError
+from . import app
+from .common import console, friendly_errors
+
+
+def parse_named_paths(items: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (named by the file's stem) -> ``{name: path}``; names must be unique."""
+    named: dict[str, Path] = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if sep and name and rest and not Path(item).exists():
+            key, path = name, Path(rest)
+        else:
+            key, path = Path(item).stem, Path(item)
+        if key in named:
+            raise ValidationError(f"two evaluations are named {key!r}; name them apart with NAME=PATH")
+        named[key] = path
+    return named
+
+
+@app.command()
+@friendly_errors
+def report(
+    evaluations: list[str] = typer.Argument(..., help="EVAL.json files written by `tokcal evaluate --json`, "
+                                             "as PATH (named by its stem) or NAME=PATH; drawn in this order."),
+    out: Path = typer.Option(..., "-o", "--out", help="The HTML report to write."),
+    png_dir: Path | None = typer.Option(None, "--png-dir", help="Also write the diagrams as PNG and SVG here."),
+    title: str = typer.Option("tokcal calibration report", "--title", help="Title of the report."),
+) -> None:
+    """Write one self-contained HTML report (no network needed) comparing EVALUATIONS."""
+    from ..report import load_evaluation, save_diagrams, write_html
+
+    evs = {name: load_evaluation(path) for name, path in parse_named_paths(evaluations).items()}
+    write_html(out, evs, title=title)
+    console.print(f"wrote {out}")
+    if png_dir is not None:
+        for path in save_diagrams(evs, png_dir, formats=("png", "svg")):
+            console.print(f"wrote {path}")
