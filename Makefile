@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,13 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
-test: install lint
+# Headless Chromium for tests/test_report_browser.py: Debian packages, installed only when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($(SUDO) apt-get update -q && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+
+test: install lint browser
 	$(BIN)/python -m pytest -q -n 2 tests
 
 demo: install
