@@ -114,7 +114,8 @@ def check(
     table: Path = typer.Argument(..., help="TokenTable (Parquet file or directory) to check."),
     calibrator: Path | None = typer.Option(None, "--calibrator", "-c", help="Calibrator JSON to apply first."),
     max_ece: float | None = typer.Option(None, "--max-ece", help="Largest allowed overall --metric."),
-    slices: list[str] = typer.Option([], "--slice", help="Slice to evaluate and check (repeatable)."),
+    slices: list[str] = typer.Option([], "--slice", help="Slice spec to check, e.g. group:domain, freq, type, "
+                                     "position (repeatable)."),
     max_slice_ece: float | None = typer.Option(None, "--max-slice-ece", help="Largest allowed ECE per slice value."),
     min_slice_tokens: int = typer.Option(100, "--min-slice-tokens", help="Skip slice values with fewer tokens."),
     baseline: Path | None = typer.Option(None, "--baseline", help="evaluation.json to compare against."),
@@ -130,6 +131,7 @@ def check(
     import tokcal
 
     from ..report.data import as_dict, load_evaluation
+    from ..slices import parse_slice
 
     if metric not in METRICS:
         raise ValidationError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -149,16 +151,17 @@ def check(
     bins = bins if bins is not None else int(settings.get("bins") or 15)
     binning = binning if binning is not None else str(settings.get("binning") or "width")
 
+    parsed = [parse_slice(spec) for spec in slices]
     t = tokcal.TokenTable.read_parquet(table)
     cal = tokcal.load_calibrator(calibrator) if calibrator is not None else None
-    ev = as_dict(tokcal.evaluate(t, calibrator=cal, slices=tuple(slices), bins=bins, binning=binning,
+    ev = as_dict(tokcal.evaluate(t, calibrator=cal, slices=parsed, bins=bins, binning=binning,
                                  bootstrap=bootstrap, seed=seed), name=str(table))
 
     outcomes: list[Outcome] = []
     if max_ece is not None:
         outcomes.append(check_overall(ev, metric, max_ece))
     if slices:
-        outcomes += check_slices(ev, slices, max_slice_ece, min_slice_tokens)
+        outcomes += check_slices(ev, [s.name for s in parsed], max_slice_ece, min_slice_tokens)
     if base is not None:
         outcomes.append(check_regression(ev, base, metric, max_regression, baseline_name=str(baseline)))
 
