@@ -16,7 +16,11 @@ from transformers import (
 
 import tokcal
 from tokcal.calibrators import Temperature
+from tokcal.calibrators.adaptive import AdaptiveTemperature
+from tokcal.calibrators.selective import Selective
+from tokcal.calibrators.toplabel import HistogramBinning
 from tokcal.errors import TokcalError
+from tokcal.probs import token_probs
 from tokcal.integrations.hf_generate import CalibratedLogitsProcessor, generate
 
 PROMPTS = ["The quick brown", "A calibrated model knows", "Tokens"]
@@ -173,14 +177,12 @@ def test_masked_tokens_stay_masked(lm):
     torch.testing.assert_close(first, ref[0], rtol=1e-6, atol=0)
 
 
-class _MayChangeArgmax(Temperature):
-    preserves_argmax = False
-
-
 def test_refuses_argmax_changing_calibrator_unless_allowed():
     with pytest.raises(TokcalError, match="allow_argmax_change"):
-        CalibratedLogitsProcessor(_MayChangeArgmax(temperature=1.0))
-    CalibratedLogitsProcessor(_MayChangeArgmax(temperature=1.0), allow_argmax_change=True)
+        CalibratedLogitsProcessor(HistogramBinning())
+    CalibratedLogitsProcessor(HistogramBinning(), allow_argmax_change=True)
+    with pytest.raises(TokcalError, match="allow_argmax_change"):
+        CalibratedLogitsProcessor(Selective(HistogramBinning(), 0.5))
     with pytest.raises(TokcalError, match="not a tokcal calibrator"):
         CalibratedLogitsProcessor(object())
 
@@ -194,3 +196,38 @@ def test_context_position_and_groups_follow_prompts():
     assert list(proc._context_value("split", ids)) == ["x"] * 4
     with pytest.raises(TokcalError, match="pad_lengths"):
         proc._context_value("position", torch.zeros(3, 7, dtype=torch.long))
+
+
+def _teacher_forced_table(model, tok, texts):
+    """A TokenTable of the model's own next-token logits on ``texts`` (BOS prepended, position = index)."""
+    rows, labels, pos = [], [], []
+    for t in texts:
+        ids = [tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"]]
+        with torch.no_grad():
+            z = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+        rows.append(z)
+        labels += ids[1:]
+        pos += list(range(1, len(ids)))
+    return tokcal.TokenTable.from_logits(torch.cat(rows).numpy(), np.asarray(labels), positions=np.asarray(pos))
+
+
+@pytest.mark.parametrize("kind", ["adaptive", "selective"])
+def test_context_aware_calibrators_get_the_right_positions(lm, kind):
+    """Processed scores equal the calibrator applied to the raw logits with position = prompt length
+    (without left padding) + step, for every row of a padded batch with several return sequences."""
+    model, tok = lm
+    from tiny_generate_lm import CORPUS
+
+    table = _teacher_forced_table(model, tok, CORPUS[:5])
+    cal = AdaptiveTemperature().fit(table)
+    if kind == "selective":
+        median = float(np.median(token_probs(table).confidence))
+        cal = Selective(cal, threshold=median).fit(table)  # some rows change, some do not
+    torch.manual_seed(5)
+    out = generate(model, tok, PROMPTS, cal, max_new_tokens=5, do_sample=True, top_k=0, num_return_sequences=2,
+                   return_dict_in_generate=True, output_scores=True, output_logits=True)
+    lengths = np.repeat([len(tok(p)["input_ids"]) for p in PROMPTS], 2)
+    for step, (raw, processed) in enumerate(zip(out.logits, out.scores, strict=True)):
+        ref = cal.transform_logits(raw.clone(), {"position": lengths + step})
+        torch.testing.assert_close(processed, ref, rtol=1e-6, atol=1e-6)
+    assert any(not torch.equal(s, z) for s, z in zip(out.scores, out.logits, strict=True))
