@@ -20,8 +20,8 @@ from tokcal.calibrators.adaptive import AdaptiveTemperature
 from tokcal.calibrators.selective import Selective
 from tokcal.calibrators.toplabel import HistogramBinning
 from tokcal.errors import TokcalError
-from tokcal.probs import token_probs
 from tokcal.integrations.hf_generate import CalibratedLogitsProcessor, generate
+from tokcal.probs import token_probs
 
 PROMPTS = ["The quick brown", "A calibrated model knows", "Tokens"]
 
