@@ -1,0 +1,250 @@
+"""Adaptive temperature: a per-token inverse temperature from a small log-linear model.
+
+``log beta_i = w . phi_i + b`` with standardised features phi_i (Joy et al. 2023 "Sample-dependent
+adaptive temperature scaling"; Xie et al. 2024 "Calibrating language models with adaptive
+temperature scaling" use the same idea with a neural head). The features, all from the model's own
+distribution at T = 1 plus context:
+
+* entropy H (nats), top-1 log-prob, top-1 minus top-2 logit (the margin),
+* ``log(1 + position)``,
+* ``floor(log2(1 + count))`` of the predicted id in the fitting table's gold labels (frequency bucket),
+* one-hots of the chosen group columns, and the table's ``features`` columns (optional).
+
+Objective: mean NLL + (l2 / 2) |w|^2, minimised by L-BFGS (scipy) with the analytic gradient
+``dNLL/dbeta_i = E_p[z]_i - z_{i,y_i}`` chained through ``dbeta_i/dtheta = beta_i [phi_i, 1]``; log beta
+is clipped to the temperature bounds (zero gradient outside). The same feature function runs on raw
+logits at apply time (:meth:`AdaptiveTemperature.transform_logits`), so decoding can use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .. import sketch as _sketch
+from ..errors import ConvergenceError, ValidationError
+from ..table import TokenTable
+from .base import as_rows, is_tensor, labeled_rows
+from .temperature import DEFAULT_BOUNDS, TemperatureFamily, fit_beta, nll_terms
+
+BASE_FEATURES = ("entropy", "top1_logprob", "margin", "log_position", "freq_bucket")
+
+
+def _freq_bucket(counts: np.ndarray) -> np.ndarray:
+    return np.floor(np.log2(1.0 + counts))
+
+
+def logit_features(logits: Any) -> np.ndarray:
+    """``[entropy, top-1 log-prob, margin]`` per row of raw logits [N, V] at T = 1 (numpy or torch).
+
+    Matches :func:`tokcal.sketch.entropy` / ``top_logprobs`` on the sketch of the same logits.
+    """
+    if is_tensor(logits):
+        import torch
+
+        z = logits.detach().to(torch.float64 if logits.device.type == "cpu" else torch.float32)
+        logp = torch.log_softmax(z, dim=-1)
+        ent = -(logp.exp() * logp).sum(dim=-1)
+        top2 = z.topk(min(2, z.shape[-1]), dim=-1).values
+        top1_lp = logp.max(dim=-1).values
+        margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else torch.zeros_like(ent)
+        return torch.stack([ent, top1_lp, margin], dim=1).double().cpu().numpy()
+    z = np.asarray(logits, dtype=np.float64)
+    mx = z.max(axis=1, keepdims=True)
+    logp = z - mx - np.log(np.exp(z - mx).sum(axis=1, keepdims=True))
+    ent = -(np.exp(logp) * logp).sum(axis=1)
+    if z.shape[1] > 1:
+        top2 = -np.partition(-z, 1, axis=1)[:, :2]
+        margin = top2[:, 0] - top2[:, 1]
+    else:
+        margin = np.zeros(len(z))
+    return np.stack([ent, logp.max(axis=1), margin], axis=1)
+
+
+def table_logit_features(table: TokenTable) -> np.ndarray:
+    """The same three features from a TokenTable's sketch (exact at T = 1)."""
+    sk = table.sketch
+    ent = _sketch.entropy(sk, 1.0)
+    top1 = sk.top_logits[:, 0].astype(np.float64) - sk.log_normalizer.astype(np.float64)
+    margin = (sk.top_logits[:, 0] - sk.top_logits[:, 1]).astype(np.float64) if sk.k > 1 else np.zeros(len(sk))
+    return np.stack([ent, top1, margin], axis=1)
+
+
+class AdaptiveTemperature(TemperatureFamily):
+    """Per-token temperature ``T_i = exp(-(w . phi_i + b))`` (see the module docstring).
+
+    ``groups``: group columns to one-hot encode; ``use_features``: ``"auto"`` (use ``table.features``
+    when present), True or False; ``l2``: ridge penalty on w (standardised features).
+    """
+
+    type_name = "adaptive_temperature"
+
+    def __init__(self, *, groups: Sequence[str] = (), use_features: bool | str = "auto", l2: float = 1e-3,
+                 bounds: tuple[float, float] = DEFAULT_BOUNDS, max_iter: int = 500, seed: int = 0) -> None:
+        self.groups = tuple(groups)
+        self.use_features = use_features
+        self.l2 = float(l2)
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.max_iter = max_iter
+        self.seed = seed
+        self.feature_names: list[str] = []
+        self.categories: dict[str, list[str]] = {}
+        self.n_user_features = 0
+        self.freq_ids = np.zeros(0, np.int64)
+        self.freq_counts = np.zeros(0, np.float64)
+        self.mean: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
+        self.weights: np.ndarray | None = None
+        self.bias: float | None = None
+        self.fit_info: dict[str, Any] = {}
+
+    @property
+    def fitted(self) -> bool:
+        return self.weights is not None
+
+    # -- features ------------------------------------------------------------------------------
+
+    def _counts_of(self, ids: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.freq_ids, ids)
+        pos = np.clip(pos, 0, max(len(self.freq_ids) - 1, 0))
+        hit = (self.freq_ids[pos] == ids) if len(self.freq_ids) else np.zeros(len(ids), bool)
+        return np.where(hit, self.freq_counts[pos] if len(self.freq_ids) else 0.0, 0.0)
+
+    def _assemble(self, base3: np.ndarray, position: np.ndarray, predicted: np.ndarray,
+                  group_values: dict[str, np.ndarray], user: np.ndarray | None) -> np.ndarray:
+        cols = [base3, np.log1p(np.maximum(position, 0))[:, None], _freq_bucket(self._counts_of(predicted))[:, None]]
+        for name in self.groups:
+            vals = group_values[name]
+            cols.append(np.stack([vals == c for c in self.categories[name]], axis=1).astype(np.float64))
+        if self.n_user_features:
+            if user is None or user.shape != (len(base3), self.n_user_features):
+                raise ValidationError(f"AdaptiveTemperature: expected features of shape ({len(base3)}, "
+                                      f"{self.n_user_features}), got {None if user is None else user.shape}")
+            cols.append(user.astype(np.float64))
+        return np.concatenate(cols, axis=1)
+
+    def table_features(self, table: TokenTable) -> np.ndarray:
+        """Raw (unstandardised) feature matrix of a TokenTable."""
+        gv = {name: table.group(name).values().astype(str) for name in self.groups}
+        return self._assemble(table_logit_features(table), table.position.astype(np.float64), table.predicted,
+                              gv, table.features)
+
+    def context_features(self, logits: Any, context: dict[str, Any] | None) -> np.ndarray:
+        """Raw feature matrix of raw logits + context (``position``, group values, ``features``)."""
+        context = context or {}
+        n = int(logits.shape[0])
+        top = logits.argmax(dim=-1).cpu().numpy() if is_tensor(logits) else np.asarray(logits).argmax(axis=1)
+        if "position" not in context:
+            raise ValidationError("AdaptiveTemperature.transform_logits: context must give 'position' "
+                                  "(index of each predicted token in its sequence)")
+        pos = as_rows(context["position"], n, "position")
+        gv = {}
+        for name in self.groups:
+            if name not in context:
+                raise ValidationError(f"AdaptiveTemperature.transform_logits: context must give group '{name}'")
+            gv[name] = as_rows(context[name], n, name, dtype=None).astype(str)
+        user = context.get("features")
+        if user is not None:
+            user = np.asarray(user.detach().cpu().numpy() if is_tensor(user) else user, dtype=np.float64)
+        return self._assemble(logit_features(logits), pos, top, gv, user)
+
+    def _log_beta(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        phi = (raw - self.mean) / self.scale
+        lb = phi @ self.weights + self.bias
+        return lb, phi
+
+    def _temps(self, raw: np.ndarray) -> np.ndarray:
+        lb, _ = self._log_beta(raw)
+        lo, hi = math.log(1.0 / self.bounds[1]), math.log(1.0 / self.bounds[0])
+        return np.exp(-np.clip(lb, lo, hi))
+
+    def row_temperatures(self, table: TokenTable) -> np.ndarray:
+        return self._temps(self.table_features(table))
+
+    def logit_temperatures(self, logits: Any, context: dict[str, Any] | None) -> np.ndarray:
+        return self._temps(self.context_features(logits, context))
+
+    # -- fitting -------------------------------------------------------------------------------
+
+    def fit(self, table: TokenTable, **_: Any) -> AdaptiveTemperature:
+        lab = labeled_rows(table, "AdaptiveTemperature.fit")
+        for name in self.groups:
+            self.categories[name] = list(lab.group(name).categories)
+        use = self.use_features
+        self.n_user_features = int(lab.features.shape[1]) if (lab.features is not None and use) else 0
+        if use is True and lab.features is None:
+            raise ValidationError("AdaptiveTemperature(use_features=True): the table has no features column")
+        ids, counts = np.unique(lab.label, return_counts=True)
+        self.freq_ids, self.freq_counts = ids.astype(np.int64), counts.astype(np.float64)
+        self.feature_names = [*BASE_FEATURES, *(f"{g}={c}" for g in self.groups for c in self.categories[g]),
+                              *(f"feature{j}" for j in range(self.n_user_features))]
+        raw = self.table_features(lab)
+        self.mean = raw.mean(axis=0)
+        sd = raw.std(axis=0)
+        self.scale = np.where(sd > 1e-12, sd, 1.0)
+        phi = (raw - self.mean) / self.scale
+        sk = lab.sketch
+        beta0, _ = fit_beta(sk, self.bounds, seed=self.seed, what="AdaptiveTemperature (warm start)")
+        lo, hi = math.log(1.0 / self.bounds[1]), math.log(1.0 / self.bounds[0])
+        n, f = phi.shape
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            w, b = theta[:f], theta[f]
+            lb = phi @ w + b
+            inside = (lb > lo) & (lb < hi)
+            beta = np.exp(np.clip(lb, lo, hi))
+            nll, dbeta, _ = nll_terms(sk, beta)
+            dl = np.where(inside, dbeta * beta, 0.0) / n
+            grad = np.concatenate([phi.T @ dl + self.l2 * w, [dl.sum()]])
+            return float(nll.mean() + 0.5 * self.l2 * w @ w), grad
+
+        theta0 = np.concatenate([np.zeros(f), [math.log(beta0)]])
+        res = minimize(objective, theta0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": self.max_iter, "gtol": 1e-9, "ftol": 1e-13})
+        if not np.all(np.isfinite(res.x)) or (not res.success and res.nit >= self.max_iter):
+            raise ConvergenceError(f"AdaptiveTemperature: L-BFGS did not converge ({res.message})")
+        self.weights, self.bias = res.x[:f].copy(), float(res.x[f])
+        self.fit_info = {"n": n, "iterations": int(res.nit), "nll": float(res.fun), "message": str(res.message),
+                         "global_temperature": 1.0 / beta0}
+        return self
+
+    def coefficients(self) -> dict[str, float]:
+        """Weight of each (standardised) feature, plus ``"bias"``."""
+        self._require_fitted()
+        return {**dict(zip(self.feature_names, self.weights.tolist(), strict=True)), "bias": self.bias}
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {"groups": list(self.groups), "use_features": self.use_features, "l2": self.l2,
+                "bounds": list(self.bounds), "feature_names": self.feature_names, "categories": self.categories,
+                "n_user_features": self.n_user_features, "freq_ids": self.freq_ids.tolist(),
+                "freq_counts": self.freq_counts.tolist(), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "weights": self.weights.tolist(), "bias": self.bias,
+                "fit": {k: v for k, v in self.fit_info.items() if isinstance(v, int | float | str)}}
+
+    @classmethod
+    def _from_state(cls, s: dict[str, Any]) -> AdaptiveTemperature:
+        cal = cls(groups=list(s["groups"]), use_features=s["use_features"], l2=float(s["l2"]),
+                  bounds=tuple(s["bounds"]))
+        cal.feature_names = [str(x) for x in s["feature_names"]]
+        cal.categories = {str(k): [str(c) for c in v] for k, v in dict(s["categories"]).items()}
+        cal.n_user_features = int(s["n_user_features"])
+        cal.freq_ids = np.asarray(s["freq_ids"], dtype=np.int64)
+        cal.freq_counts = np.asarray(s["freq_counts"], dtype=np.float64)
+        cal.mean = np.asarray(s["mean"], dtype=np.float64)
+        cal.scale = np.asarray(s["scale"], dtype=np.float64)
+        cal.weights = np.asarray(s["weights"], dtype=np.float64)
+        cal.bias = float(s["bias"])
+        f = len(cal.feature_names)
+        if not (cal.mean.shape == cal.scale.shape == cal.weights.shape == (f,)) or \
+                not np.all(np.isfinite(np.concatenate([cal.mean, cal.scale, cal.weights, [cal.bias]]))):
+            raise ValueError(f"mean/scale/weights must be {f} finite numbers")
+        if len(cal.freq_ids) != len(cal.freq_counts):
+            raise ValueError("freq_ids and freq_counts differ in length")
+        cal.fit_info = dict(s.get("fit") or {})
+        return cal

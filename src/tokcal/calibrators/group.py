@@ -1,0 +1,198 @@
+"""One temperature per group, shrunk toward the global temperature by empirical Bayes.
+
+For each value g of a group column (domain, sentence type, ...) or of the token type of the
+predicted token, the ML inverse temperature beta_g is fitted by Newton (:mod:`.temperature`) with a
+cluster-robust standard error s_g (sequences are the clusters). In log space, l_g = log beta_g is
+treated as l_g ~ N(theta_g, v_g), v_g = (s_g / beta_g)^2, with theta_g ~ N(log beta_0, tau^2) around
+the global fit beta_0. tau^2 is the DerSimonian–Laird moment estimate
+``max(0, (Q - (G - 1)) / (S1 - S2 / S1))`` with ``Q = sum w_g (l_g - lbar)^2``, ``w_g = 1/v_g``,
+and the posterior mean ``(l_g / v_g + log beta_0 / tau^2) / (1 / v_g + 1 / tau^2)`` is used, so a
+sparse or noisy group stays near the global temperature (DerSimonian & Laird 1986; Efron & Morris 1975).
+A group value unseen at fit time gets the global temperature.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ValidationError
+from ..table import TokenTable
+from .base import as_rows, is_tensor, labeled_rows
+from .temperature import DEFAULT_BOUNDS, CalibrationWarning, TemperatureFamily, cluster_se, fit_beta, nll_terms
+
+TOKEN_TYPE = "token_type"
+#: one letter per token type, stored per vocabulary id in the JSON
+TYPE_CODES = {"s": "special", "n": "whitespace", "p": "punct", "d": "number", "w": "word", "c": "continuation"}
+_WORD_MARKS = ("Ġ", "▁", " ")
+
+
+def token_type(token: str) -> str:
+    """Coarse type of a vocabulary string: special, whitespace, punct, number, word (starts a word:
+    GPT-2 ``Ġ``, SentencePiece ``▁`` or a space) or continuation (a piece inside a word)."""
+    if len(token) > 2 and token[0] == "<" and token[-1] == ">" or token.startswith("[") and token.endswith("]"):
+        return "special"
+    body = token.lstrip("".join(_WORD_MARKS))
+    if body == "" or token in ("Ċ", "ĊĊ", "\n", "\t") or body.isspace():
+        return "whitespace"
+    if body.isdigit():
+        return "number"
+    if all(not ch.isalnum() for ch in body):
+        return "punct"
+    return "word" if token[0] in _WORD_MARKS else "continuation"
+
+
+def type_code_string(vocab: Sequence[str]) -> str:
+    inverse = {v: k for k, v in TYPE_CODES.items()}
+    return "".join(inverse[token_type(t)] for t in vocab)
+
+
+class GroupTemperature(TemperatureFamily):
+    """A temperature per value of ``by`` (a group column, or ``"token_type"`` of the predicted token).
+
+    ``shrink=True`` applies the empirical-Bayes shrinkage above; ``False`` keeps the raw per-group fits.
+    At apply time ``context[by]`` gives the group value (one or one per row); with ``by="token_type"``
+    the type is read off the argmax of the logits through the stored vocabulary types.
+    """
+
+    type_name = "group_temperature"
+
+    def __init__(self, by: str = "domain", *, shrink: bool = True, bounds: tuple[float, float] = DEFAULT_BOUNDS,
+                 seed: int = 0) -> None:
+        self.by = by
+        self.shrink = shrink
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.seed = seed
+        self.global_temperature: float | None = None
+        self.temperatures: dict[str, float] = {}
+        self.raw_temperatures: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.tau: float | None = None
+        self.type_codes: str | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.global_temperature is not None
+
+    # -- groups --------------------------------------------------------------------------------
+
+    def _table_groups(self, table: TokenTable) -> np.ndarray:
+        """Group value of every row, as strings."""
+        if self.by in table.groups:
+            return table.groups[self.by].values().astype(str)
+        if self.by == TOKEN_TYPE:
+            codes = self.type_codes
+            if codes is None:
+                if table.vocab is None:
+                    raise ValidationError("GroupTemperature(by='token_type'): the table has no vocabulary "
+                                          "strings and no 'token_type' group column")
+                codes = type_code_string(table.vocab)
+            return _types_of(codes, table.predicted)
+        raise ValidationError(f"GroupTemperature: no group column '{self.by}'; this table has {sorted(table.groups)}")
+
+    def _lookup(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray([self.temperatures.get(str(v), self.global_temperature) for v in values], np.float64)
+
+    def row_temperatures(self, table: TokenTable) -> np.ndarray:
+        return self._lookup(self._table_groups(table))
+
+    def logit_temperatures(self, logits: Any, context: dict[str, Any] | None) -> np.ndarray:
+        n = int(logits.shape[0])
+        context = context or {}
+        if self.by in context:
+            return self._lookup(as_rows(context[self.by], n, self.by, dtype=None))
+        if self.by == TOKEN_TYPE and self.type_codes is not None:
+            top = logits.argmax(dim=-1).cpu().numpy() if is_tensor(logits) else np.asarray(logits).argmax(axis=1)
+            return self._lookup(_types_of(self.type_codes, top))
+        warnings.warn(f"GroupTemperature: context has no '{self.by}'; using the global temperature",
+                      CalibrationWarning, stacklevel=3)
+        return np.full(n, self.global_temperature)
+
+    # -- fitting -------------------------------------------------------------------------------
+
+    def fit(self, table: TokenTable, **_: Any) -> GroupTemperature:
+        lab = labeled_rows(table, "GroupTemperature.fit")
+        if self.by == TOKEN_TYPE and self.by not in lab.groups and lab.vocab is not None:
+            self.type_codes = type_code_string(lab.vocab)
+        values = self._table_groups(lab)
+        sk = lab.sketch
+        beta0, info0 = fit_beta(sk, self.bounds, seed=self.seed, what="GroupTemperature (global)")
+        if info0["at_bound"]:
+            warnings.warn(f"GroupTemperature: the global temperature hit a bound ({info0['at_bound']})",
+                          CalibrationWarning, stacklevel=2)
+        cats, inv = np.unique(values, return_inverse=True)
+        logb, var = np.empty(len(cats)), np.empty(len(cats))
+        for g in range(len(cats)):
+            rows = np.flatnonzero(inv == g)
+            part = lab.select(rows)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CalibrationWarning)
+                b, info = fit_beta(part.sketch, self.bounds, beta0=beta0, seed=self.seed,
+                                   what=f"GroupTemperature[{cats[g]}]")
+            _, grad, hess = nll_terms(part.sketch, np.full(len(part), b))
+            se = cluster_se(grad, float(hess.sum()), part.sequence_id)
+            logb[g] = math.log(b)
+            # a fit stuck at a bound carries no information about where the optimum is
+            var[g] = math.inf if info["at_bound"] or len(np.unique(part.sequence_id)) < 2 else (se / b) ** 2
+        shrunk, tau2 = _shrink(logb, var, math.log(beta0)) if self.shrink else (logb, math.inf)
+        self.global_temperature = 1.0 / beta0
+        self.temperatures = {str(c): float(math.exp(-s)) for c, s in zip(cats, shrunk, strict=True)}
+        self.raw_temperatures = {str(c): float(math.exp(-s)) for c, s in zip(cats, logb, strict=True)}
+        self.counts = {str(c): int(n) for c, n in zip(cats, np.bincount(inv), strict=True)}
+        self.tau = float(math.sqrt(tau2)) if math.isfinite(tau2) else None
+        return self
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {"by": self.by, "shrink": self.shrink, "bounds": list(self.bounds),
+                "global_temperature": self.global_temperature, "temperatures": self.temperatures,
+                "raw_temperatures": self.raw_temperatures, "counts": self.counts, "tau": self.tau,
+                "type_codes": self.type_codes}
+
+    @classmethod
+    def _from_state(cls, s: dict[str, Any]) -> GroupTemperature:
+        cal = cls(str(s["by"]), shrink=bool(s["shrink"]), bounds=tuple(s["bounds"]))
+        cal.global_temperature = _positive(s["global_temperature"], "global_temperature")
+        cal.temperatures = {str(k): _positive(v, f"temperatures[{k}]") for k, v in dict(s["temperatures"]).items()}
+        cal.raw_temperatures = {str(k): float(v) for k, v in dict(s.get("raw_temperatures", {})).items()}
+        cal.counts = {str(k): int(v) for k, v in dict(s.get("counts", {})).items()}
+        cal.tau = None if s.get("tau") is None else float(s["tau"])
+        codes = s.get("type_codes")
+        if codes is not None and (not isinstance(codes, str) or set(codes) - set(TYPE_CODES)):
+            raise ValueError("type_codes must be a string of letters from " + "".join(TYPE_CODES))
+        cal.type_codes = codes
+        return cal
+
+
+def _positive(x: Any, name: str) -> float:
+    v = float(x)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {x!r}")
+    return v
+
+
+def _types_of(codes: str, ids: np.ndarray) -> np.ndarray:
+    letters = np.frombuffer(codes.encode("ascii"), dtype="S1")
+    names = {k.encode(): v for k, v in TYPE_CODES.items()}
+    return np.asarray([names[c] for c in letters[np.asarray(ids)]], dtype=object)
+
+
+def _shrink(logb: np.ndarray, var: np.ndarray, prior: float) -> tuple[np.ndarray, float]:
+    """Empirical-Bayes posterior means of log beta_g (DerSimonian–Laird tau^2) and tau^2."""
+    w = np.where(np.isfinite(var) & (var > 0), 1.0 / np.where(var > 0, var, 1.0), 0.0)
+    ok = w > 0
+    if ok.sum() < 2:
+        return np.where(ok, logb, prior), math.inf if ok.sum() == 1 else 0.0
+    s1, s2 = w[ok].sum(), (w[ok] ** 2).sum()
+    lbar = float((w[ok] * logb[ok]).sum() / s1)
+    q = float((w[ok] * (logb[ok] - lbar) ** 2).sum())
+    tau2 = max(0.0, (q - (ok.sum() - 1)) / (s1 - s2 / s1))
+    if tau2 == 0.0:
+        return np.full_like(logb, prior), 0.0
+    post = np.where(ok, (logb * w + prior / tau2) / (w + 1.0 / tau2), prior)
+    return post, tau2

@@ -1,0 +1,261 @@
+"""Top-label calibrators: remap the confidence of the predicted token, rescale the rest.
+
+A map g: [0, 1] -> [0, 1] is fitted on (c_i, a_i) = (top-1 probability at T = 1, 1[argmax = label]).
+The calibrated distribution puts ``c' = g(c)`` on the model's argmax and multiplies every other
+probability by ``r = (1 - c') / (1 - c)``, so rows still sum to 1 and the ranking of the other ids is
+kept. Then
+
+    p'(y) = c' if y is the argmax else r p(y);      sum_j p'_j^2 = c'^2 + r^2 (sum_j p_j^2 - c^2);
+    H' = -c' log c' - (1 - c') log r + r (H + c log c).
+
+When c' falls below r * p_2 the old argmax is no longer the most likely id: rows are re-sorted, so
+these calibrators **can change the argmax** (``preserves_argmax = False``).
+
+* :class:`HistogramBinning` — Zadrozny & Elkan 2001: the accuracy of the bin (equal-mass bins).
+* :class:`Isotonic` — Zadrozny & Elkan 2002, scikit-learn ``IsotonicRegression``; applied by
+  linear interpolation between its thresholds (what scikit-learn's ``predict`` does).
+* :class:`BetaCalibration` — Kull, Silva Filho & Flach 2017: ``logit g(c) = a ln c - b ln(1 - c) + m``
+  with a, b >= 0 (monotone), fitted by bounded L-BFGS on the log-loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+
+from ..errors import ValidationError
+from ..probs import TokenProbs, token_probs
+from ..table import TokenTable
+from .base import Calibrator, check_logits, is_tensor, labeled_rows
+
+_EPS = 1e-12
+
+
+class TopLabelCalibrator(Calibrator):
+    """Base class: subclasses implement :meth:`_fit_map` and :meth:`map_confidence`."""
+
+    preserves_argmax = False
+
+    def map_confidence(self, c: np.ndarray) -> np.ndarray:
+        """Calibrated confidence g(c) in [0, 1]."""
+        raise NotImplementedError
+
+    def _fit_map(self, c: np.ndarray, a: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def fit(self, table: TokenTable, **_: Any) -> TopLabelCalibrator:
+        lab = labeled_rows(table, f"{type(self).__name__}.fit")
+        tp = token_probs(lab)
+        self._fit_map(tp.confidence.astype(np.float64), tp.correct.astype(np.float64))
+        return self
+
+    def _mapped(self, c: np.ndarray, rest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(c', r)``; ``rest`` is a lower bound on the mass off the argmax (the other top-k probabilities),
+        guarding ``1 - c`` against rounding when c is within float error of 1."""
+        c = np.minimum(c, 1.0)
+        c2 = np.clip(self.map_confidence(c), 0.0, 1.0)
+        denom = 1.0 - c if rest is None else np.maximum(1.0 - c, rest)
+        r = (1.0 - c2) / np.maximum(denom, _EPS)
+        return c2, r
+
+    def token_probs(self, table: TokenTable) -> TokenProbs:
+        self._require_fitted()
+        base = token_probs(table)
+        c = np.minimum(base.top_probs[:, 0], 1.0)
+        c2, r = self._mapped(c, base.top_probs[:, 1:].sum(axis=1))
+        top = base.top_probs * r[:, None]
+        top[:, 0] = c2
+        ids = base.top_ids
+        is_top = base.label == ids[:, 0]
+        label_prob = np.where(is_top, c2, r * base.label_prob)
+        sum_sq = c2 * c2 + r * r * np.maximum(base.sum_sq - c * c, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent = (-_xlogx(c2) - (1.0 - c2) * np.where(r > 0, np.log(np.where(r > 0, r, 1.0)), 0.0)
+                   + r * (base.entropy + _xlogx(c)))
+        resort = top.shape[1] > 1 and np.any(top[:, 1] > top[:, 0])
+        if resort:
+            rows = np.flatnonzero(top[:, 1] > top[:, 0])
+            order = np.argsort(-top[rows], axis=1, kind="stable")
+            top[rows] = np.take_along_axis(top[rows], order, 1)
+            ids = ids.copy()
+            ids[rows] = np.take_along_axis(ids[rows], order, 1)
+        return TokenProbs(ids, top, base.label, label_prob, sum_sq, np.maximum(ent, 0.0))
+
+    def transform_logits(self, logits: Any, context: dict[str, Any] | None = None) -> Any:
+        """Log-probabilities of the calibrated distribution (valid logits: softmax gives it back)."""
+        self._require_fitted()
+        check_logits(logits)
+        if is_tensor(logits):
+            import torch
+
+            logp = torch.log_softmax(logits.double() if logits.device.type == "cpu" else logits.float(), dim=-1)
+            lc, arg = logp.max(dim=-1)
+            c = lc.exp().cpu().numpy().astype(np.float64)
+            c2, r = self._mapped(c)
+            log_r = torch.as_tensor(np.log(np.maximum(r, 1e-300)), dtype=logp.dtype, device=logp.device)
+            out = logp + log_r[:, None]
+            out.scatter_(1, arg[:, None], torch.as_tensor(np.log(np.maximum(c2, 1e-300)), dtype=logp.dtype,
+                                                          device=logp.device)[:, None])
+            return out.to(logits.dtype)
+        z = np.asarray(logits)
+        z64 = z.astype(np.float64)
+        mx = z64.max(axis=1, keepdims=True)
+        logp = z64 - mx - np.log(np.exp(z64 - mx).sum(axis=1, keepdims=True))
+        arg = logp.argmax(axis=1)
+        c = np.exp(logp[np.arange(len(arg)), arg])
+        c2, r = self._mapped(c)
+        out = logp + np.log(np.maximum(r, 1e-300))[:, None]
+        out[np.arange(len(arg)), arg] = np.log(np.maximum(c2, 1e-300))
+        return out.astype(z.dtype if np.issubdtype(z.dtype, np.floating) else np.float64, copy=False)
+
+
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
+
+
+def _floats(v: Any, name: str) -> np.ndarray:
+    arr = np.asarray(v, dtype=np.float64)
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be a list of finite numbers")
+    return arr
+
+
+class HistogramBinning(TopLabelCalibrator):
+    """Map each confidence to the accuracy of its bin (``bins`` equal-mass bins by default).
+
+    A bin with fewer than ``min_count`` fitting tokens falls back to its mean confidence.
+    """
+
+    type_name = "histogram_binning"
+
+    def __init__(self, bins: int = 15, *, binning: str = "mass", min_count: int = 1) -> None:
+        if bins < 1:
+            raise ValidationError(f"HistogramBinning: bins must be >= 1, got {bins}")
+        if binning not in ("mass", "width"):
+            raise ValidationError(f"HistogramBinning: binning must be 'mass' or 'width', got {binning!r}")
+        self.bins, self.binning, self.min_count = int(bins), binning, int(min_count)
+        self.edges: np.ndarray | None = None
+        self.values: np.ndarray | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.values is not None
+
+    def _fit_map(self, c: np.ndarray, a: np.ndarray) -> None:
+        if self.binning == "mass":
+            inner = np.unique(np.quantile(c, np.linspace(0, 1, self.bins + 1)[1:-1]))
+        else:
+            inner = np.linspace(0, 1, self.bins + 1)[1:-1]
+        self.edges = np.concatenate([[0.0], inner, [1.0]])
+        b = np.searchsorted(inner, c, side="right")
+        nb = len(self.edges) - 1
+        cnt = np.bincount(b, minlength=nb)
+        acc = np.bincount(b, weights=a, minlength=nb)
+        conf = np.bincount(b, weights=c, minlength=nb)
+        mid = 0.5 * (self.edges[:-1] + self.edges[1:])
+        self.values = np.where(cnt >= max(self.min_count, 1), acc / np.maximum(cnt, 1),
+                               np.where(cnt > 0, conf / np.maximum(cnt, 1), mid))
+
+    def map_confidence(self, c: np.ndarray) -> np.ndarray:
+        return self.values[np.searchsorted(self.edges[1:-1], c, side="right")]
+
+    def _state(self) -> dict[str, Any]:
+        return {"bins": self.bins, "binning": self.binning, "min_count": self.min_count,
+                "edges": self.edges.tolist(), "values": self.values.tolist()}
+
+    @classmethod
+    def _from_state(cls, s: dict[str, Any]) -> HistogramBinning:
+        cal = cls(int(s["bins"]), binning=str(s["binning"]), min_count=int(s.get("min_count", 1)))
+        cal.edges, cal.values = _floats(s["edges"], "edges"), _floats(s["values"], "values")
+        if len(cal.edges) != len(cal.values) + 1 or np.any(np.diff(cal.edges) < 0):
+            raise ValueError("edges must be ascending and one longer than values")
+        return cal
+
+
+class Isotonic(TopLabelCalibrator):
+    """Isotonic regression of correctness on confidence (scikit-learn), clipped outside the data."""
+
+    type_name = "isotonic"
+
+    def __init__(self) -> None:
+        self.x: np.ndarray | None = None
+        self.y: np.ndarray | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.x is not None
+
+    def _fit_map(self, c: np.ndarray, a: np.ndarray) -> None:
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(c, a)
+        self.x = np.asarray(iso.X_thresholds_, dtype=np.float64)
+        self.y = np.asarray(iso.y_thresholds_, dtype=np.float64)
+
+    def map_confidence(self, c: np.ndarray) -> np.ndarray:
+        return np.interp(c, self.x, self.y)
+
+    def _state(self) -> dict[str, Any]:
+        return {"x": self.x.tolist(), "y": self.y.tolist()}
+
+    @classmethod
+    def _from_state(cls, s: dict[str, Any]) -> Isotonic:
+        cal = cls()
+        cal.x, cal.y = _floats(s["x"], "x"), _floats(s["y"], "y")
+        if len(cal.x) != len(cal.y) or len(cal.x) == 0 or np.any(np.diff(cal.x) < 0):
+            raise ValueError("x must be ascending and as long as y (at least one point)")
+        return cal
+
+
+class BetaCalibration(TopLabelCalibrator):
+    """Beta calibration (Kull et al. 2017): ``g(c) = 1 / (1 + exp(-(a ln c - b ln(1 - c) + m)))``."""
+
+    type_name = "beta"
+
+    def __init__(self) -> None:
+        self.a: float | None = None
+        self.b: float | None = None
+        self.m: float | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.a is not None
+
+    @staticmethod
+    def _design(c: np.ndarray) -> np.ndarray:
+        c = np.clip(c, 1e-7, 1 - 1e-7)
+        return np.stack([np.log(c), -np.log1p(-c)], axis=1)
+
+    def _fit_map(self, c: np.ndarray, a: np.ndarray) -> None:
+        x = self._design(c)
+        n = len(c)
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            s = x @ theta[:2] + theta[2]
+            # log-loss = log(1 + e^s) - a s, gradient (sigmoid(s) - a)
+            val = np.logaddexp(0.0, s) - a * s
+            d = (expit(s) - a) / n
+            return float(val.mean()), np.concatenate([x.T @ d, [d.sum()]])
+
+        res = minimize(loss, np.array([1.0, 1.0, 0.0]), jac=True, method="L-BFGS-B",
+                       bounds=[(0.0, None), (0.0, None), (None, None)])
+        self.a, self.b, self.m = (float(v) for v in res.x)
+
+    def map_confidence(self, c: np.ndarray) -> np.ndarray:
+        return expit(self._design(c) @ np.array([self.a, self.b]) + self.m)
+
+    def _state(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "m": self.m}
+
+    @classmethod
+    def _from_state(cls, s: dict[str, Any]) -> BetaCalibration:
+        cal = cls()
+        cal.a, cal.b, cal.m = (float(s[k]) for k in ("a", "b", "m"))
+        if not all(math.isfinite(v) for v in (cal.a, cal.b, cal.m)) or cal.a < 0 or cal.b < 0:
+            raise ValueError("a, b must be finite and >= 0, m finite")
+        return cal
