@@ -302,7 +302,8 @@ def _tail_nodes(cnt: np.ndarray, sm: np.ndarray, tail1: np.ndarray, betas: np.nd
             out[:, b, 0] = amax[:, 0] + np.log(s)
             out[:, b, 1] = (w * (mean + beta * _FINE_VAR)).sum(axis=1) / s
         if beta == 1.0:
-            out[:, b, 0] = tail1
+            # exact where the kernel's s - sum(top) did not cancel to <= 0 (a tail far below the top)
+            out[:, b, 0] = np.where(np.isfinite(tail1), tail1, out[:, b, 0])
     out[empty, :, 0] = -np.inf
     out[empty, :, 1] = 0.0
     return out.astype(np.float32)
