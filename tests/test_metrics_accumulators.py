@@ -9,8 +9,16 @@ from hypothesis import strategies as st
 
 from tokcal.errors import TokcalError, ValidationError
 from tokcal.metrics import (
-    BinnedAccumulator, ScoreAccumulator, brier, check_same_signature, ece, nll, parse_signature,
-    reliability_bins, signature, top_label_brier,
+    BinnedAccumulator,
+    ScoreAccumulator,
+    brier,
+    check_same_signature,
+    ece,
+    nll,
+    parse_signature,
+    reliability_bins,
+    signature,
+    top_label_brier,
 )
 
 probs = st.floats(0.0, 1.0, allow_nan=False)

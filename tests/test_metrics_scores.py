@@ -9,7 +9,14 @@ import pytest
 
 from tokcal.errors import ValidationError
 from tokcal.metrics import (
-    aurc, brier, classwise_calibration, classwise_ece, ece, nll, per_token_reliability, risk_coverage,
+    aurc,
+    brier,
+    classwise_calibration,
+    classwise_ece,
+    ece,
+    nll,
+    per_token_reliability,
+    risk_coverage,
     top_label_brier,
 )
 
