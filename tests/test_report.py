@@ -61,6 +61,10 @@ def test_data_is_escaped(evs, page):
     assert "<script>alert(1)</script>" in tokens  # the fixture does list it
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # the evaluation writes the predicted token of a context as [[token]]; the report marks it
+    assert any("[[<script>alert(1)</script>]]" in c for ev in evs.values() for t in ev["worst_tokens"]
+               for c in t["contexts"])
+    assert "<mark>&lt;script&gt;alert(1)&lt;/script&gt;</mark>" in page and "[[" not in page
     nasty = copy.deepcopy(evs)
     nasty['<b onmouseover="x">'] = nasty.pop("uncalibrated")
     text = render_html(nasty, title="</title><script>")
@@ -85,15 +89,14 @@ def test_overview_and_slices_show_the_evaluation_numbers(evs, page):
 
 def test_slice_marking_falls_back_to_the_gap_interval(evs):
     ev = copy.deepcopy(evs["uncalibrated"])
-    rows = ev["slices"]["domain"]
+    rows = ev["slices"]["position"]
     for r in rows:
         del r["significant"]
     rows[0]["gap_ci"], rows[0]["signed_gap"] = [-0.2, -0.1], -0.15
     rows[1]["gap_ci"] = [-0.01, 0.3]
-    html = slices_section({"x": ev})
+    html = slices_section({"x": {**ev, "slices": {"position": rows}}})
     assert html.count('class="sig-under"') == 1
-    assert html.count('class="sig-over"') == sum(
-        r["gap_ci"][0] > 0 for s in ev["slices"].values() for r in s)
+    assert html.count('class="sig-over"') == sum(r["gap_ci"][0] > 0 for r in rows) > 0
 
 
 def test_undefined_values_show_as_dash(evs):

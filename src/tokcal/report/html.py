@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -64,6 +65,15 @@ def token_html(token: Any) -> str:
     text = "" if token is None else str(token)
     shown = text.replace("\n", "↵").replace("\t", "⇥")
     return f'<code class="tok" title="{e(repr(text))}">{e(shown) if shown.strip() else e(repr(text))}</code>'
+
+
+def context_html(context: Any) -> str:
+    """An example context, escaped; the predicted token, written ``[[token]]`` by the evaluation, marked."""
+    text = str(context)
+    m = re.search(r"\[\[(.*)\]\]", text, flags=re.S)
+    if m is None:
+        return e(text)
+    return f"{e(text[:m.start()])}<mark>{e(m.group(1))}</mark>{e(text[m.end():])}"
 
 
 def _table(headers: list[str], rows: list[tuple[str, list[str]]], text_cols: int = 1) -> str:
@@ -171,7 +181,7 @@ def worst_tokens_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
     for i, (name, ev) in enumerate(evs.items()):
         rows = []
         for t in ev.get("worst_tokens") or []:
-            ctx = "".join(f"<li>{e(c)}</li>" for c in (t.get("contexts") or []))
+            ctx = "".join(f"<li>{context_html(c)}</li>" for c in (t.get("contexts") or []))
             rows.append(("", [token_html(t.get("token")), e(t.get("id")), fmt(t.get("n"), 0),
                               e(fmt(t.get("confidence"))), e(fmt(t.get("accuracy"))), e(fmt(t.get("gap"))),
                               e(fmt(t.get("ece_share"), 3)), f'<ul class="contexts">{ctx}</ul>']))
