@@ -1,0 +1,616 @@
+"""Teacher-forced token predictions from Hugging Face models (causal LM, seq2seq, token classification).
+
+Imports torch and transformers at module top: load it only when a model is at hand
+(``from tokcal.sources import hf``).
+
+Every predicted token becomes a TokenTable row. Logits are never kept for a whole batch: the
+causal path runs the model body, picks the hidden states of the target positions and applies the
+output head in chunks of ~``_CHUNK_ELEMS`` logits, each chunk sketched on its device
+(:func:`tokcal.sketch.sketch_logits`, exact at T = 1). Seq2seq and token classification sketch
+the selected decoder/tagger rows of one batch in the same chunks.
+
+**Long texts (causal).** Sliding windows as in the Hugging Face perplexity guide: window w covers
+tokens ``[w*stride, w*stride + max_length)``; it predicts only the tokens after the previous
+window's end, so every token is predicted exactly once, each with at least
+``max_length - stride`` tokens of context (``1 <= stride < max_length``; default ``max_length // 2``).
+
+**BOS and special tokens (causal).** ``prepend_bos=None`` keeps the tokenizer's own behaviour
+(``tokenizer(text)``: GPT-2 adds nothing, Llama prepends ``<s>``); ``True`` tokenizes without
+special tokens and prepends ``tokenizer.bos_token_id`` (so the first text token is predicted);
+``False`` uses no special tokens at all (the first text token is context only). Special tokens
+(BOS, EOS, padding, ...) are never prediction targets, only context. ``position`` is the index of
+the predicted token in the document's token ids after this BOS policy.
+
+**Padding.** Causal batches are padded on ``tokenizer.padding_side`` with explicit
+``position_ids`` (cumulative attention mask), so left and right padding give the same values.
+Seq2seq and token-classification batches are padded on the right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import TokcalError
+from ..sketch import DEFAULT_TOP_K, LogitSketch, sketch_logits
+from ..table import TokenTable
+from .dataset import DEFAULT_PART_ROWS, DatasetWriter
+from .readers import Document, Pair, TaggedSentence
+
+_CHUNK_ELEMS = 1 << 23  # logits sketched per chunk (32 MiB of float32)
+Progress = Callable[[int, int], None]  # (documents finished, tokens predicted) increments
+
+
+# ----------------------------------------------------------------------------------------------
+# Items, groups and bookkeeping shared by the three tasks
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    id: str
+    seq: int
+    hash: str
+    groups: dict[str, str]
+    data: Any
+
+
+def _items(raw: Sequence[Any], kind: type, doc_ids: Sequence[str] | None,
+           groups: Mapping[str, Any] | None, to_data: Callable[[Any], Any]) -> list[_Item]:
+    if isinstance(raw, (str, bytes)):
+        raise TokcalError("expected a sequence of inputs, got a single string")
+    raw = list(raw)
+    if doc_ids is not None and len(doc_ids) != len(raw):
+        raise TokcalError(f"doc_ids: {len(doc_ids)} ids for {len(raw)} inputs")
+    extra: dict[str, list[str]] = {}
+    for name, val in (groups or {}).items():
+        if isinstance(val, str):
+            extra[name] = [val] * len(raw)
+        else:
+            vals = [str(v) for v in val]
+            if len(vals) != len(raw):
+                raise TokcalError(f"group '{name}': {len(vals)} values for {len(raw)} inputs")
+            extra[name] = vals
+    out = []
+    for i, x in enumerate(raw):
+        own = dict(x.groups) if isinstance(x, kind) else {}
+        own.update({k: v[i] for k, v in extra.items()})
+        data = to_data(x)
+        did = doc_ids[i] if doc_ids is not None else (x.id if isinstance(x, kind) else f"#{i}")
+        h = hashlib.sha256(repr((data, sorted(own.items()))).encode()).hexdigest()[:16]
+        out.append(_Item(str(did), i, h, own, data))
+    names = {frozenset(it.groups) for it in out}
+    if len(names) > 1:
+        raise TokcalError(f"inputs disagree on group names: {sorted(sorted(n) for n in names)}")
+    return out
+
+
+@dataclass
+class _Rows:
+    """Predictions of one block of documents, in any order."""
+
+    sketches: list[LogitSketch]
+    seq: list[np.ndarray]
+    pos: list[np.ndarray]
+    label: list[np.ndarray]
+
+    def add(self, sk: LogitSketch, seq: np.ndarray, pos: np.ndarray, label: np.ndarray) -> None:
+        self.sketches.append(sk)
+        self.seq.append(seq)
+        self.pos.append(pos)
+        self.label.append(label)
+
+
+def _table(rows: _Rows, block: list[_Item], vocab: list[str], source: dict[str, Any]) -> TokenTable | None:
+    if not rows.sketches:
+        return None
+    seq, pos, lab = (np.concatenate(x) for x in (rows.seq, rows.pos, rows.label))
+    order = np.lexsort((pos, seq))
+    first = rows.sketches[0]
+    sk = LogitSketch(*(np.concatenate([getattr(s, f) for s in rows.sketches])[order]
+                       for f in ("top_ids", "top_logits", "label_logit", "log_normalizer", "tail")),
+                     layout=first.layout, vocab_size=first.vocab_size)
+    seq, pos, lab = seq[order], pos[order], lab[order]
+    by_seq = {it.seq: it for it in block}
+    groups = {name: np.array([by_seq[s].groups[name] for s in seq], dtype=object) for name in block[0].groups}
+    return TokenTable.from_sketch(sk, lab, sequence_ids=seq, positions=pos, groups=groups, vocab=vocab,
+                                  source=source)
+
+
+def _blocks(items: list[_Item], cost: Callable[[_Item], int], budget: int) -> list[list[_Item]]:
+    blocks, cur, used = [], [], 0
+    for it in items:
+        cur.append(it)
+        used += cost(it)
+        if used >= budget:
+            blocks.append(cur)
+            cur, used = [], 0
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+def _drive(items: list[_Item], predict: Callable[[list[_Item]], _Rows], cost: Callable[[_Item], int],
+           budget: int, vocab: list[str], source: dict[str, Any], settings: dict[str, Any],
+           out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None) -> TokenTable | Path:
+    writer = DatasetWriter(out_dir, settings, part_rows=part_rows) if out_dir is not None else None
+    todo = [it for it in items if writer is None or not writer.is_done(it.id, it.hash, it.seq)]
+    if progress is not None and len(todo) < len(items):
+        progress(len(items) - len(todo), 0)
+    tables = []
+    for block in _blocks(todo, cost, budget):
+        table = _table(predict(block), block, vocab, source)
+        n = 0 if table is None else len(table)
+        if writer is not None:
+            counts = {} if table is None else dict(zip(*np.unique(table.sequence_id, return_counts=True),
+                                                       strict=True))
+            writer.add(table, [{"id": it.id, "hash": it.hash, "sequence_id": it.seq,
+                                "rows": int(counts.get(it.seq, 0))} for it in block])
+        elif table is not None:
+            tables.append(table)
+        if progress is not None:
+            progress(len(block), n)
+    if writer is not None:
+        writer.close()
+        return Path(out_dir)
+    if not tables:
+        raise TokcalError("no tokens to predict: every input was empty or made only of special tokens")
+    return tables[0] if len(tables) == 1 else TokenTable.concat(tables)
+
+
+def _device(model: Any, device: Any) -> torch.device:
+    if device is not None:
+        device = torch.device(device)
+        model.to(device)
+        return device
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _vocab_strings(tokenizer: Any, size: int) -> list[str]:
+    """id -> readable string (decoded, so byte-level 'Ġthe' reads ' the'); ``<id>`` past the tokenizer."""
+    n = min(size, len(tokenizer))
+    toks = tokenizer.convert_ids_to_tokens(list(range(n)))
+    out = []
+    for i, t in enumerate(toks):
+        if t is None:
+            out.append(f"<{i}>")
+            continue
+        try:
+            out.append(tokenizer.convert_tokens_to_string([t]))
+        except Exception:  # noqa: BLE001 - some tokenizers cannot render a lone token; keep the raw piece
+            out.append(str(t))
+    return out + [f"<{i}>" for i in range(n, size)]
+
+
+def _special_ids(tokenizer: Any) -> np.ndarray:
+    return np.array(sorted(set(getattr(tokenizer, "all_special_ids", []) or [])), np.int64)
+
+
+def _model_info(model: Any, tokenizer: Any) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    return {
+        "model": str(getattr(cfg, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__),
+        "model_class": type(model).__name__,
+        "revision": getattr(cfg, "_commit_hash", None),
+        "tokenizer": str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
+    }
+
+
+def _sketch_rows(logit_fn: Callable[[int, int], torch.Tensor], labels: np.ndarray, n: int, vocab: int,
+                 top_k: int) -> list[LogitSketch]:
+    """Sketch ``n`` rows whose logits ``logit_fn(start, stop)`` yields chunk by chunk, on their device."""
+    step = max(1, _CHUNK_ELEMS // max(vocab, 1))
+    return [sketch_logits(logit_fn(a, min(n, a + step)), labels[a:a + step], top_k=top_k, chunk_rows=step)
+            for a in range(0, n, step)]
+
+
+def _concat_sketches(parts: list[LogitSketch]) -> LogitSketch:
+    if len(parts) == 1:
+        return parts[0]
+    return LogitSketch(*(np.concatenate([getattr(s, f) for s in parts])
+                         for f in ("top_ids", "top_logits", "label_logit", "log_normalizer", "tail")),
+                       layout=parts[0].layout, vocab_size=parts[0].vocab_size)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        v = getattr(tokenizer, name, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def _check_top_k(top_k: int) -> None:
+    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise TokcalError(f"top_k must be a positive integer, got {top_k!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Causal language models
+# ----------------------------------------------------------------------------------------------
+
+
+def _context_length(model: Any, tokenizer: Any) -> int | None:
+    cfg = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    v = getattr(tokenizer, "model_max_length", None)
+    return v if isinstance(v, int) and 0 < v < 1_000_000 else None
+
+
+def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows ``(begin, end, first_target)`` over ``n_tokens`` ids (HF perplexity guide).
+
+    Window ``[begin, end)`` predicts tokens ``first_target .. end-1`` (token t from positions
+    ``begin .. t-1``). Token 0 is never predicted; every other token exactly once.
+    """
+    if not 1 <= stride < max_length:
+        raise TokcalError(f"stride must be in [1, max_length={max_length}), got {stride}")
+    out, begin, prev_end = [], 0, 1
+    while prev_end < n_tokens:
+        end = min(begin + max_length, n_tokens)
+        out.append((begin, end, prev_end))
+        prev_end = end
+        begin += stride
+    return out
+
+
+class _CausalRunner:
+    """Body + output head of a causal LM; falls back to the full forward if the head is not plain."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        base = getattr(model, "base_model", None)
+        self.base = base if base is not None and base is not model and self.head is not None else None
+        fwd = inspect.signature((self.base or model).forward).parameters
+        self.positions = "position_ids" in fwd
+        self.checked = self.base is None
+
+    def _kwargs(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        kw: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        if self.positions:
+            kw["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_(min=0)
+        return kw
+
+    def rows(self, ids: torch.Tensor, mask: torch.Tensor, b: torch.Tensor, t: torch.Tensor
+             ) -> Callable[[int, int], torch.Tensor]:
+        """A function giving the logits of rows ``(b[i], t[i])`` for ``i in [start, stop)``."""
+        kw = self._kwargs(ids, mask)
+        if not self.checked:
+            self.checked = True
+            h = self.base(**{k: v[:1] for k, v in kw.items()}, use_cache=False)[0]
+            full = self.model(**{k: v[:1] for k, v in kw.items()}, use_cache=False).logits
+            mine = self.head(h)
+            scale = 1e-4 * (1.0 + float(full.abs().max()))
+            if mine.shape != full.shape or float((mine - full).abs().max()) > scale:
+                self.base = None  # logits are not head(hidden) here (soft-capping, scaling, ...)
+        if self.base is not None:
+            hidden = self.base(**kw, use_cache=False)[0][b, t]
+            return lambda a, z: self.head(hidden[a:z]).float()
+        logits = self.model(**kw, use_cache=False).logits[b, t]
+        return lambda a, z: logits[a:z].float()
+
+
+def collect_causal(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str | Document],
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    device: Any = None,
+    groups: Mapping[str, str | Sequence[str]] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    doc_ids: Sequence[str] | None = None,
+    prepend_bos: bool | None = None,
+    part_rows: int = DEFAULT_PART_ROWS,
+    progress: Progress | None = None,
+) -> TokenTable | Path:
+    """Teacher-forced next-token predictions of a causal LM on ``texts``, one row per token.
+
+    ``texts``: strings or :class:`~tokcal.sources.readers.Document` (whose id and groups are used).
+    ``max_length``: window length (default: the model's context size); ``stride``: window step
+    (default ``max_length // 2``). ``groups``: name -> one value for all texts or one per text.
+    ``out_dir``: stream Parquet parts into this dataset directory (resumable, see
+    :mod:`tokcal.sources.dataset`) and return its path instead of a table. ``prepend_bos``: see the
+    module docstring. ``progress(docs, tokens)`` is called with increments after each block.
+    ``sequence_id`` is the index of the text in ``texts``.
+    """
+    _check_top_k(top_k)
+    if batch_size < 1:
+        raise TokcalError(f"batch_size must be >= 1, got {batch_size}")
+    items = _items(texts, Document, doc_ids, groups, lambda x: x.text if isinstance(x, Document) else str(x))
+    L = max_length or _context_length(model, tokenizer)
+    if L is None:
+        raise TokcalError("cannot tell the model's context length; pass max_length")
+    if L < 2:
+        raise TokcalError(f"max_length must be >= 2, got {L}")
+    S = stride if stride is not None else max(1, L // 2)
+    sliding_windows(0, L, S)  # validates stride
+    if prepend_bos and getattr(tokenizer, "bos_token_id", None) is None:
+        raise TokcalError("prepend_bos=True but the tokenizer has no bos_token_id")
+    dev = _device(model, device)
+    runner = _CausalRunner(model)
+    vocab_size = int(runner.head.weight.shape[0]) if runner.head is not None else int(model.config.vocab_size)
+    if len(tokenizer) > vocab_size:
+        raise TokcalError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size}")
+    k = min(top_k, vocab_size)
+    special = _special_ids(tokenizer)
+    pad = _pad_id(tokenizer)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    bos = {None: "tokenizer", True: "prepend", False: "none"}[prepend_bos]
+    info = _model_info(model, tokenizer)
+    source = {**info, "task": "causal-lm", "top_k": k, "labels": "teacher-forced", "max_length": L,
+              "stride": S, "bos": bos}
+    settings = {**source, "vocab_size": vocab_size}
+
+    def encode(block: list[_Item]) -> list[list[int]]:
+        texts_ = [it.data for it in block]
+        if prepend_bos is None:
+            return tokenizer(texts_)["input_ids"]
+        ids = tokenizer(texts_, add_special_tokens=False)["input_ids"]
+        return [[tokenizer.bos_token_id, *x] for x in ids] if prepend_bos else ids
+
+    def predict(block: list[_Item]) -> _Rows:
+        rows = _Rows([], [], [], [])
+        windows = []
+        for it, ids in zip(block, encode(block), strict=True):
+            arr = np.asarray(ids, np.int64)
+            windows += [(it.seq, arr, b, e, f) for b, e, f in sliding_windows(len(arr), L, S)]
+        windows.sort(key=lambda w: w[3] - w[2], reverse=True)
+        with torch.inference_mode():
+            for a in range(0, len(windows), batch_size):
+                batch = windows[a:a + batch_size]
+                width = max(e - b for _, _, b, e, _ in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                bi, ti, seq, pos, lab = [], [], [], [], []
+                for r, (s, arr, b, e, f) in enumerate(batch):
+                    off = width - (e - b) if left else 0
+                    ids[r, off:off + e - b] = torch.from_numpy(arr[b:e])
+                    mask[r, off:off + e - b] = 1
+                    tgt = np.arange(f, e)
+                    tgt = tgt[~np.isin(arr[tgt], special)]
+                    bi.append(np.full(len(tgt), r))
+                    ti.append(off + tgt - 1 - b)
+                    seq.append(np.full(len(tgt), s))
+                    pos.append(tgt)
+                    lab.append(arr[tgt])
+                labels = np.concatenate(lab)
+                if not len(labels):
+                    continue
+                fn = runner.rows(ids.to(dev), mask.to(dev), torch.from_numpy(np.concatenate(bi)).to(dev),
+                                 torch.from_numpy(np.concatenate(ti)).to(dev))
+                sk = _concat_sketches(_sketch_rows(fn, labels, len(labels), vocab_size, k))
+                rows.add(sk, np.concatenate(seq), np.concatenate(pos), labels)
+        return rows
+
+    vocab = _vocab_strings(tokenizer, vocab_size)
+    return _drive(items, predict, lambda it: len(it.data) // 3 + 1, budget=max(4096, 16 * batch_size * L // 4),
+                  vocab=vocab, source=source, settings=settings, out_dir=out_dir, part_rows=part_rows,
+                  progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequence-to-sequence
+# ----------------------------------------------------------------------------------------------
+
+
+def _shift_right(model: Any, labels: torch.Tensor, pad: int) -> torch.Tensor:
+    if hasattr(model, "prepare_decoder_input_ids_from_labels"):
+        return model.prepare_decoder_input_ids_from_labels(labels=labels)
+    start = getattr(model.config, "decoder_start_token_id", None)
+    if start is None:
+        raise TokcalError("model.config.decoder_start_token_id is not set; cannot build decoder inputs")
+    out = labels.new_full(labels.shape, pad)
+    out[:, 1:] = labels[:, :-1]
+    out[:, 0] = start
+    return out.masked_fill_(out == -100, pad)
+
+
+def collect_seq2seq(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str] | Pair],
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    max_length: int | None = None,
+    max_target_length: int | None = None,
+    batch_size: int = 8,
+    device: Any = None,
+    groups: Mapping[str, str | Sequence[str]] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    doc_ids: Sequence[str] | None = None,
+    part_rows: int = DEFAULT_PART_ROWS,
+    progress: Progress | None = None,
+) -> TokenTable | Path:
+    """Decoder teacher-forced on each target given its source, one row per target token.
+
+    Sources are encoded with the tokenizer's special tokens and truncated to ``max_length``;
+    targets with ``tokenizer(text_target=...)``, truncated to ``max_target_length`` (default
+    ``max_length``). Decoder inputs are the targets shifted right (``decoder_start_token_id``).
+    Special target tokens (EOS, BOS, padding) are not rows. ``position``: index in the target ids.
+    """
+    _check_top_k(top_k)
+    items = _items(pairs, Pair, doc_ids, groups,
+                   lambda x: (x.source, x.target) if isinstance(x, Pair) else (str(x[0]), str(x[1])))
+    L = max_length or _context_length(model, tokenizer) or 512
+    LT = max_target_length or L
+    dev = _device(model, device)
+    head = model.get_output_embeddings()
+    vocab_size = int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+    k = min(top_k, vocab_size)
+    special = _special_ids(tokenizer)
+    pad = _pad_id(tokenizer)
+    source = {**_model_info(model, tokenizer), "task": "seq2seq", "top_k": k, "labels": "teacher-forced",
+              "max_length": L, "max_target_length": LT}
+    settings = {**source, "vocab_size": vocab_size}
+
+    def predict(block: list[_Item]) -> _Rows:
+        rows = _Rows([], [], [], [])
+        src = tokenizer([it.data[0] for it in block], truncation=True, max_length=L)["input_ids"]
+        tgt = tokenizer(text_target=[it.data[1] for it in block], truncation=True, max_length=LT)["input_ids"]
+        order = sorted(range(len(block)), key=lambda i: len(src[i]) + len(tgt[i]), reverse=True)
+        with torch.inference_mode():
+            for a in range(0, len(order), batch_size):
+                idx = order[a:a + batch_size]
+                ws = max(max(len(src[i]) for i in idx), 1)
+                wt = max(max(len(tgt[i]) for i in idx), 1)
+                ids = torch.full((len(idx), ws), pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), ws), dtype=torch.long)
+                labels = torch.full((len(idx), wt), -100, dtype=torch.long)
+                for r, i in enumerate(idx):
+                    ids[r, :len(src[i])] = torch.tensor(src[i], dtype=torch.long)
+                    mask[r, :len(src[i])] = 1
+                    labels[r, :len(tgt[i])] = torch.tensor(tgt[i], dtype=torch.long)
+                lab_np = labels.numpy()
+                keep = (lab_np >= 0) & ~np.isin(lab_np, special)
+                if not keep.any():
+                    continue
+                b, t = np.nonzero(keep)
+                dec = _shift_right(model, labels.clone(), pad)
+                logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                               decoder_input_ids=dec.to(dev), use_cache=False).logits
+                sel = logits[torch.from_numpy(b).to(dev), torch.from_numpy(t).to(dev)]
+                del logits
+                y = lab_np[b, t]
+                sk = _concat_sketches(_sketch_rows(lambda p, q, s=sel: s[p:q].float(), y, len(y), vocab_size, k))
+                rows.add(sk, np.array([block[idx[r]].seq for r in b], np.int64), t, y)
+        return rows
+
+    vocab = _vocab_strings(tokenizer, vocab_size)
+    return _drive(items, predict, lambda it: (len(it.data[0]) + len(it.data[1])) // 3 + 1,
+                  budget=max(4096, 16 * batch_size * 64), vocab=vocab, source=source, settings=settings,
+                  out_dir=out_dir, part_rows=part_rows, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# Token classification
+# ----------------------------------------------------------------------------------------------
+
+
+def collect_token_classification(
+    model: Any,
+    tokenizer: Any,
+    words: Sequence[Sequence[str]] | Sequence[TaggedSentence],
+    labels: Sequence[Sequence[str | int] | None] | None = None,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    max_length: int | None = None,
+    batch_size: int = 8,
+    device: Any = None,
+    groups: Mapping[str, str | Sequence[str]] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    doc_ids: Sequence[str] | None = None,
+    part_rows: int = DEFAULT_PART_ROWS,
+    progress: Progress | None = None,
+) -> TokenTable | Path:
+    """Word-level predictions of a token classifier: one row per word, read at its first sub-token.
+
+    ``words``: lists of words (or :class:`TaggedSentence`, which carry their tags); ``labels``: one
+    tag per word (names mapped through ``model.config.label2id``, or ids), None = unknown (-1).
+    Needs a fast tokenizer (``word_ids``). Words cut by ``max_length`` truncation are not rows (a
+    warning says how many). The table's vocabulary is ``model.config.id2label``; ``position`` is
+    the word index.
+    """
+    _check_top_k(top_k)
+    words = list(words)
+    if labels is not None and len(labels) != len(words):
+        raise TokcalError(f"labels: {len(labels)} tag lists for {len(words)} sentences")
+
+    def to_data(i_x: tuple[int, Any]) -> tuple[tuple[str, ...], tuple | None]:
+        i, x = i_x
+        if isinstance(x, TaggedSentence):
+            return x.words, x.tags
+        tags = None if labels is None or labels[i] is None else tuple(labels[i])
+        return tuple(str(w) for w in x), tags
+
+    wrapped = [TaggedSentence(x.id, *to_data((i, x)), x.groups) if isinstance(x, TaggedSentence)
+               else TaggedSentence(f"#{i}", *to_data((i, x))) for i, x in enumerate(words)]
+    items = _items(wrapped, TaggedSentence, doc_ids, groups, lambda x: (x.words, x.tags))
+    if not getattr(tokenizer, "is_fast", False):
+        raise TokcalError("token classification needs a fast tokenizer (word_ids)")
+    cfg = model.config
+    n_labels = int(cfg.num_labels)
+    label2id = {str(k): int(v) for k, v in (getattr(cfg, "label2id", None) or {}).items()}
+    id2label = {int(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()}
+    vocab = [id2label.get(i, f"LABEL_{i}") for i in range(n_labels)]
+    L = max_length or _context_length(model, tokenizer) or 512
+    dev = _device(model, device)
+    k = min(top_k, n_labels)
+    pad = _pad_id(tokenizer)
+    source = {**_model_info(model, tokenizer), "task": "token-classification", "top_k": k,
+              "labels": "teacher-forced", "max_length": L, "label_position": "first-subtoken"}
+    settings = {**source, "vocab_size": n_labels, "label2id": label2id}
+    truncated = [0]
+
+    def tag_id(it: _Item, w: int, tag: Any) -> int:
+        if isinstance(tag, (int, np.integer)) and not isinstance(tag, bool):
+            if 0 <= tag < n_labels:
+                return int(tag)
+        elif str(tag) in label2id:
+            return label2id[str(tag)]
+        raise TokcalError(f"{it.id}: word {w} has tag {tag!r}, not in model.config.label2id {sorted(label2id)}")
+
+    def predict(block: list[_Item]) -> _Rows:
+        rows = _Rows([], [], [], [])
+        for it in block:
+            ws, tags = it.data
+            if tags is not None and len(tags) != len(ws):
+                raise TokcalError(f"{it.id}: {len(ws)} words but {len(tags)} tags")
+        enc = tokenizer([list(it.data[0]) for it in block], is_split_into_words=True, truncation=True,
+                        max_length=L)
+        with torch.inference_mode():
+            for a in range(0, len(block), batch_size):
+                idx = list(range(a, min(len(block), a + batch_size)))
+                width = max(len(enc["input_ids"][i]) for i in idx)
+                ids = torch.full((len(idx), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                bi, ti, seq, pos, lab = [], [], [], [], []
+                for r, i in enumerate(idx):
+                    it = block[i]
+                    x = enc["input_ids"][i]
+                    ids[r, :len(x)] = torch.tensor(x, dtype=torch.long)
+                    mask[r, :len(x)] = 1
+                    wid = enc.word_ids(i)
+                    seen = set()
+                    for j, w in enumerate(wid):
+                        if w is None or w in seen:
+                            continue
+                        seen.add(w)
+                        bi.append(r)
+                        ti.append(j)
+                        seq.append(it.seq)
+                        pos.append(w)
+                        tags = it.data[1]
+                        lab.append(-1 if tags is None else tag_id(it, w, tags[w]))
+                    truncated[0] += len(it.data[0]) - len(seen)
+                if not bi:
+                    continue
+                logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+                sel = logits[torch.tensor(bi, device=dev), torch.tensor(ti, device=dev)]
+                y = np.asarray(lab, np.int64)
+                sk = _concat_sketches(_sketch_rows(lambda p, q, s=sel: s[p:q].float(), y, len(y), n_labels, k))
+                rows.add(sk, np.asarray(seq, np.int64), np.asarray(pos, np.int64), y)
+        return rows
+
+    out = _drive(items, predict, lambda it: len(it.data[0]) + 1, budget=max(4096, 64 * batch_size), vocab=vocab,
+                 source=source, settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress)
+    if truncated[0]:
+        warnings.warn(f"{truncated[0]} words beyond max_length={L} were cut and are not in the table", stacklevel=2)
+    return out
