@@ -112,6 +112,16 @@ def test_undefined_values_show_as_dash(evs):
     assert "No slices were evaluated" in html and "carry no passage" in html
 
 
+def test_accepts_evaluation_objects(evs, tmp_path):
+    from tokcal.evaluation import Evaluation
+
+    objs = {k: Evaluation.from_dict(v) for k, v in evs.items()}
+    assert render_html(objs, title="t") == render_html(evs, title="t")
+    single = render_html(objs["temperature"])
+    assert "<h3>evaluation</h3>" in single and f"{evs['temperature']['overall']['ece']:.4f}" in single
+    assert len(save_diagrams(objs["temperature"], tmp_path, formats=("svg",))) == 3
+
+
 def test_write_html_is_atomic(evs, tmp_path):
     path = tmp_path / "sub" / "report.html"
     write_html(path, evs)

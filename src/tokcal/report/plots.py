@@ -42,6 +42,19 @@ def _label(name: str, what: str, value: Any) -> str:
     return f"{name} ({what} {v:.4f})" if v is not None else name
 
 
+def _style(ax: Any, xlabel: str | None, ylabel: str, title: str | None = None, legend: bool = True) -> None:
+    """Axis labels, a light grid, a frameless legend and the title: the look shared by every diagram."""
+    ax.set_xlim(0, 1)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.25)
+    if legend:
+        ax.legend(loc="best", fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title)
+
+
 def reliability_diagram(evaluations: Any, title: str | None = "Reliability") -> Any:
     """Per-bin accuracy against mean confidence, with each bin's interval, plus the bin counts.
 
@@ -61,41 +74,39 @@ def reliability_diagram(evaluations: Any, title: str | None = "Reliability") -> 
         acc = [number(b.get("accuracy")) for b in rows]
         ax.plot(conf, acc, marker="o", markersize=3.5, linewidth=1.4, color=color,
                 label=_label(name, "ECE", ev["overall"].get("ece")))
-        lo_err, hi_err, xs = [], [], []
+        xs, ys, lo_err, hi_err = [], [], [], []
         for b, c, a in zip(rows, conf, acc, strict=True):
             ci = interval(b.get("acc_ci"))
             if ci is not None and a is not None:
                 xs.append(c)
+                ys.append(a)
                 lo_err.append(max(a - ci[0], 0.0))
                 hi_err.append(max(ci[1] - a, 0.0))
         if xs:
-            ys = [a for b, a in zip(rows, acc, strict=True) if interval(b.get("acc_ci")) is not None]
             ax.errorbar(xs, ys, yerr=[lo_err, hi_err], fmt="none", ecolor=color, elinewidth=1, capsize=2)
         for b in ev["bins"]:
             lo, hi, n = number(b.get("lo")), number(b.get("hi")), number(b.get("n"))
             if lo is not None and hi is not None and n:
                 axn.bar(lo, n, width=hi - lo, align="edge", fill=False, edgecolor=color, linewidth=1.1)
-    ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.grid(alpha=0.25)
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
-    if title:
-        ax.set_title(title)
+    _style(ax, None, "accuracy", title)
     axn.set_yscale("log")
-    axn.set_ylabel("tokens")
-    axn.set_xlabel("confidence")
-    axn.grid(alpha=0.25)
+    _style(axn, "confidence", "tokens", legend=False)
     return fig
+
+
+def _single_axes(evaluations: Any) -> tuple[Any, Any, list[tuple[str, dict[str, Any], Any]]]:
+    """A one-panel figure, and (name, evaluation dict, colour) for each evaluation to draw on it."""
+    evs = as_dicts(evaluations)
+    fig, ax = _pyplot().subplots(figsize=(5.6, 3.4))
+    return fig, ax, [(name, ev, color) for (name, ev), color in zip(evs.items(), _colors(len(evs)), strict=True)]
 
 
 def confidence_histogram(evaluations: Any, title: str | None = "Confidence") -> Any:
     """Share of tokens per confidence bin (the evaluation's ``confidence_histogram``), one step line each."""
-    evs = as_dicts(evaluations)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    fig, ax, series = _single_axes(evaluations)
     drawn = 0
-    for (name, ev), color in zip(evs.items(), _colors(len(evs)), strict=True):
+    for name, ev, color in series:
         hist = ev.get("confidence_histogram") or {}
         edges, counts = hist.get("edges") or [], hist.get("counts") or []
         total = sum(c for c in counts if c)
@@ -104,39 +115,23 @@ def confidence_histogram(evaluations: Any, title: str | None = "Confidence") -> 
         ax.stairs([c / total for c in counts], edges, color=color, linewidth=1.5,
                   label=_label(name, "mean", ev["overall"].get("confidence")))
         drawn += 1
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("confidence of the predicted token")
-    ax.set_ylabel("share of tokens")
-    ax.grid(alpha=0.25)
-    if drawn:
-        ax.legend(loc="best", fontsize=8, frameon=False)
-    if title:
-        ax.set_title(title)
+    _style(ax, "confidence of the predicted token", "share of tokens", title, legend=drawn > 0)
     return fig
 
 
 def risk_coverage_curve(evaluations: Any, title: str | None = "Selective prediction") -> Any:
     """Risk (error rate of the kept tokens) against coverage when keeping the most confident first."""
-    evs = as_dicts(evaluations)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    fig, ax, series = _single_axes(evaluations)
     drawn = 0
-    for (name, ev), color in zip(evs.items(), _colors(len(evs)), strict=True):
+    for name, ev, color in series:
         rc = ev.get("risk_coverage") or {}
         cov, risk = rc.get("coverage") or [], rc.get("risk") or []
         if not cov or len(cov) != len(risk):
             continue
         ax.plot(cov, risk, color=color, linewidth=1.5, label=_label(name, "AURC", rc.get("aurc")))
         drawn += 1
-    ax.set_xlim(0, 1)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("coverage")
-    ax.set_ylabel("risk (error rate)")
-    ax.grid(alpha=0.25)
-    if drawn:
-        ax.legend(loc="best", fontsize=8, frameon=False)
-    if title:
-        ax.set_title(title)
+    _style(ax, "coverage", "risk (error rate)", title, legend=drawn > 0)
     return fig
 
 
