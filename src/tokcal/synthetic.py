@@ -92,13 +92,13 @@ def sample_labels(logits: Any, beta_star: Any = 1.0, seed: int = 0) -> np.ndarra
 def make_vocab(vocab_size: int) -> list[str]:
     """A synthetic vocabulary of unique strings, frequent ids first, with every token type.
 
-    Ids 0..3 are the specials ``<eos> <bos> <pad> <unk>``; then punctuation, ``"\\n"``, ``"Ġ"``,
-    digits, and then a mix of word-initial pieces (``"Ġ"`` + pseudo-word), continuation pieces
-    (no marker), numbers (``"Ġ1999"``) and more punctuation.
+    First ``"Ġthe"``, punctuation, newlines (``"Ċ"``, ``"\\n"``), ``"Ġ"``, ``"<eos>"`` and digits; then
+    a mix of word-initial pieces (``"Ġ"`` + pseudo-word), continuation pieces (no marker) and numbers
+    (``"Ġ1999"``, ``"07"``); the last ids are the rare specials ``<bos> <pad> <unk>``.
     """
     if vocab_size < 1:
         raise ValidationError(f"make_vocab: vocab_size must be >= 1, got {vocab_size}")
-    head = [*_SPECIALS, "Ġthe", ",", ".", "Ċ", "\n", "Ġ", *_PUNCT[2:], *[str(d) for d in range(10)]]
+    head = ["Ġthe", ",", ".", "Ċ", "\n", "Ġ", *_PUNCT[2:], "<eos>", *[str(d) for d in range(10)]]
     vocab: list[str] = []
     seen: set[str] = set()
 
@@ -109,6 +109,8 @@ def make_vocab(vocab_size: int) -> list[str]:
 
     for s in head:
         add(s)
+    specials = [t for t in _SPECIALS if t != "<eos>"][: max(0, vocab_size - len(head))]
+    vocab_size -= len(specials)  # the other specials are the rarest ids, at the end
     j = 0
     while len(vocab) < vocab_size:
         syl = _CONS[j % len(_CONS)] + _VOWELS[(j // len(_CONS)) % len(_VOWELS)]
@@ -123,7 +125,7 @@ def make_vocab(vocab_size: int) -> list[str]:
         j += 1
         if j > 50 * vocab_size + 1000:  # pragma: no cover - cannot happen, guards the loop
             add(f"<tok{len(vocab)}>")
-    return vocab
+    return vocab + specials
 
 
 def make_table(

@@ -1,0 +1,612 @@
+"""evaluate(table) -> Evaluation: overall metrics, reliability bins, slices, worst tokens, intervals.
+
+Metrics follow DESIGN §3 (binned ECE family, smooth ECE, Brier, NLL, classwise ECE, over/under split,
+risk-coverage) over the tokens with a known label, after an optional calibrator.
+
+Confidence intervals: cluster bootstrap over ``sequence_id`` (tokens of one sequence are not
+independent). Each resample draws the S sequences with replacement (multinomial counts w_rs), and
+every statistic is a function of weighted sums. So the per-(sequence, slice value, bin) sufficient
+statistics (token count, sum of confidences, sum of correct, and per-sequence NLL/Brier sums) are
+computed once, and the sums of all R resamples are one matrix product ``W [R, S] @ X [S, M]``
+(sequences in chunks, so memory stays at O(chunk * M + R * M)). The interval is the percentile 95 %
+interval (2.5 %, 97.5 %) of the resampled values, seeded -- except for the calibration errors
+(ECE, debiased ECE, per-slice ECE): resampled calibration errors are biased upward (a resample
+duplicates sequences and adds noise to every bin gap, and |gap| is convex), so their percentile
+interval misses a true ECE of 0 even for a perfectly calibrated model. For them the interval is the
+basic bootstrap interval [2 t - q97.5, 2 t - q2.5] (Davison & Hinkley 1997, eq. 5.6), which
+reflects that bias, clipped at 0 and widened to hold the point estimate. With ``binning="mass"`` the bin edges are
+those of the full data, held fixed across resamples.
+
+A slice value is ``significant`` when its signed-gap interval excludes 0 and it spans at least two
+sequences (with one sequence the cluster bootstrap cannot see any variation).
+
+JSON conventions: a number that is undefined (a slice value without tokens in a bin, an interval
+when ``bootstrap=0`` or when every resample misses the slice value) is ``null``; the JSON never
+holds NaN or infinity. A one-token or one-class slice gives defined numbers: its ECE is
+|c - a| per bin, its debiased ECE 0, its interval the (degenerate) bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .errors import ValidationError
+from .metrics.binned import ReliabilityBins, mass_edges, stats_metrics, width_edges
+from .metrics.classwise import classwise_ece
+from .metrics.selective import aurc, risk_coverage
+from .metrics.smooth import smooth_ece
+from .probs import TokenProbs, token_probs
+from .slices import parse_slices
+from .table import TokenTable, atomic_write
+
+LABELS = "teacher-forced"
+OVERALL_CI = ("ece", "ece_debiased", "signed_gap", "nll", "brier", "accuracy")
+_TINY = np.finfo(np.float64).tiny
+_CHUNK_CELLS = 1 << 22  # dense entries of one chunk of the sequence statistics
+_BINNINGS = ("width", "mass")
+
+
+# -- public result ------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate`; ``to_dict()`` is the JSON contract (module docstring of
+    :mod:`tokcal.evaluation` and DESIGN §6). Build one from a saved dict with :meth:`from_dict`."""
+
+    data: dict[str, Any] = field(repr=False)
+
+    _KEYS = ("signature", "settings", "overall", "signatures", "bins", "slices", "worst_tokens",
+             "risk_coverage", "confidence_histogram", "passage")
+
+    def __repr__(self) -> str:
+        o = self.data["overall"]
+        return (f"Evaluation(n={o['n']}, accuracy={_fmt(o['accuracy'])}, ece={_fmt(o['ece'])}, "
+                f"nll={_fmt(o['nll'])}, slices={list(self.data['slices'])})")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    @property
+    def overall(self) -> dict[str, Any]:
+        return self.data["overall"]
+
+    @property
+    def signature(self) -> str:
+        return self.data["signature"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the JSON-safe result (no NaN: undefined numbers are None)."""
+        return copy.deepcopy(self.data)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Evaluation:
+        if not isinstance(d, dict):
+            raise ValidationError(f"Evaluation.from_dict: expected a dict, got {type(d).__name__}")
+        missing = [k for k in cls._KEYS if k not in d]
+        if missing:
+            raise ValidationError(f"Evaluation.from_dict: missing key(s) {missing}")
+        return cls(copy.deepcopy(d))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Evaluation:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except OSError as e:
+            raise ValidationError(f"{path}: cannot read ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise ValidationError(f"{path}: not JSON ({e})") from None
+
+    def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 1) -> str:
+        """The JSON text; written atomically to ``path`` when given."""
+        text = json.dumps(self.data, indent=indent, allow_nan=False, ensure_ascii=False)
+        if path is not None:
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(p, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return text
+
+    def print_summary(self, console: Any = None, n_worst: int = 8) -> None:
+        """Overall metrics with intervals, the most miscalibrated slice values and tokens (rich)."""
+        _print_summary(self.data, console, n_worst)
+
+
+# -- evaluate -----------------------------------------------------------------------------------
+
+
+def evaluate(
+    table: TokenTable,
+    calibrator: Any = None,
+    slices: Any = None,
+    bins: int = 15,
+    binning: str = "width",
+    bootstrap: int = 200,
+    seed: int = 0,
+    worst: int = 20,
+    classwise_top: int = 100,
+) -> Evaluation:
+    """Evaluate the calibration of ``table`` (optionally after ``calibrator``).
+
+    ``calibrator``: any object with ``token_probs(table) -> TokenProbs`` (None: the model itself,
+    temperature 1). ``slices``: specs or :class:`~tokcal.slices.Slice` objects (None: the default
+    slices -- frequency of gold and predicted token, token type, position, every group column).
+    ``bins``/``binning``: the reliability bins (``"width"`` or ``"mass"``). ``bootstrap``: number of
+    cluster-bootstrap resamples (0: no intervals). ``worst``: how many worst tokens to list.
+    ``classwise_top``: the M most frequent gold ids of the classwise ECE.
+    """
+    if not isinstance(table, TokenTable):
+        raise ValidationError(f"evaluate: expected a TokenTable, got {type(table).__name__}")
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValidationError(f"evaluate: bins must be a positive integer, got {bins!r}")
+    if binning not in _BINNINGS:
+        raise ValidationError(f"evaluate: binning must be one of {_BINNINGS}, got {binning!r}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise ValidationError(f"evaluate: bootstrap must be an integer >= 0, got {bootstrap!r}")
+    bins, bootstrap = int(bins), int(bootstrap)
+    probs = _probs(table, calibrator)
+    keep = table.labeled
+    if not keep.any():
+        raise ValidationError("evaluate: no token has a known label (all labels are -1)")
+    sl = parse_slices(slices, table)
+    slice_codes = [np.asarray(s.codes(table, probs), dtype=np.int64)[keep] for s in sl]
+
+    p = probs.select(keep) if not keep.all() else probs
+    c = np.clip(np.asarray(p.confidence, dtype=np.float64), 0.0, 1.0)
+    a = np.asarray(p.correct, dtype=np.float64)
+    py = np.clip(np.asarray(p.label_prob, dtype=np.float64), 0.0, 1.0)
+    nll_tok = -np.log(np.maximum(py, _TINY))
+    brier_tok = np.asarray(p.sum_sq, dtype=np.float64) - 2.0 * py + 1.0
+    seq_idx = np.unique(table.sequence_id[keep], return_inverse=True)[1].ravel()
+    edges = width_edges(bins) if binning == "width" else mass_edges(c, bins)
+    tok_bin = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, bins - 1)
+
+    blocks = [np.zeros(c.shape[0], np.int64), *slice_codes]
+    sizes = [1, *(len(s.labels) for s in sl)]
+    stats = _SequenceStats(seq_idx, tok_bin, bins, blocks, sizes, c, a, nll_tok, brier_tok)
+    boot = stats.bootstrap(bootstrap, seed)
+
+    settings = {"bins": bins, "binning": binning, "bootstrap": bootstrap, "seed": seed,
+                "calibrator": _calibrator_dict(calibrator), "tokcal": __version__, "labels": LABELS}
+    sig = _signatures(bins, binning, bootstrap, seed)
+    n = c.shape[0]
+    overall = _overall(stats, boot, c, a, p, nll_tok, brier_tok, bins, classwise_top, table.vocab_size)
+    data = {
+        "signature": sig["ece"],
+        "settings": settings,
+        "overall": overall,
+        "signatures": sig,
+        "bins": _bins_list(stats, boot, edges),
+        "slices": {s.name: _slice_rows(stats, boot, k + 1, s.labels) for k, s in enumerate(sl)},
+        "worst_tokens": _worst_tokens(table, keep, p, c, a, bins, worst),
+        "risk_coverage": _risk_coverage(c, a, overall["aurc"]),
+        "confidence_histogram": _histogram(c),
+        "passage": _passage(table, probs),
+    }
+    assert data["overall"]["n"] == n
+    return Evaluation(_json_safe(data))
+
+
+def _probs(table: TokenTable, calibrator: Any) -> TokenProbs:
+    if calibrator is None:
+        return token_probs(table)
+    fn = getattr(calibrator, "token_probs", None)
+    if not callable(fn):
+        raise ValidationError(f"evaluate: calibrator {type(calibrator).__name__} has no token_probs(table) method")
+    out = fn(table)
+    if not isinstance(out, TokenProbs) or len(out) != len(table):
+        raise ValidationError(f"evaluate: calibrator {type(calibrator).__name__}.token_probs returned "
+                              f"{type(out).__name__} for {len(table)} tokens")
+    return out
+
+
+def _calibrator_dict(calibrator: Any) -> dict[str, Any] | None:
+    if calibrator is None:
+        return None
+    to_dict = getattr(calibrator, "to_dict", None)
+    d = to_dict() if callable(to_dict) else {"type": type(calibrator).__name__}
+    return json.loads(json.dumps(_json_safe(d), allow_nan=False, default=str))
+
+
+# -- sufficient statistics and the bootstrap ------------------------------------------------------
+
+
+class _SequenceStats:
+    """Per-(sequence, cell) sums; cell = (block, value, bin). Block 0 is 'all tokens'.
+
+    Columns of a row of X: [count | conf sum | acc sum] over all cells, then NLL sum, Brier sum.
+    """
+
+    def __init__(self, seq_idx: np.ndarray, tok_bin: np.ndarray, bins: int, blocks: list[np.ndarray],
+                 sizes: list[int], c: np.ndarray, a: np.ndarray, nll: np.ndarray, brier: np.ndarray) -> None:
+        self.bins = bins
+        self.sizes = sizes
+        self.offsets = np.concatenate([[0], np.cumsum(np.asarray(sizes) * bins)]).astype(np.int64)
+        self.n_cells = int(self.offsets[-1])
+        self.n_cols = 3 * self.n_cells + 2
+        self.n_seq = int(seq_idx.max()) + 1
+        order = np.argsort(seq_idx, kind="stable")
+        self.seq = seq_idx[order]
+        self.cells = [np.where(b[order] >= 0, off + b[order] * bins + tok_bin[order], -1)
+                      for b, off in zip(blocks, self.offsets[:-1], strict=True)]
+        self.c, self.a, self.nll, self.brier = c[order], a[order], nll[order], brier[order]
+        self.seq_start = np.searchsorted(self.seq, np.arange(self.n_seq + 1))
+        total = np.zeros(self.n_cols)
+        for cell in self.cells:
+            m = cell >= 0
+            for j, w in enumerate((None, self.c, self.a)):
+                total[j * self.n_cells:(j + 1) * self.n_cells] += np.bincount(
+                    cell[m], None if w is None else w[m], minlength=self.n_cells)
+        total[-2], total[-1] = self.nll.sum(), self.brier.sum()
+        self.total = total
+        # sequences per (block, value): does the sequence have a token there
+        self.value_seqs = [self._value_sequences(k) for k in range(len(sizes))]
+
+    def _value_sequences(self, k: int) -> np.ndarray:
+        cell = self.cells[k]
+        m = cell >= 0
+        value = (cell[m] - self.offsets[k]) // self.bins
+        pairs = np.unique(self.seq[m] * self.sizes[k] + value)
+        return np.bincount(pairs % self.sizes[k], minlength=self.sizes[k])
+
+    def chunk_matrix(self, s0: int, s1: int) -> np.ndarray:
+        """Dense X[s0:s1] (sequences s0..s1-1)."""
+        t0, t1 = self.seq_start[s0], self.seq_start[s1]
+        local = self.seq[t0:t1] - s0
+        ns = s1 - s0
+        x = np.zeros(ns * self.n_cols)
+        base = local * self.n_cols
+        for cell in self.cells:
+            cl = cell[t0:t1]
+            m = cl >= 0
+            key = base[m] + cl[m]
+            x += np.bincount(key, minlength=x.size)
+            x += np.bincount(key + self.n_cells, self.c[t0:t1][m], minlength=x.size)
+            x += np.bincount(key + 2 * self.n_cells, self.a[t0:t1][m], minlength=x.size)
+        x = x.reshape(ns, self.n_cols)
+        x[:, -2] = np.bincount(local, self.nll[t0:t1], minlength=ns)
+        x[:, -1] = np.bincount(local, self.brier[t0:t1], minlength=ns)
+        return x
+
+    def bootstrap(self, r: int, seed: int) -> np.ndarray | None:
+        """[R, n_cols] resampled sums, or None when r == 0."""
+        if r == 0:
+            return None
+        rng = np.random.default_rng(seed)
+        w = rng.multinomial(self.n_seq, np.full(self.n_seq, 1.0 / self.n_seq), size=r).astype(np.float64)
+        out = np.zeros((r, self.n_cols))
+        step = max(1, _CHUNK_CELLS // self.n_cols)
+        for s0 in range(0, self.n_seq, step):
+            s1 = min(self.n_seq, s0 + step)
+            out += w[:, s0:s1] @ self.chunk_matrix(s0, s1)
+        return out
+
+    def block(self, sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """count, conf_sum, acc_sum of block k as [..., n_values, bins]."""
+        lo, hi = self.offsets[k], self.offsets[k + 1]
+        shape = (*sums.shape[:-1], self.sizes[k], self.bins)
+        return tuple(sums[..., j * self.n_cells + lo:j * self.n_cells + hi].reshape(shape) for j in range(3))
+
+
+def _gap_acc(count: np.ndarray, conf: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, ...]:
+    n = count.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return n, conf.sum(-1) / n, acc.sum(-1) / n
+
+
+def _interval(x: np.ndarray | None) -> list[float | None] | np.ndarray:
+    """Percentile 95 % interval over axis 0 (NaN resamples ignored); [None, None] when undefined."""
+    if x is None:
+        return [None, None]
+    ok = np.isfinite(x)
+    with np.errstate(invalid="ignore"):
+        xs = np.where(ok, x, np.nan)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            q = np.nanpercentile(xs, [2.5, 97.5], axis=0)
+    return q
+
+
+def _ci(q: Any, *idx: int) -> list[float | None]:
+    if isinstance(q, list):
+        return q
+    lo, hi = q[(0, *idx)], q[(1, *idx)]
+    return [None if not np.isfinite(lo) else float(lo), None if not np.isfinite(hi) else float(hi)]
+
+
+def _basic(ci: list[float | None], theta: float) -> list[float | None]:
+    """Basic (reverse-percentile) interval [2 t - q_hi, 2 t - q_lo], clipped at 0 (module docstring)."""
+    if ci[0] is None or ci[1] is None:
+        return ci
+    lo, hi = max(0.0, 2.0 * float(theta) - ci[1]), max(0.0, 2.0 * float(theta) - ci[0])
+    return [min(lo, float(theta)), max(hi, float(theta))]  # always holds the point estimate
+
+
+def _overall(st: _SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.ndarray, p: TokenProbs,
+             nll: np.ndarray, brier: np.ndarray, bins: int, classwise_top: int, vocab_size: int) -> dict[str, Any]:
+    count, conf, acc = st.block(st.total, 0)
+    n = c.shape[0]
+    ece = stats_metrics(count, conf, acc, "l1")[0]
+    contrib = (conf[0] - acc[0]) / n
+    total = float(np.abs(contrib).sum())
+    out: dict[str, Any] = {
+        "n": int(n),
+        "n_sequences": int(st.n_seq),
+        "accuracy": float(a.mean()),
+        "confidence": float(c.mean()),
+        "ece": float(ece),
+        "ece_debiased": float(stats_metrics(count, conf, acc, "l1", True)[0]),
+        "smooth_ece": float(smooth_ece(c, a)),
+        "mce": float(stats_metrics(count, conf, acc, "max")[0]),
+        "rmsce": float(stats_metrics(count, conf, acc, "l2")[0]),
+        "brier": float(brier.mean()),
+        "top_label_brier": float(np.mean((c - a) ** 2)),
+        "nll": float(nll.mean()),
+        "signed_gap": float(c.mean() - a.mean()),
+        "over_share": float(contrib[contrib > 0].sum() / total) if total > 0 else 0.0,
+        "under_share": float(-contrib[contrib < 0].sum() / total) if total > 0 else 0.0,
+        "aurc": float(aurc(c, a)),
+        "classwise_ece": _num(classwise_ece(p.top_ids, p.top_probs, p.label, top_m=classwise_top, bins=bins,
+                                            label_prob=p.label_prob, vocab_size=vocab_size)),
+    }
+    ci: dict[str, list[float | None]] = {}
+    if boot is None:
+        ci = {k: [None, None] for k in OVERALL_CI}
+    else:
+        bc, bconf, bacc = st.block(boot, 0)
+        bn, bmc, bma = _gap_acc(bc[:, 0], bconf[:, 0], bacc[:, 0])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = {
+                "ece": stats_metrics(bc[:, 0], bconf[:, 0], bacc[:, 0], "l1"),
+                "ece_debiased": stats_metrics(bc[:, 0], bconf[:, 0], bacc[:, 0], "l1", True),
+                "signed_gap": bmc - bma,
+                "nll": boot[:, -2] / bn,
+                "brier": boot[:, -1] / bn,
+                "accuracy": bma,
+            }
+        ci = {k: _ci(_interval(values[k])) for k in OVERALL_CI}
+        for k in ("ece", "ece_debiased"):
+            ci[k] = _basic(ci[k], out[k])
+    out["ci"] = ci
+    return out
+
+
+def _bins_list(st: _SequenceStats, boot: np.ndarray | None, edges: np.ndarray) -> list[dict[str, Any]]:
+    count, conf, acc = (x[0] for x in st.block(st.total, 0))
+    if boot is not None:
+        bc, _, bacc = st.block(boot, 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = _interval(bacc[:, 0] / bc[:, 0])
+    else:
+        lo, hi = ReliabilityBins(edges, count, conf, acc).accuracy_interval()
+        q = np.stack([lo, hi])
+    out = []
+    for b in range(st.bins):
+        nb = count[b]
+        mc = conf[b] / nb if nb > 0 else None
+        ma = acc[b] / nb if nb > 0 else None
+        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(round(nb)),
+                    "confidence": mc, "accuracy": ma, "gap": None if nb == 0 else mc - ma,
+                    "acc_ci": _ci(q, b) if nb > 0 else [None, None]})
+    return out
+
+
+def _slice_rows(st: _SequenceStats, boot: np.ndarray | None, k: int, labels: list[str]) -> list[dict[str, Any]]:
+    count, conf, acc = st.block(st.total, k)
+    n, mc, ma = _gap_acc(count, conf, acc)
+    ece = stats_metrics(count, conf, acc, "l1")
+    value_nll, value_brier = _per_value_sums(st, k)
+    if boot is not None:
+        bc, bconf, bacc = st.block(boot, k)
+        bn, bmc, bma = _gap_acc(bc, bconf, bacc)
+        q_ece = _interval(stats_metrics(bc, bconf, bacc, "l1"))
+        q_gap = _interval(bmc - bma)
+    else:
+        q_ece = q_gap = [None, None]
+    rows = []
+    for v, label in enumerate(labels):
+        if n[v] == 0:
+            continue
+        gap_ci = _ci(q_gap, v)
+        rows.append({
+            "value": label, "n": int(round(n[v])), "n_sequences": int(st.value_seqs[k][v]),
+            "accuracy": float(ma[v]), "confidence": float(mc[v]), "ece": float(ece[v]),
+            "ece_ci": _basic(_ci(q_ece, v), ece[v]),
+            "signed_gap": float(mc[v] - ma[v]), "gap_ci": gap_ci,
+            "nll": float(value_nll[v] / n[v]), "brier": float(value_brier[v] / n[v]),
+            "significant": bool(st.value_seqs[k][v] >= 2 and gap_ci[0] is not None
+                                and (gap_ci[0] > 0 or gap_ci[1] < 0)),
+        })
+    return rows
+
+
+def _per_value_sums(st: _SequenceStats, k: int) -> tuple[np.ndarray, np.ndarray]:
+    cell = st.cells[k]
+    m = cell >= 0
+    value = (cell[m] - st.offsets[k]) // st.bins
+    return (np.bincount(value, st.nll[m], minlength=st.sizes[k]),
+            np.bincount(value, st.brier[m], minlength=st.sizes[k]))
+
+
+# -- worst tokens, curves, passage ---------------------------------------------------------------
+
+
+def display_piece(s: str) -> str:
+    """A vocabulary string as text: GPT-2 ``Ġ``/``Ċ`` and SentencePiece ``▁`` become spaces/newlines,
+    a WordPiece ``##`` continuation is glued on."""
+    if s.startswith("##") and len(s) > 2:
+        return s[2:]
+    return s.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n").replace("ĉ", "\t")
+
+
+def _worst_tokens(table: TokenTable, keep: np.ndarray, p: TokenProbs, c: np.ndarray, a: np.ndarray,
+                  bins: int, worst: int) -> list[dict[str, Any]]:
+    """Predicted ids with the largest n_t |conf_t - acc_t| (their share of sum_t n_t |gap_t| / n)."""
+    if worst <= 0:
+        return []
+    pred = np.asarray(p.predicted, dtype=np.int64)
+    v = table.vocab_size
+    cnt = np.bincount(pred, minlength=v).astype(np.float64)
+    sc = np.bincount(pred, c, minlength=v)
+    sa = np.bincount(pred, a, minlength=v)
+    contrib = np.abs(sc - sa)
+    total = contrib.sum()
+    ids = np.flatnonzero(cnt > 0)
+    ids = ids[np.argsort(-contrib[ids], kind="stable")][:worst]
+    rows_all = np.flatnonzero(keep)
+    order = np.lexsort((table.position, table.sequence_id))
+    sorted_seq = table.sequence_id[order]
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    out = []
+    for t in ids:
+        ex = rows_all[pred == t][:3]
+        contexts = []
+        for r in ex:
+            i = rank[r]
+            start = max(np.searchsorted(sorted_seq, table.sequence_id[r], side="left"), i - 8)
+            prev = table.label[order[start:i]]
+            text = "".join(display_piece(s) for s in table.token_strings(prev[prev >= 0]))
+            gold = table.token_strings([table.label[r]])[0]
+            tok = table.token_strings([t])[0]
+            note = "" if table.label[r] == t else f" (gold: {display_piece(gold)!r})"
+            contexts.append(f"{text}[[{display_piece(tok)}]]{note}")
+        out.append({"id": int(t), "token": table.token_strings([t])[0], "n": int(cnt[t]),
+                    "confidence": float(sc[t] / cnt[t]), "accuracy": float(sa[t] / cnt[t]),
+                    "gap": float((sc[t] - sa[t]) / cnt[t]),
+                    "ece_share": float(contrib[t] / total) if total > 0 else 0.0, "contexts": contexts})
+    return out
+
+
+def _risk_coverage(c: np.ndarray, a: np.ndarray, area: float, points: int = 101) -> dict[str, Any]:
+    cov, risk = risk_coverage(c, a)
+    cov, risk = np.asarray(cov, dtype=np.float64), np.asarray(risk, dtype=np.float64)
+    if cov.size > points:
+        idx = np.unique(np.round(np.linspace(0, cov.size - 1, points)).astype(np.int64))
+        cov, risk = cov[idx], risk[idx]
+    return {"coverage": cov.tolist(), "risk": risk.tolist(), "aurc": area}
+
+
+def _histogram(c: np.ndarray, bins: int = 50) -> dict[str, Any]:
+    counts, edges = np.histogram(c, bins=bins, range=(0.0, 1.0))
+    return {"edges": edges.tolist(), "counts": counts.astype(int).tolist()}
+
+
+def _passage(table: TokenTable, probs: TokenProbs, max_tokens: int = 200) -> list[dict[str, Any]]:
+    """The first labelled sequence (by id), in position order, up to ``max_tokens`` tokens."""
+    lab = table.labeled
+    sid = table.sequence_id[np.flatnonzero(lab)[0]]
+    rows = np.flatnonzero(table.sequence_id == sid)
+    rows = rows[np.argsort(table.position[rows], kind="stable")][:max_tokens]
+    strings = table.token_strings(np.where(table.label[rows] >= 0, table.label[rows], table.predicted[rows]))
+    return [{"token": display_piece(s), "label_prob": _num(probs.label_prob[r]),
+             "confidence": float(probs.confidence[r]), "correct": bool(probs.correct[r])}
+            for s, r in zip(strings, rows, strict=True)]
+
+
+# -- signatures and JSON safety -------------------------------------------------------------------
+
+
+def _signatures(bins: int, binning: str, bootstrap: int, seed: int) -> dict[str, str]:
+    """One signature per metric (DESIGN §3), e.g. ``ece|bins=15|binning=width|norm=l1|conf=top1|...``."""
+    lab = {"labels": LABELS}
+
+    def binned(norm: str, **extra: Any) -> str:
+        return signature("ece", bins=bins, binning=binning, norm=norm, **extra, conf="top1", **lab)
+
+    return {
+        "ece": binned("l1"), "ece_debiased": binned("l1", debias="kumar2019"), "mce": binned("max"),
+        "rmsce": binned("l2"), "smooth_ece": signature("smooth_ece", bandwidth="auto", conf="top1", **lab),
+        "brier": signature("brier", dist="full", **lab), "top_label_brier": signature("brier", conf="top1", **lab),
+        "nll": signature("nll", **lab), "classwise_ece": signature("classwise_ece", bins=bins, binning="width", **lab),
+        "aurc": signature("aurc", conf="top1", **lab),
+        "ci": signature("ci", method="cluster-bootstrap", unit="sequence", resamples=bootstrap, seed=seed,
+                        level=0.95, interval="percentile", ece_interval="basic", **lab),
+    }
+
+
+def _num(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _json_safe(x: Any) -> Any:
+    """Plain Python types; NaN/inf -> None."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _json_safe(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return _num(x)
+    return x
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def signature(metric: str, **settings: Any) -> str:
+    """``metric|key=value|...|tokcal=VERSION`` (keys in the given order)."""
+    parts = [metric, *(f"{k}={v}" for k, v in settings.items()), f"tokcal={__version__}"]
+    return "|".join(parts)
+
+
+def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:
+    """Rich tables: overall metrics with intervals, worst slice values, worst tokens."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    o = d["overall"]
+    t = Table(title=f"tokcal evaluation: {o['n']} tokens, {o['n_sequences']} sequences", title_justify="left")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("95% interval", justify="right")
+    for key in ("accuracy", "confidence", "ece", "ece_debiased", "smooth_ece", "mce", "rmsce", "signed_gap",
+                "nll", "brier", "top_label_brier", "classwise_ece", "aurc"):
+        ci = o["ci"].get(key)
+        t.add_row(key, _fmt(o[key]), "" if ci is None or ci[0] is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]")
+    console.print(t)
+    direction = "over-confident" if (o["signed_gap"] or 0) > 0 else "under-confident"
+    console.print(f"signed gap {o['signed_gap']:+.4f} ({direction}); ECE share over {o['over_share']:.0%}, "
+                  f"under {o['under_share']:.0%}", highlight=False)
+    rows = [(name, r) for name, values in d["slices"].items() for r in values]
+    rows.sort(key=lambda x: -abs(x[1]["signed_gap"]) * (x[1]["significant"] + 0.01))
+    if rows:
+        s = Table(title="most miscalibrated slice values", title_justify="left")
+        for col in ("slice", "value", "n", "acc", "conf", "gap", "95% CI", "ece"):
+            s.add_column(col, justify="left" if col in ("slice", "value") else "right", no_wrap=True)
+        for name, r in rows[:n_worst]:
+            ci = r["gap_ci"]
+            s.add_row(name, r["value"], str(r["n"]), f"{r['accuracy']:.3f}", f"{r['confidence']:.3f}",
+                      f"{r['signed_gap']:+.3f}" + ("*" if r["significant"] else ""),
+                      "" if ci[0] is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]", f"{r['ece']:.3f}")
+        console.print(s)
+    if d["worst_tokens"]:
+        w = Table(title="worst predicted tokens (share of per-token gap)", title_justify="left")
+        for col in ("token", "n", "accuracy", "confidence", "gap", "share"):
+            w.add_column(col, justify="left" if col == "token" else "right")
+        for r in d["worst_tokens"][:n_worst]:
+            w.add_row(repr(r["token"]), str(r["n"]), _fmt(r["accuracy"]), _fmt(r["confidence"]),
+                      f"{r['gap']:+.4f}", f"{r['ece_share']:.1%}")
+        console.print(w)
+    console.print(f"[dim]{d['signature']}[/]", highlight=False)
