@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 
 import torch
-
-torch.set_num_threads(1)  # tiny models: threads only contend on the shared cores
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+torch.set_num_threads(1)  # tiny models: threads only contend on the shared cores
 
 PARAGRAPHS = [
     "In the beginning God created the heaven and the earth. And the earth was without form, and void; "
@@ -23,7 +23,7 @@ PARAGRAPHS = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer_json(vocab_size: int) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

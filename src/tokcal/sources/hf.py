@@ -319,6 +319,7 @@ def collect_causal(
     doc_ids: Sequence[str] | None = None,
     prepend_bos: bool | None = None,
     part_rows: int = DEFAULT_PART_ROWS,
+    block_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> TokenTable | Path:
     """Teacher-forced next-token predictions of a causal LM on ``texts``, one row per token.
@@ -328,7 +329,8 @@ def collect_causal(
     (default ``max_length // 2``). ``groups``: name -> one value for all texts or one per text.
     ``out_dir``: stream Parquet parts into this dataset directory (resumable, see
     :mod:`tokcal.sources.dataset`) and return its path instead of a table. ``prepend_bos``: see the
-    module docstring. ``progress(docs, tokens)`` is called with increments after each block.
+    module docstring. Texts are processed, and written, in blocks of about ``block_tokens`` tokens;
+    ``progress(docs, tokens)`` is called with increments after each block.
     ``sequence_id`` is the index of the text in ``texts``.
     """
     _check_top_k(top_k)
@@ -401,9 +403,9 @@ def collect_causal(
         return rows
 
     vocab = _vocab_strings(tokenizer, vocab_size)
-    return _drive(items, predict, lambda it: len(it.data) // 3 + 1, budget=max(4096, 16 * batch_size * L // 4),
-                  vocab=vocab, source=source, settings=settings, out_dir=out_dir, part_rows=part_rows,
-                  progress=progress)
+    return _drive(items, predict, lambda it: len(it.data) // 3 + 1,
+                  budget=block_tokens or max(4096, 4 * batch_size * L), vocab=vocab, source=source,
+                  settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,6 +439,7 @@ def collect_seq2seq(
     out_dir: str | os.PathLike | None = None,
     doc_ids: Sequence[str] | None = None,
     part_rows: int = DEFAULT_PART_ROWS,
+    block_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> TokenTable | Path:
     """Decoder teacher-forced on each target given its source, one row per target token.
@@ -495,7 +498,7 @@ def collect_seq2seq(
 
     vocab = _vocab_strings(tokenizer, vocab_size)
     return _drive(items, predict, lambda it: (len(it.data[0]) + len(it.data[1])) // 3 + 1,
-                  budget=max(4096, 16 * batch_size * 64), vocab=vocab, source=source, settings=settings,
+                  budget=block_tokens or max(4096, 16 * batch_size * 64), vocab=vocab, source=source, settings=settings,
                   out_dir=out_dir, part_rows=part_rows, progress=progress)
 
 
@@ -518,6 +521,7 @@ def collect_token_classification(
     out_dir: str | os.PathLike | None = None,
     doc_ids: Sequence[str] | None = None,
     part_rows: int = DEFAULT_PART_ROWS,
+    block_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> TokenTable | Path:
     """Word-level predictions of a token classifier: one row per word, read at its first sub-token.
@@ -609,8 +613,8 @@ def collect_token_classification(
                 rows.add(sk, np.asarray(seq, np.int64), np.asarray(pos, np.int64), y)
         return rows
 
-    out = _drive(items, predict, lambda it: len(it.data[0]) + 1, budget=max(4096, 64 * batch_size), vocab=vocab,
-                 source=source, settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress)
+    out = _drive(items, predict, lambda it: len(it.data[0]) + 1, budget=block_tokens or max(4096, 64 * batch_size),
+                 vocab=vocab, source=source, settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress)
     if truncated[0]:
         warnings.warn(f"{truncated[0]} words beyond max_length={L} were cut and are not in the table", stacklevel=2)
     return out

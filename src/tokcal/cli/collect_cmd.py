@@ -1,0 +1,155 @@
+"""``tokcal collect`` (HF model -> dataset directory) and ``tokcal import-logprobs`` (API JSONL -> dataset)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import TokcalError
+from . import app
+from .common import console, friendly_errors
+
+TASKS = ("causal", "seq2seq", "token-classification")
+
+
+def _groups(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        name, sep, value = p.partition("=")
+        if not sep or not name:
+            raise TokcalError(f"--group expects NAME=VALUE, got {p!r}")
+        out[name] = value
+    return out
+
+
+def _read_inputs(task: str, data: list[Path], groups: dict[str, str], paragraphs: bool, text_field: str,
+                 group_fields: list[str], source_field: str, target_field: str) -> list:
+    from ..sources import readers
+
+    items: list = []
+    for path in data:
+        if task == "causal":
+            if path.suffix == ".jsonl":
+                items += readers.read_jsonl(path, text_field=text_field, group_fields=group_fields, groups=groups)
+            else:
+                items += readers.read_text(path, split="paragraph" if paragraphs else "file", groups=groups)
+        elif task == "seq2seq":
+            items += readers.read_pairs_jsonl(path, source_field=source_field, target_field=target_field,
+                                              group_fields=group_fields, groups=groups)
+        else:
+            items += readers.read_conll(path, groups=groups)
+    if not items:
+        raise TokcalError("no documents in the input files")
+    names = {tuple(sorted(it.groups)) for it in items}
+    if len(names) > 1:
+        raise TokcalError(f"input files disagree on group names: {sorted(names)} (add --group or --group-field)")
+    return items
+
+
+def _load(model_dir: Path, task: str, trust_remote_code: bool):
+    if not model_dir.is_dir():
+        raise TokcalError(f"{model_dir}: not a model directory (a local from_pretrained folder is required)")
+    import transformers as tf
+
+    cls = {"causal": tf.AutoModelForCausalLM, "seq2seq": tf.AutoModelForSeq2SeqLM,
+           "token-classification": tf.AutoModelForTokenClassification}[task]
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
+                                                     trust_remote_code=trust_remote_code)
+        model = cls.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
+                                    trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TokcalError(f"{model_dir}: cannot load a {task} model with safetensors weights ({e})") from None
+    return model.eval(), tokenizer
+
+
+def _progress(total: int) -> Progress:
+    return Progress(
+        TextColumn("[bold]collect"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
+        TextColumn("{task.fields[rate]:>9} tok/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+@app.command()
+@friendly_errors
+def collect(
+    model_dir: Path = typer.Argument(..., help="Local model folder (from_pretrained, safetensors)."),
+    data: list[Path] = typer.Argument(..., help="Input files: .txt / .jsonl (causal), .jsonl pairs (seq2seq), "
+                                                "CoNLL (token-classification)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Dataset directory (created; a rerun resumes)."),
+    task: str = typer.Option("causal", help="causal | seq2seq | token-classification"),
+    top_k: int = typer.Option(32, "--top-k", help="Logits kept per token."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    max_length: int | None = typer.Option(None, "--max-length", help="Window / truncation length."),
+    stride: int | None = typer.Option(None, "--stride", help="Sliding-window step (causal)."),
+    group: list[str] = typer.Option([], "--group", help="NAME=VALUE added to every token (repeatable)."),
+    group_field: list[str] = typer.Option([], "--group-field", help="JSONL field used as a group (repeatable)."),
+    text_field: str = typer.Option("text", "--text-field"),
+    source_field: str = typer.Option("source", "--source-field"),
+    target_field: str = typer.Option("target", "--target-field"),
+    paragraphs: bool = typer.Option(False, "--paragraphs", help="Plain text: one document per paragraph."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model."),
+) -> None:
+    """Collect teacher-forced token predictions of a Hugging Face model into a Parquet dataset."""
+    if task not in TASKS:
+        raise TokcalError(f"--task must be one of {TASKS}, got {task!r}")
+    items = _read_inputs(task, data, _groups(group), paragraphs, text_field, group_field, source_field, target_field)
+    model, tokenizer = _load(model_dir, task, trust_remote_code)
+    import torch
+
+    from ..sources import hf
+    from ..table import TokenTable
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    common = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=dev, out_dir=out)
+    with _progress(len(items)) as bar:
+        job = bar.add_task("collect", total=len(items), rate="-")
+        tokens = [0]
+
+        def update(docs: int, toks: int) -> None:
+            tokens[0] += toks
+            elapsed = bar.tasks[0].elapsed or 0.0
+            bar.update(job, advance=docs, rate=f"{tokens[0] / elapsed:,.0f}" if elapsed > 0 else "-")
+
+        if task == "causal":
+            hf.collect_causal(model, tokenizer, items, stride=stride, progress=update, **common)
+        elif task == "seq2seq":
+            hf.collect_seq2seq(model, tokenizer, items, progress=update, **common)
+        else:
+            hf.collect_token_classification(model, tokenizer, items, progress=update, **common)
+    n = sum(len(t) for t in TokenTable.iter_parquet(out, batch_rows=None))
+    console.print(f"wrote {n:,} tokens of {len(items):,} documents to {out}")
+
+
+@app.command("import-logprobs")
+@friendly_errors
+def import_logprobs(
+    file: Path = typer.Argument(..., help="JSONL of API responses (one per line)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Dataset directory to write."),
+    format: str = typer.Option("auto", "--format", help="auto | openai-chat | openai-completions | vllm"),
+    vocab: Path | None = typer.Option(None, "--vocab", help="Tokenizer folder mapping token strings to ids."),
+    vocab_size: int | None = typer.Option(None, "--vocab-size", help="Vocabulary size when no tokenizer is given."),
+    teacher_forced: bool = typer.Option(False, "--teacher-forced",
+                                        help="The returned tokens are the reference (echo scoring)."),
+) -> None:
+    """Import OpenAI / vLLM top-k log-probs (tail unknown) into a TokenTable dataset."""
+    from ..sources.logprobs import read_logprobs
+
+    tokenizer = None
+    if vocab is not None:
+        if not vocab.is_dir():
+            raise TokcalError(f"{vocab}: not a tokenizer directory")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(vocab, local_files_only=True)
+    table = read_logprobs(file, format=format, tokenizer=tokenizer, vocab_size=vocab_size,
+                          tokens_are_reference=teacher_forced)
+    if out.exists() and any(out.glob("*.parquet")):
+        raise TokcalError(f"{out}: already holds Parquet parts; choose a new directory")
+    table.write_parquet(out / "part-00000.parquet")
+    console.print(f"wrote {len(table):,} tokens ({table.n_sequences} sequences, top-{table.k}, "
+                  f"labels: {table.source['labels']}) to {out}")
