@@ -237,6 +237,7 @@ class _SequenceStats:
         self.seq = seq_idx[order]
         self.cells = [np.where(b[order] >= 0, off + b[order] * bins + tok_bin[order], -1)
                       for b, off in zip(blocks, self.offsets[:-1], strict=True)]
+        self.cell_matrix = np.stack(self.cells)
         self.c, self.a, self.nll, self.brier = c[order], a[order], nll[order], brier[order]
         self.seq_start = np.searchsorted(self.seq, np.arange(self.n_seq + 1))
         total = np.zeros(self.n_cols)
@@ -258,20 +259,18 @@ class _SequenceStats:
         return np.bincount(pairs % self.sizes[k], minlength=self.sizes[k])
 
     def chunk_matrix(self, s0: int, s1: int) -> np.ndarray:
-        """Dense X[s0:s1] (sequences s0..s1-1)."""
+        """Dense X[s0:s1] (sequences s0..s1-1): one bincount per statistic over all blocks."""
         t0, t1 = self.seq_start[s0], self.seq_start[s1]
         local = self.seq[t0:t1] - s0
-        ns = s1 - s0
-        x = np.zeros(ns * self.n_cols)
-        base = local * self.n_cols
-        for cell in self.cells:
-            cl = cell[t0:t1]
-            m = cl >= 0
-            key = base[m] + cl[m]
-            x += np.bincount(key, minlength=x.size)
-            x += np.bincount(key + self.n_cells, self.c[t0:t1][m], minlength=x.size)
-            x += np.bincount(key + 2 * self.n_cells, self.a[t0:t1][m], minlength=x.size)
-        x = x.reshape(ns, self.n_cols)
+        ns, nc = s1 - s0, self.n_cells
+        cl = self.cell_matrix[:, t0:t1]
+        m = cl >= 0
+        key = (local * nc)[None, :] + cl
+        key = key[m]
+        x = np.empty((ns, self.n_cols))
+        for j, w in enumerate((None, self.c[t0:t1], self.a[t0:t1])):
+            wk = None if w is None else np.broadcast_to(w, cl.shape)[m]
+            x[:, j * nc:(j + 1) * nc] = np.bincount(key, wk, minlength=ns * nc).reshape(ns, nc)
         x[:, -2] = np.bincount(local, self.nll[t0:t1], minlength=ns)
         x[:, -1] = np.bincount(local, self.brier[t0:t1], minlength=ns)
         return x
@@ -509,9 +508,9 @@ def _passage(table: TokenTable, probs: TokenProbs, max_tokens: int = 200) -> lis
     rows = np.flatnonzero(table.sequence_id == sid)
     rows = rows[np.argsort(table.position[rows], kind="stable")][:max_tokens]
     strings = table.token_strings(np.where(table.label[rows] >= 0, table.label[rows], table.predicted[rows]))
-    return [{"token": display_piece(s), "label_prob": _num(probs.label_prob[r]),
-             "confidence": float(probs.confidence[r]), "correct": bool(probs.correct[r])}
-            for s, r in zip(strings, rows, strict=True)]
+    p = probs.select(rows)
+    return [{"token": display_piece(s), "label_prob": _num(lp), "confidence": float(c), "correct": bool(ok)}
+            for s, lp, c, ok in zip(strings, p.label_prob, p.confidence, p.correct, strict=True)]
 
 
 # -- signatures and JSON safety -------------------------------------------------------------------
