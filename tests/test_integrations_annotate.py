@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_generate_lm import tiny_gpt2, tiny_tokenizer
+from tiny_generate_lm import CORPUS, teacher_forced_table, tiny_gpt2, tiny_tokenizer
 
 import tokcal
 from tokcal.calibrators import Temperature
+from tokcal.calibrators.conformal import ConformalTokenSets
 from tokcal.integrations.abstain import Abstainer
 from tokcal.integrations.annotate import spans_from_offsets
 
@@ -113,3 +114,18 @@ def test_review_spans_merge_adjacent_flags():
     flags = [True, True, False, True, False]
     assert Abstainer.review_spans(flags, spans) == [(0, 5), (6, 9)]
     assert Abstainer.review_spans(flags, spans, max_gap=2) == [(0, 9)]
+
+
+def test_conformal_set_sizes_match_brute_force(lm):
+    model, tok = lm
+    table = teacher_forced_table(model, tok, CORPUS[:5])
+    conf = ConformalTokenSets(alpha=0.5).fit(table)
+    text = TEXTS[0]
+    ann = tokcal.annotate(model, tok, text, Temperature(temperature=1.0), conformal=conf)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        p = torch.softmax(model(input_ids=torch.tensor([[tok.bos_token_id, *ids]])).logits[0, :-1].double(), -1)
+    # LAC sets: tokens with 1 - p_j <= threshold, listed among the table's top-k ids
+    brute = np.minimum(((1.0 - p.numpy()) <= conf.threshold).sum(1), table.k)
+    assert (ann.set_size == brute).all() and ann.set_size.max() > 1
+    assert ann.tokens[0]["set_size"] == int(brute[0])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
-from tiny_generate_lm import tiny_gpt2, tiny_tokenizer
+from tiny_generate_lm import teacher_forced_table, tiny_gpt2, tiny_tokenizer
 from transformers import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
@@ -198,19 +198,6 @@ def test_context_position_and_groups_follow_prompts():
         proc._context_value("position", torch.zeros(3, 7, dtype=torch.long))
 
 
-def _teacher_forced_table(model, tok, texts):
-    """A TokenTable of the model's own next-token logits on ``texts`` (BOS prepended, position = index)."""
-    rows, labels, pos = [], [], []
-    for t in texts:
-        ids = [tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"]]
-        with torch.no_grad():
-            z = model(input_ids=torch.tensor([ids])).logits[0, :-1]
-        rows.append(z)
-        labels += ids[1:]
-        pos += list(range(1, len(ids)))
-    return tokcal.TokenTable.from_logits(torch.cat(rows).numpy(), np.asarray(labels), positions=np.asarray(pos))
-
-
 @pytest.mark.parametrize("kind", ["adaptive", "selective"])
 def test_context_aware_calibrators_get_the_right_positions(lm, kind):
     """Processed scores equal the calibrator applied to the raw logits with position = prompt length
@@ -218,7 +205,7 @@ def test_context_aware_calibrators_get_the_right_positions(lm, kind):
     model, tok = lm
     from tiny_generate_lm import CORPUS
 
-    table = _teacher_forced_table(model, tok, CORPUS[:5])
+    table = teacher_forced_table(model, tok, CORPUS[:5])
     cal = AdaptiveTemperature().fit(table)
     if kind == "selective":
         median = float(np.median(token_probs(table).confidence))

@@ -60,3 +60,21 @@ def save_tiny(directory, seed: int = 0):
     model.save_pretrained(directory, safe_serialization=True)
     tiny_tokenizer().save_pretrained(directory)
     return directory
+
+
+def teacher_forced_table(model, tok, texts):
+    """A TokenTable of the model's own next-token logits on ``texts`` (BOS prepended, position = index)."""
+    import numpy as np
+    import torch
+
+    import tokcal
+
+    rows, labels, pos = [], [], []
+    for t in texts:
+        ids = [tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"]]
+        with torch.no_grad():
+            z = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+        rows.append(z)
+        labels += ids[1:]
+        pos += list(range(1, len(ids)))
+    return tokcal.TokenTable.from_logits(torch.cat(rows).numpy(), np.asarray(labels), positions=np.asarray(pos))
