@@ -110,7 +110,7 @@ class Vocabulary:
         for i, s in enumerate(strings):
             v._by_str.setdefault(s, i)
         v._strings = strings
-        v.name = str(getattr(tokenizer, "name_or_path", "tokenizer"))
+        v.name = str(getattr(tokenizer, "name_or_path", "") or "tokenizer")
         return v
 
     name = "from file"
@@ -242,8 +242,7 @@ def _parse_completions(obj: dict, where: str, vocab: Vocabulary, key: str = "log
                 i = vocab.id_of(s, None, f"{w}.top_logprobs[{j}]")
                 cands[i] = max(cands.get(i, -math.inf), _num(v, f"{w}.top_logprobs[{j}][{s!r}]"))
             tlp = _num(tl, f"{wj}: token_logprobs")
-            n_top = len(cands) - (1 if tok in cands and len(cands) > 1 and cands[tok] < min(
-                v for i, v in cands.items() if i != tok) else 0)
+            n_top = len(cands)
             cands.setdefault(tok, tlp)
             pos.append(_Position(cands, n_top, tok, tlp))
         out.append(("generated", pos))
