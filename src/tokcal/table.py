@@ -487,6 +487,9 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import TokcalError
 
@@ -24,7 +25,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TokcalError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            err_console.print(Text("error: ", style="bold red") + Text(str(e)), soft_wrap=True, highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
