@@ -148,6 +148,14 @@ def test_beam_search_scores_stay_normalised(lm, kind):
         assert torch.all(lse.abs() < 1e-4)
     assert torch.isfinite(out.sequences_scores).all()
     assert out.sequences.shape[0] == 2 * len(PROMPTS)
+    # with a constraint (min_new_tokens masks EOS) the mass left by the constraint is kept
+    con = model.generate(**enc, max_new_tokens=3, min_new_tokens=2, num_beams=3, do_sample=False,
+                         return_dict_in_generate=True, output_scores=True, output_logits=True,
+                         logits_processor=_procs(Temperature(temperature=0.6), input_kind=kind))
+    eos = tok.eos_token_id
+    for raw, s in zip(con.logits[:2], con.scores[:2], strict=True):
+        kept = torch.log1p(-torch.softmax(raw, -1)[:, eos])
+        torch.testing.assert_close(torch.logsumexp(s, -1), kept, rtol=0, atol=1e-5)
     # and the renormalised scores are the calibrated log-probs log_softmax(log_softmax(z) / T)
     z = torch.randn(4, 50)
     lp = torch.log_softmax(z, -1)

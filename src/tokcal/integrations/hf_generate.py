@@ -22,8 +22,10 @@ as entropy stay finite, then puts the -inf back. A fixed temperature commutes wi
 Decoding modes. Greedy and sampling pass raw logits; the output is the calibrated logits. Beam search
 passes log-softmax scores and adds them to the beam scores, so the output is renormalised:
 ``out - logsumexp(out) + logsumexp(in)`` (log-probabilities again, keeping any mass removed by
-constraints). ``input_kind="auto"`` (default) treats a batch as log-probabilities when the first row's
-logsumexp is 0 within 1e-4; :func:`generate` sets the kind explicitly from ``num_beams``.
+constraints). ``input_kind="auto"`` (default) treats a batch as log-probabilities when the first row is
+<= 0 with logsumexp <= 1e-4 (total mass at most 1, so beam search with constraints is recognised too);
+mistaking raw logits for log-probabilities only shifts each row by a constant, which changes neither
+greedy nor sampled tokens. :func:`generate` sets the kind explicitly from ``num_beams``.
 
 Context. The calibrator receives ``context["position"]`` — the index of the token being predicted within
 its sequence, i.e. the current length minus left padding — and any fixed ``groups`` (one value per call
@@ -145,7 +147,7 @@ class CalibratedLogitsProcessor(LogitsProcessor):
         if self.input_kind != "auto":
             return self.input_kind == "logprobs"
         row = scores[0]
-        return bool(row.max() <= 0) and abs(float(torch.logsumexp(row, 0))) < _NORMALISED_TOL
+        return bool(row.max() <= 0) and float(torch.logsumexp(row, 0)) < _NORMALISED_TOL
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         masked = torch.isneginf(scores)
