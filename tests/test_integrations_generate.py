@@ -226,3 +226,15 @@ def test_context_aware_calibrators_get_the_right_positions(lm, kind):
         ref = cal.transform_logits(raw.clone(), {"position": lengths + step})
         torch.testing.assert_close(processed, ref, rtol=1e-6, atol=1e-6)
     assert any(not torch.equal(s, z) for s, z in zip(out.scores, out.logits, strict=True))
+
+
+def test_tokcal_generate_pads_with_eos_when_the_tokenizer_has_no_pad_token(lm):
+    import copy
+
+    model, tok = lm
+    no_pad = copy.deepcopy(tok)
+    no_pad.pad_token = None
+    cal = Temperature(temperature=1.0)
+    got = generate(model, no_pad, PROMPTS, cal, max_new_tokens=4, do_sample=False)
+    assert got == generate(model, tok, PROMPTS, cal, max_new_tokens=4, do_sample=False)  # same id: eos
+    assert no_pad.pad_token is None and no_pad.padding_side == tok.padding_side

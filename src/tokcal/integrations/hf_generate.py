@@ -194,12 +194,18 @@ def generate(
     if not prompts:
         raise TokcalError("generate: no prompt given")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    side = tokenizer.padding_side
+    if len(prompts) > 1 and pad_id is None:
+        raise TokcalError("generate: several prompts need padding, but the tokenizer has no pad or eos token")
+    side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
+    if pad_token is None and len(prompts) > 1:
+        tokenizer.pad_token = tokenizer.eos_token
     try:
         enc = tokenizer(prompts, return_tensors="pt", padding=len(prompts) > 1)
     finally:
         tokenizer.padding_side = side
+        if pad_token is None and len(prompts) > 1:
+            tokenizer.pad_token = None
     pads = (enc["attention_mask"] == 0).sum(1)
     proc = CalibratedLogitsProcessor(
         calibrator, allow_argmax_change, groups=groups, pad_lengths=pads if bool(pads.any()) else None,
