@@ -92,3 +92,79 @@ def sketch_rows(z, labels, k, lut, inv_res, top_ids, top_vals, log_norm, tail1, 
             label_logit[i] = row[labels[i]]
         else:
             label_logit[i] = np.nan
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def hermite_tail(tail, i, nodes, beta, want):
+    """Tail cumulants at ``beta`` for row i: f, f' and f'' by cubic Hermite interpolation between
+    the nodes (linear beyond the last node). ``want`` 0: value only. Empty tail: (-inf, 0, 0)."""
+    m = nodes.shape[0]
+    if beta >= nodes[m - 1]:
+        fl = np.float64(tail[i, m - 1, 0])
+        gl = np.float64(tail[i, m - 1, 1])
+        if fl == -np.inf:
+            return -np.inf, 0.0, 0.0
+        return fl + (beta - nodes[m - 1]) * gl, gl, 0.0
+    j = 0
+    while j < m - 2 and nodes[j + 1] <= beta:
+        j += 1
+    x0 = nodes[j]
+    h = nodes[j + 1] - x0
+    t = (beta - x0) / h
+    f0 = np.float64(tail[i, j, 0])
+    f1 = np.float64(tail[i, j + 1, 0])
+    if f0 == -np.inf or f1 == -np.inf:
+        return -np.inf, 0.0, 0.0
+    g0 = np.float64(tail[i, j, 1]) * h
+    g1 = np.float64(tail[i, j + 1, 1]) * h
+    t2 = t * t
+    t3 = t2 * t
+    val = (2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * g0 + (-2 * t3 + 3 * t2) * f1 + (t3 - t2) * g1
+    if want == 0:
+        return val, 0.0, 0.0
+    d1 = ((6 * t2 - 6 * t) * f0 + (3 * t2 - 4 * t + 1) * g0 + (-6 * t2 + 6 * t) * f1 + (3 * t2 - 2 * t) * g1) / h
+    d2 = ((12 * t - 6) * f0 + (6 * t - 4) * g0 + (-12 * t + 6) * f1 + (6 * t - 2) * g1) / (h * h)
+    return val, d1, d2 if d2 > 0.0 else 0.0
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, var_out, sumsq_out,
+                      probs_out, want_probs):
+    """Per row, one pass over the top-k: log Z(beta), E_p[z], Var_p[z], sum_j p_j^2 (and p_top).
+
+    The tail enters through its cumulants f(beta), f'(beta), f''(beta) and f(2 beta); rows with
+    beta == 1 take the stored exact normaliser ``exact_logz`` as log Z.
+    """
+    n, k = top.shape
+    for i in numba.prange(n):
+        b = beta[i]
+        ft, ft1, ft2 = hermite_tail(tail, i, nodes, b, 1)
+        f2b = hermite_tail(tail, i, nodes, 2.0 * b, 0)[0]
+        mx = b * np.float64(top[i, 0])
+        s = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        q = 0.0
+        for j in range(k):
+            x = np.float64(top[i, j])
+            e = np.exp(b * x - mx)
+            s += e
+            s1 += e * x
+            s2 += e * x * x
+            q += e * e
+        et = np.exp(ft - mx) if ft > -np.inf else 0.0
+        logz = mx + np.log(s + et)
+        if b == 1.0:
+            logz = np.float64(exact_logz[i])
+        scale = np.exp(mx - logz)
+        pt = et * scale
+        mean = s1 * scale + pt * ft1
+        second = s2 * scale + pt * (ft2 + ft1 * ft1)
+        var = second - mean * mean
+        logz_out[i] = logz
+        mean_out[i] = mean
+        var_out[i] = var if var > 0.0 else 0.0
+        sumsq_out[i] = q * scale * scale + (np.exp(f2b - 2.0 * logz) if f2b > -np.inf else 0.0)
+        if want_probs:
+            for j in range(k):
+                probs_out[i, j] = np.exp(b * np.float64(top[i, j]) - logz)

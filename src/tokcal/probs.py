@@ -61,12 +61,8 @@ def token_probs(table: TokenTable, temperature: Any = 1.0) -> TokenProbs:
     Exact at T = 1; elsewhere within the sketch bound (see :mod:`tokcal.sketch`).
     """
     sk = table.sketch
-    logz, mean, _ = sketch.logit_moments(sk, temperature)
-    beta = 1.0 / np.broadcast_to(np.asarray(temperature, dtype=np.float64), (len(table),))
-    top = np.exp(beta[:, None] * sk.top_logits.astype(np.float64) - logz[:, None])
+    st = sketch.temperature_stats(sk, temperature, top_probs=True)
     with np.errstate(invalid="ignore"):
-        label_prob = np.exp(beta * sk.label_logit.astype(np.float64) - logz)
+        label_prob = np.exp(st.beta * sk.label_logit.astype(np.float64) - st.logz)
     label_prob = np.where(table.labeled, label_prob, np.nan)
-    sum_sq = sketch.sum_sq_probs(sk, temperature)
-    ent = np.maximum(logz - beta * mean, 0.0)
-    return TokenProbs(table.top_ids, top, table.label, label_prob, sum_sq, ent)
+    return TokenProbs(table.top_ids, st.top_probs, table.label, label_prob, st.sum_sq, st.entropy)

@@ -352,63 +352,91 @@ def tail_cumulants(sk: LogitSketch, beta: np.ndarray) -> tuple[np.ndarray, np.nd
     """Tail log-partition f(beta), f'(beta), f''(beta) per row by cubic Hermite interpolation.
 
     Above the last node f is extended linearly (f'' = 0), the asymptote of a log-partition.
+    Rows without a tail (k == V) get f = -inf, f' = f'' = 0.
     """
     nodes = np.asarray(sk.layout.betas)
-    f = sk.tail[:, :, 0].astype(np.float64)
-    g = sk.tail[:, :, 1].astype(np.float64)
     n = len(sk)
-    rows = np.arange(n)
     if sk.layout.kind == "empty":
         z = np.zeros(n)
         return np.full(n, -np.inf), z, z
+    rows = np.arange(n)
     beyond = beta >= nodes[-1]
     j = np.clip(np.searchsorted(nodes, beta, side="right") - 1, 0, len(nodes) - 2)
     x0, x1 = nodes[j], nodes[j + 1]
     h = x1 - x0
     t = np.clip((beta - x0) / h, 0.0, 1.0)
-    f0, f1, g0, g1 = f[rows, j], f[rows, j + 1], g[rows, j] * h, g[rows, j + 1] * h
+    f0 = sk.tail[rows, j, 0].astype(np.float64)
+    f1 = sk.tail[rows, j + 1, 0].astype(np.float64)
+    g0 = sk.tail[rows, j, 1] * h
+    g1 = sk.tail[rows, j + 1, 1] * h
+    empty = np.isneginf(f0) | np.isneginf(f1)
+    if empty.any():
+        f0, f1 = np.where(empty, 0.0, f0), np.where(empty, 0.0, f1)
     t2, t3 = t * t, t * t * t
     val = (2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * g0 + (-2 * t3 + 3 * t2) * f1 + (t3 - t2) * g1
     d1 = ((6 * t2 - 6 * t) * f0 + (3 * t2 - 4 * t + 1) * g0 + (-6 * t2 + 6 * t) * f1 + (3 * t2 - 2 * t) * g1) / h
     d2 = ((12 * t - 6) * f0 + (6 * t - 4) * g0 + (-12 * t + 6) * f1 + (6 * t - 2) * g1) / (h * h)
-    last_f, last_g = f[:, -1], g[:, -1]
-    val = np.where(beyond, last_f + (beta - nodes[-1]) * last_g, val)
-    d1 = np.where(beyond, last_g, d1)
-    d2 = np.where(beyond, 0.0, np.maximum(d2, 0.0))
+    if beyond.any():
+        last_f = sk.tail[:, -1, 0].astype(np.float64)
+        last_g = sk.tail[:, -1, 1].astype(np.float64)
+        val = np.where(beyond, last_f + (beta - nodes[-1]) * last_g, val)
+        d1 = np.where(beyond, last_g, d1)
+        d2 = np.where(beyond, 0.0, d2)
+    d2 = np.maximum(d2, 0.0)
+    if empty.any():
+        val, d1, d2 = np.where(empty, -np.inf, val), np.where(empty, 0.0, d1), np.where(empty, 0.0, d2)
     return val, d1, d2
 
 
-def logit_moments(sk: LogitSketch, temperature: Any = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``log Z(beta)``, ``E_p[z]`` and ``Var_p[z]`` under ``p = softmax(beta z)``, beta = 1/T.
+@dataclass
+class TemperatureStats:
+    """Row statistics of ``p = softmax(beta z)``: ``log Z``, ``E_p[z]``, ``Var_p[z]``, ``sum_j p_j^2``
+    and, when asked for, the top-k probabilities [N, k]."""
 
-    These are the value, gradient and curvature of the log-partition in beta: the NLL of the gold
-    token is ``log Z(beta) - beta z_y``, so its Newton step needs exactly these (DESIGN §4).
+    beta: np.ndarray
+    logz: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    sum_sq: np.ndarray
+    top_probs: np.ndarray | None = None
+
+    @property
+    def entropy(self) -> np.ndarray:
+        """Shannon entropy in nats, ``H = log Z(beta) - beta E_p[z]``."""
+        return np.maximum(self.logz - self.beta * self.mean, 0.0)
+
+
+def temperature_stats(sk: LogitSketch, temperature: Any = 1.0, *, top_probs: bool = False) -> TemperatureStats:
+    """All row statistics at temperature T in one pass over the top-k (numba), plus the tail.
+
+    ``log Z(beta) = log(sum_top exp(beta z) + exp f(beta))``; ``E_p[z]`` and ``Var_p[z]`` add the
+    tail's ``f'(beta)`` and ``f''(beta)``; ``sum_j p_j^2 = Z(2 beta) / Z(beta)^2``. At T = 1 the
+    stored exact normaliser is used. These are the value, gradient and curvature of the
+    log-partition in beta: the NLL of the gold token is ``log Z(beta) - beta z_y``, so a Newton
+    step on beta needs exactly these (DESIGN §4).
     """
+    from ._sketch_kernel import temperature_stats as kernel
+
     n = len(sk)
     beta = _beta(temperature, n)
-    top = sk.top_logits.astype(np.float64)
-    a = beta[:, None] * top
-    f, f1, f2 = tail_cumulants(sk, beta)
-    logz = np.logaddexp(_logsumexp(a), f)
-    exact = beta == 1.0
-    if exact.any():
-        logz = np.where(exact, sk.log_normalizer.astype(np.float64), logz)
-    p_top = np.exp(a - logz[:, None])
-    with np.errstate(invalid="ignore"):
-        p_tail = np.where(np.isfinite(f), np.exp(f - logz), 0.0)
-    mean = (p_top * top).sum(axis=1) + p_tail * f1
-    second = (p_top * top * top).sum(axis=1) + p_tail * (f2 + f1 * f1)
-    var = np.maximum(second - mean * mean, 0.0)
-    return logz, mean, var
+    out = [np.empty(n) for _ in range(4)]
+    probs = np.empty((n, sk.k) if top_probs else (1, 1))
+    tail = np.full((n, 2, 2), -np.inf, np.float32) if sk.layout.kind == "empty" else sk.tail
+    nodes = np.asarray(sk.layout.betas[:2] if sk.layout.kind == "empty" else sk.layout.betas, np.float64)
+    kernel(np.ascontiguousarray(sk.top_logits), np.ascontiguousarray(tail), nodes, beta,
+           sk.log_normalizer, *out, probs, top_probs)
+    return TemperatureStats(beta, *out, top_probs=probs if top_probs else None)
+
+
+def logit_moments(sk: LogitSketch, temperature: Any = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``log Z(beta)``, ``E_p[z]`` and ``Var_p[z]`` under ``p = softmax(beta z)``, beta = 1/T."""
+    st = temperature_stats(sk, temperature)
+    return st.logz, st.mean, st.var
 
 
 def log_partition(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
     """``log Z(T) = log sum_j exp(z_j / T)`` per row (float64); exact at T = 1."""
-    n = len(sk)
-    beta = _beta(temperature, n)
-    f = tail_cumulants(sk, beta)[0]
-    logz = np.logaddexp(_logsumexp(beta[:, None] * sk.top_logits.astype(np.float64)), f)
-    return np.where(beta == 1.0, sk.log_normalizer.astype(np.float64), logz)
+    return temperature_stats(sk, temperature).logz
 
 
 def top_logprobs(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
@@ -431,12 +459,9 @@ def confidence(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
 
 def entropy(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
     """Shannon entropy in nats, ``H = log Z(beta) - beta E_p[z]``."""
-    beta = _beta(temperature, len(sk))
-    logz, mean, _ = logit_moments(sk, temperature)
-    return np.maximum(logz - beta * mean, 0.0)
+    return temperature_stats(sk, temperature).entropy
 
 
 def sum_sq_probs(sk: LogitSketch, temperature: Any = 1.0) -> np.ndarray:
     """``sum_j p_j^2 = Z(2 beta) / Z(beta)^2`` (the quadratic term of the full Brier score)."""
-    t = np.asarray(temperature, dtype=np.float64)
-    return np.exp(log_partition(sk, t / 2.0) - 2.0 * log_partition(sk, t))
+    return temperature_stats(sk, temperature).sum_sq
