@@ -60,6 +60,8 @@ def test_retraining_smoke(tmp_path):
     assert summary["history"][-1]["val_loss"] < summary["first_loss"]
     assert summary["history"][-1]["val_loss"] < summary["history"][0]["val_loss"] + 0.05
     assert json.loads((tmp_path / "training.json").read_text())["steps"] == 60
+    counts = json.loads((tmp_path / "token_counts.json").read_text())["counts"]
+    assert len(counts) == summary["vocab_size"] and sum(counts) == summary["train_tokens"]
     for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / name).is_file(), name
 

@@ -18,12 +18,14 @@ What it does:
    concatenated into one token stream; batches are windows of ``n_positions`` tokens at offsets drawn
    by a seeded generator;
 3. model: ``GPT2LMHeadModel`` with n_layer 4, n_embd 112, n_head 4, n_positions 256, tied input/output
-   embedding, no dropout: 1.09 M parameters (the 4096 x 112 embedding is 0.46 M of them);
+   embedding, no dropout, GPT-2's tanh GELU in its fused form (``gelu_pytorch_tanh``; same function as
+   ``gelu_new`` to 5e-7, 8x faster on CPU): 1.10 M parameters (the 4096 x 112 embedding is 0.46 M);
 4. optimiser: AdamW (betas 0.9/0.95, weight decay 0.1 on matrices only), peak lr 3e-3, linear warm-up
    over the first 5 % of steps then cosine decay to 10 % of the peak, gradient clipping at 1.0;
 5. output: ``model.safetensors`` + ``config.json`` (``save_pretrained(safe_serialization=True)``),
-   ``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json`` (loadable with
-   ``AutoTokenizer.from_pretrained(out)``), and ``training.json``.
+   ``tokenizer.json`` + ``tokenizer_config.json`` (loadable with ``AutoTokenizer.from_pretrained(out)``),
+   ``token_counts.json`` (count of each token id in the training stream, for frequency slices) and
+   ``training.json`` (settings, loss history, validation perplexity, wall time).
 
 Determinism: ``torch.manual_seed``, ``torch.use_deterministic_algorithms(True)``, a fixed thread count,
 and a seeded generator for batch offsets. The same command gives the same weights on the same machine
@@ -82,7 +84,8 @@ def build_model(vocab_size: int, eos_id: int, **shape: int):
 
     config = GPT2Config(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
                         pad_token_id=eos_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        tie_word_embeddings=True, **{**MODEL_SHAPE, **shape})
+                        activation_function="gelu_pytorch_tanh", tie_word_embeddings=True,
+                        **{**MODEL_SHAPE, **shape})
     return GPT2LMHeadModel(config)
 
 
@@ -180,6 +183,9 @@ def train(out: Path | str = ASSETS_DIR, steps: int = 2400, seed: int = 0, batch_
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    counts = np.bincount(train_ids, minlength=len(tokenizer)).tolist()
+    (out / "token_counts.json").write_text(json.dumps({"what": "gold-token counts of the training stream",
+                                                       "counts": counts}) + "\n")
     summary = {
         "steps": steps, "seed": seed, "batch_size": batch_size, "seq_len": seq_len, "lr": lr,
         "threads": threads, "vocab_size": len(tokenizer), "n_params": n_params,

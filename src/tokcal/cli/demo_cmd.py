@@ -1,0 +1,27 @@
+"""``tokcal demo``: the embedded model on held-out and shifted text, three calibrators, one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import console, friendly_errors
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Directory for the report and files."),
+    in_domain: int = typer.Option(400, "--in-domain", min=20, help="KJV test-book passages to collect."),
+    shift: int = typer.Option(600, "--shift", min=20, help="Fortunes to collect (the shifted domain)."),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap resamples for the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration/test split and the bootstrap."),
+) -> None:
+    """Run the embedded demo: collect, calibrate, evaluate by domain, write report.html and JSONs."""
+    from ..demo.run import print_summary, run_demo
+
+    result = run_demo(out, n_in_domain=in_domain, n_shift=shift, bootstrap=bootstrap, seed=seed,
+                      console=console)
+    print_summary(result, console)

@@ -1,0 +1,233 @@
+"""``tokcal demo``: the embedded model, in-domain and shifted text, three calibrators, one report.
+
+1. Load the embedded GPT-2 (:mod:`tokcal.demo.train`; safetensors, no remote code) from the package.
+2. Collect per-token predictions (teacher forcing, top-k sketch) on passages of the held-out KJV test
+   books (``domain = "kjv"``, in-domain) and on FreeBSD fortunes (``domain = "fortunes"``, shift).
+3. Split by sequence into a calibration half and a test half (same seed, whole sequences).
+4. Fit on the calibration half: one temperature, one temperature per domain, and an adaptive
+   (per-token) temperature.
+5. Evaluate the test half before and after each calibrator, with slices by frequency bucket of the
+   gold token (ranks counted on the model's training tokens), token type and domain, and 95 % cluster
+   bootstrap intervals.
+6. Write into ``--out``: ``report.html`` (all four evaluations), ``evaluation.json``
+   (``Evaluation.to_dict()`` after ``calibrator.json``, the temperature calibrator), ``evaluations/`` and
+   ``calibrators/`` (every evaluation and calibrator), ``test.parquet`` and ``calibration.parquet``
+   (the token tables, to rerun ``tokcal evaluate`` / ``tokcal check``).
+
+Nothing is cached outside ``--out``. The defaults take well under 90 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import TokcalError
+from . import data
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+IN_DOMAIN, SHIFT = "kjv", "fortunes"
+CALIBRATORS = ("temperature", "group_temperature", "adaptive_temperature")
+SLICES = ("freq", "type", "group:domain")
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+@dataclass
+class DemoResult:
+    """What the demo produced: output paths, evaluations (as dicts), fitted calibrators, timings."""
+
+    out: Path
+    evaluations: dict[str, dict[str, Any]]
+    calibrators: dict[str, Any]
+    n_tokens: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def load_model(assets: Path | str = ASSETS_DIR) -> tuple[Any, Any]:
+    """The embedded model and tokenizer from ``assets`` (safetensors weights, no remote code)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assets = Path(assets)
+    missing = [f for f in _MODEL_FILES if not (assets / f).is_file()]
+    if missing:
+        raise TokcalError(f"the embedded demo model in {assets} lacks {missing}; "
+                          f"retrain it with `python -m tokcal.demo.train --out {assets}`")
+    tokenizer = AutoTokenizer.from_pretrained(assets)
+    tokenizer.model_max_length = 1 << 30  # texts longer than the context are windowed by collect_causal
+    model = AutoModelForCausalLM.from_pretrained(assets, use_safetensors=True, trust_remote_code=False)
+    model.eval()
+    return model, tokenizer
+
+
+def training_counts(assets: Path | str = ASSETS_DIR) -> np.ndarray | None:
+    """Per-id token counts of the model's training stream (``token_counts.json``), if shipped."""
+    path = Path(assets) / "token_counts.json"
+    if not path.is_file():
+        return None
+    return np.asarray(json.loads(path.read_text())["counts"], dtype=np.int64)
+
+
+def demo_texts(n_in_domain: int, n_shift: int) -> tuple[list[str], list[str]]:
+    """Evenly spread KJV test-book passages and fortunes, and their domain of each text."""
+    kjv = data.kjv_passages("test", limit=n_in_domain)
+    fortunes = data.fortunes(limit=n_shift)
+    return kjv + fortunes, [IN_DOMAIN] * len(kjv) + [SHIFT] * len(fortunes)
+
+
+def fit_calibrators(table: Any) -> dict[str, Any]:
+    """Temperature, group temperature (by domain) and adaptive temperature fitted on ``table``."""
+    from ..calibrators import AdaptiveTemperature, GroupTemperature, Temperature
+
+    return {"temperature": Temperature().fit(table),
+            "group_temperature": GroupTemperature(by="domain").fit(table),
+            "adaptive_temperature": AdaptiveTemperature(groups=("domain",)).fit(table)}
+
+
+def run_demo(out: Path | str = "demo-output", *, n_in_domain: int = 400, n_shift: int = 600,
+             bootstrap: int = 200, seed: int = 0, assets: Path | str = ASSETS_DIR,
+             console: Any = None) -> DemoResult:
+    """Run the whole demo into ``out`` (see the module docstring) and return what it produced."""
+    import torch
+
+    from .. import evaluate
+    from ..calibrators import split_by_sequence
+    from ..slices import parse_slices
+    from ..sources.hf import collect_causal
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = console.print if console is not None else (lambda *a, **k: None)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    torch.manual_seed(seed)
+    model, tokenizer = load_model(assets)
+    texts, domains = demo_texts(n_in_domain, n_shift)
+    say(f"collecting {len(texts)} texts ({n_in_domain} KJV test passages, {n_shift} fortunes) "
+        f"with the embedded model ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    with torch.inference_mode():
+        table = collect_causal(model, tokenizer, texts, top_k=32, batch_size=16, groups={"domain": domains},
+                               prepend_bos=True)
+    seconds["collect"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    calib, test = split_by_sequence(table, frac=0.5, seed=seed)
+    calibrators = fit_calibrators(calib)
+    seconds["fit"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    slices = parse_slices(SLICES, test, counts=training_counts(assets))
+    evaluations: dict[str, dict[str, Any]] = {}
+    for name, cal in {"uncalibrated": None, **calibrators}.items():
+        say(f"evaluating {name} ...")
+        evaluations[name] = evaluate(test, calibrator=cal, slices=slices, bootstrap=bootstrap,
+                                     seed=seed).to_dict()
+    seconds["evaluate"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    write_outputs(out, evaluations, calibrators, calib, test)
+    seconds["write"] = time.perf_counter() - t3
+    seconds["total"] = time.perf_counter() - t0
+    domain = test.groups["domain"]
+    values = np.asarray(domain.categories)[domain.codes[test.labeled]]
+    n_tokens = {d: int(np.sum(values == d)) for d in (IN_DOMAIN, SHIFT)}
+    return DemoResult(out, evaluations, calibrators, n_tokens, seconds)
+
+
+def write_outputs(out: Path, evaluations: dict[str, dict[str, Any]], calibrators: dict[str, Any],
+                  calib: Any, test: Any) -> None:
+    """Report, evaluation JSONs, calibrator JSONs and both token tables, each written atomically."""
+    from ..report import write_html
+    from ..table import atomic_write
+
+    def write_json(path: Path, obj: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    write_html(out / "report.html", evaluations, title="tokcal demo: the embedded KJV model, in-domain and "
+                                                       "under shift")
+    write_json(out / "evaluation.json", evaluations["temperature"])
+    calibrators["temperature"].save(out / "calibrator.json")
+    for name, ev in evaluations.items():
+        write_json(out / "evaluations" / f"{name}.json", ev)
+    for name, cal in calibrators.items():
+        cal.save(out / "calibrators" / f"{name}.json")
+    test.write_parquet(out / "test.parquet")
+    calib.write_parquet(out / "calibration.parquet")
+
+
+# ------------------------------------------------------------------------------------------------
+# terminal summary
+# ------------------------------------------------------------------------------------------------
+
+
+def _slice_row(ev: dict[str, Any], slice_name: str, value: str) -> dict[str, Any] | None:
+    for row in (ev.get("slices") or {}).get(slice_name, []):
+        if row.get("value") == value:
+            return row
+    return None
+
+
+def ece_by_domain(evaluations: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple[float, Any]]]:
+    """{domain or 'all': {evaluation: (ECE, 95 % interval or None)}} from the evaluation dicts."""
+    table: dict[str, dict[str, tuple[float, Any]]] = {}
+    for name, ev in evaluations.items():
+        overall = ev["overall"]
+        table.setdefault("all", {})[name] = (overall["ece"], (overall.get("ci") or {}).get("ece"))
+        for domain in (IN_DOMAIN, SHIFT):
+            row = _slice_row(ev, "group:domain", domain)
+            if row is not None:
+                table.setdefault(domain, {})[name] = (row["ece"], row.get("ece_ci"))
+    return table
+
+
+def _fmt(value: float, ci: Any) -> str:
+    if ci is None:
+        return f"{value:.4f}"
+    lo, hi = ci if isinstance(ci, list | tuple) else (ci["low"], ci["high"])
+    return f"{value:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def summary_table(result: DemoResult) -> Any:
+    """A rich Table: ECE with 95 % intervals per domain, before and after each calibrator."""
+    from rich.table import Table
+
+    names = list(result.evaluations)
+    tbl = Table(title="Token-level ECE on the test half (95 % cluster-bootstrap intervals)")
+    tbl.add_column("domain")
+    tbl.add_column("tokens", justify="right")
+    for name in names:
+        tbl.add_column(name.replace("_", " "), justify="right")
+    n = {**result.n_tokens, "all": sum(result.n_tokens.values())}
+    labels = {IN_DOMAIN: "kjv (in-domain)", SHIFT: "fortunes (shift)", "all": "all"}
+    for domain, row in ece_by_domain(result.evaluations).items():
+        best = min(v for v, _ in row.values())
+        cells = [("[bold green]" if row[k][0] == best else "") + _fmt(*row[k]) for k in names]
+        tbl.add_row(labels[domain], f"{n[domain]:,}", *cells)
+    return tbl
+
+
+def print_summary(result: DemoResult, console: Any) -> None:
+    console.print(summary_table(result))
+    cal = result.calibrators
+    console.print(f"temperature: T = {cal['temperature'].temperature:.3f}; per domain: "
+                  + ", ".join(f"{k} T = {v:.3f}" for k, v in group_temperatures(cal["group_temperature"]).items()))
+    console.print(f"wrote {result.out}/report.html, evaluation.json, calibrator.json "
+                  f"(+ evaluations/, calibrators/, test.parquet) in {result.seconds['total']:.1f} s")
+    console.print(f"next: tokcal check {result.out}/test.parquet --calibrator {result.out}/calibrator.json "
+                  f"--max-ece 0.05", highlight=False)
+
+
+def group_temperatures(cal: Any) -> dict[str, float]:
+    """Per-group temperatures of a fitted GroupTemperature, from its JSON state."""
+    state = cal.to_dict()
+    temps = state.get("temperatures") or {}
+    if isinstance(temps, dict):
+        return {str(k): float(v) for k, v in temps.items()}
+    return {str(k): float(v) for k, v in zip(state.get("categories", []), temps, strict=False)}
