@@ -1,0 +1,83 @@
+"""Collection overhead over the bare model forward, and bytes stored per token (tokcal.sources.hf).
+
+A small GPT-2 (4 layers, 256 dim, vocab 4096, context 256) on CPU scores random word documents
+(one word = one token, so every window is full and batches are identical on both sides). The bare
+forward is ``model(input_ids, attention_mask).logits`` on the same windows and batch size; the
+collection is ``collect_causal`` end to end (tokenizing, body + head, on-device sketch, table
+build). Targets: overhead <= 15 %, <= 512 bytes per token at top_k = 32 (zstd Parquet).
+
+    .venv/bin/python benchmarks/collect_bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from tokcal import TokenTable
+from tokcal.sources.hf import collect_causal
+
+V, CTX = 4096, 256
+
+
+def setup(n_docs: int, doc_tokens: int, seed: int = 0):
+    words = [f"w{i}" for i in range(V - 1)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", model_max_length=CTX)
+    rng = np.random.default_rng(seed)
+    zipf = np.minimum(rng.zipf(1.2, (n_docs, doc_tokens)), V - 1)  # word frequencies roughly like text
+    texts = [" ".join(words[j - 1] for j in row) for row in zipf]
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=V, n_positions=CTX, n_embd=256, n_layer=4, n_head=4)
+    return GPT2LMHeadModel(cfg).eval(), tokenizer, texts
+
+
+def bare_forward(model, tokenizer, texts, batch_size: int) -> float:
+    ids = torch.tensor(tokenizer(texts)["input_ids"])
+    mask = torch.ones_like(ids)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for a in range(0, len(ids), batch_size):
+            _ = model(input_ids=ids[a:a + batch_size], attention_mask=mask[a:a + batch_size], use_cache=False).logits
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    n_docs, bs = (16, 8) if args.quick else (96, 8)
+    model, tokenizer, texts = setup(n_docs, CTX)
+    collect_causal(model, tokenizer, texts[:bs], max_length=CTX, batch_size=bs)  # warm-up
+    bare_forward(model, tokenizer, texts[:bs], bs)
+    fwd, col = [], []
+    for _ in range(1 if args.quick else args.repeats):
+        fwd.append(bare_forward(model, tokenizer, texts, bs))
+        t0 = time.perf_counter()
+        table = collect_causal(model, tokenizer, texts, top_k=32, max_length=CTX, batch_size=bs)
+        col.append(time.perf_counter() - t0)
+    f, c = min(fwd), min(col)
+    with tempfile.TemporaryDirectory() as d:
+        path = table.write_parquet(Path(d) / "t.parquet")
+        size = path.stat().st_size
+        assert len(TokenTable.read_parquet(path)) == len(table)
+    n = len(table)
+    print(f"tokens predicted: {n:,} ({n_docs} docs x {CTX} tokens, batch {bs}, torch threads "
+          f"{torch.get_num_threads()})")
+    print(f"bare forward     : {f:.3f} s  ({n / f:,.0f} tok/s)")
+    print(f"collect_causal   : {c:.3f} s  ({n / c:,.0f} tok/s)")
+    print(f"overhead         : {100 * (c - f) / f:+.1f} %  (target <= 15 %)")
+    print(f"bytes per token  : {size / n:.0f} B at top_k=32 (target <= 512)")
+
+
+if __name__ == "__main__":
+    main()
