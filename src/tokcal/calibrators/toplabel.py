@@ -5,8 +5,8 @@ The calibrated distribution puts ``c' = g(c)`` on the model's argmax and multipl
 probability by ``r = (1 - c') / (1 - c)``, so rows still sum to 1 and the ranking of the other ids is
 kept. Then
 
-    p'(y) = c' if y is the argmax else r p(y);      sum_j p'_j^2 = c'^2 + r^2 (sum_j p_j^2 - c^2);
-    H' = -c' log c' - (1 - c') log r + r (H + c log c).
+    p'(y) = c' if y is the argmax else r p(y);      sum_j p'_j^2 = c'^2 + r^2 sum_{j != argmax} p_j^2;
+    H' = -c' log c' - (1 - c') log r - r sum_{j != argmax} p_j log p_j.
 
 When c' falls below r * p_2 the old argmax is no longer the most likely id: rows are re-sorted, so
 these calibrators **can change the argmax** (``preserves_argmax = False``).
@@ -27,6 +27,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 
+from .. import sketch as _sketch
 from ..errors import ValidationError
 from ..probs import TokenProbs, token_probs
 from ..table import TokenTable
@@ -54,11 +55,10 @@ class TopLabelCalibrator(Calibrator):
         return self
 
     def _mapped(self, c: np.ndarray, rest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(c', r)``; ``rest`` is a lower bound on the mass off the argmax (the other top-k probabilities),
-        guarding ``1 - c`` against rounding when c is within float error of 1."""
+        """``(c', r)``; ``rest``: the mass off the argmax summed directly (more precise than ``1 - c``)."""
         c = np.minimum(c, 1.0)
         c2 = np.clip(self.map_confidence(c), 0.0, 1.0)
-        denom = 1.0 - c if rest is None else np.maximum(1.0 - c, rest)
+        denom = 1.0 - c if rest is None else rest
         r = (1.0 - c2) / np.maximum(denom, _EPS)
         return c2, r
 
@@ -66,16 +66,31 @@ class TopLabelCalibrator(Calibrator):
         self._require_fitted()
         base = token_probs(table)
         c = np.minimum(base.top_probs[:, 0], 1.0)
-        c2, r = self._mapped(c, base.top_probs[:, 1:].sum(axis=1))
+        # Sums over the ids off the argmax are taken directly (other top-k ids + the tail, from the tail
+        # cumulants f(1), f'(1), f(2)), not as differences like 1 - c: near c = 1 the float32 log-normaliser
+        # would leave those differences with a large relative error.
+        sk = table.sketch
+        n = len(sk)
+        logz = sk.log_normalizer.astype(np.float64)
+        f1, g1, _ = _sketch.tail_cumulants(sk, np.ones(n))
+        f2 = _sketch.tail_cumulants(sk, np.full(n, 2.0))[0]
+        others = base.top_probs[:, 1:]
+        with np.errstate(invalid="ignore", over="ignore"):
+            tail_mass = np.where(np.isfinite(f1), np.exp(f1 - logz), 0.0)
+            tail_sq = np.where(np.isfinite(f2), np.exp(f2 - 2.0 * logz), 0.0)
+            tail_h = np.where(tail_mass > 0, tail_mass * (logz - g1), 0.0)
+        rest = others.sum(axis=1) + tail_mass
+        sq_rest = (others * others).sum(axis=1) + tail_sq
+        h_rest = -_xlogx(others).sum(axis=1) + tail_h
+        c2, r = self._mapped(c, rest)
         top = base.top_probs * r[:, None]
         top[:, 0] = c2
         ids = base.top_ids
         is_top = base.label == ids[:, 0]
         label_prob = np.where(is_top, c2, r * base.label_prob)
-        sum_sq = c2 * c2 + r * r * np.maximum(base.sum_sq - c * c, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ent = (-_xlogx(c2) - (1.0 - c2) * np.where(r > 0, np.log(np.where(r > 0, r, 1.0)), 0.0)
-                   + r * (base.entropy + _xlogx(c)))
+        sum_sq = c2 * c2 + r * r * sq_rest
+        log_r = np.log(np.where(r > 0, r, 1.0))
+        ent = -_xlogx(c2) - (1.0 - c2) * log_r + r * h_rest
         resort = top.shape[1] > 1 and np.any(top[:, 1] > top[:, 0])
         if resort:
             rows = np.flatnonzero(top[:, 1] > top[:, 0])
@@ -95,7 +110,8 @@ class TopLabelCalibrator(Calibrator):
             logp = torch.log_softmax(logits.double() if logits.device.type == "cpu" else logits.float(), dim=-1)
             lc, arg = logp.max(dim=-1)
             c = lc.exp().cpu().numpy().astype(np.float64)
-            c2, r = self._mapped(c)
+            rest = logp.exp().scatter(1, arg[:, None], 0.0).sum(dim=-1).cpu().numpy().astype(np.float64)
+            c2, r = self._mapped(c, rest)
             log_r = torch.as_tensor(np.log(np.maximum(r, 1e-300)), dtype=logp.dtype, device=logp.device)
             out = logp + log_r[:, None]
             out.scatter_(1, arg[:, None], torch.as_tensor(np.log(np.maximum(c2, 1e-300)), dtype=logp.dtype,
@@ -106,10 +122,13 @@ class TopLabelCalibrator(Calibrator):
         mx = z64.max(axis=1, keepdims=True)
         logp = z64 - mx - np.log(np.exp(z64 - mx).sum(axis=1, keepdims=True))
         arg = logp.argmax(axis=1)
-        c = np.exp(logp[np.arange(len(arg)), arg])
-        c2, r = self._mapped(c)
+        rows = np.arange(len(arg))
+        c = np.exp(logp[rows, arg])
+        p = np.exp(logp)
+        p[rows, arg] = 0.0
+        c2, r = self._mapped(c, p.sum(axis=1))
         out = logp + np.log(np.maximum(r, 1e-300))[:, None]
-        out[np.arange(len(arg)), arg] = np.log(np.maximum(c2, 1e-300))
+        out[rows, arg] = np.log(np.maximum(c2, 1e-300))
         return out.astype(z.dtype if np.issubdtype(z.dtype, np.floating) else np.float64, copy=False)
 
 
