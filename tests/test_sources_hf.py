@@ -110,23 +110,26 @@ def test_batch_size_and_padding_side_do_not_change_the_table(gpt2, side):
         np.testing.assert_allclose(getattr(one, col), getattr(eight, col), rtol=1e-5, atol=1e-5, err_msg=col)
 
 
-def test_bos_policy_and_special_tokens_are_not_targets(tok, gpt2):
-    text = "In the beginning<|endoftext|> God created"
+def test_bos_policy_eos_is_a_target_other_specials_are_not(tok, gpt2):
+    text = "In the beginning<|endoftext|> God<pad> created"
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    eos = tok.eos_token_id
-    assert eos in ids
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    assert eos in ids and pad in ids
     plain = collect_causal(gpt2, tok, [text], max_length=64)
-    assert eos not in plain.label and plain.position[0] == 1 and plain.source["bos"] == "tokenizer"
-    np.testing.assert_array_equal(plain.label, [i for i in ids[1:] if i != eos])
-    with_bos = collect_causal(gpt2, tok, [text], max_length=64, prepend_bos=True)
-    assert with_bos.source["bos"] == "prepend"
-    np.testing.assert_array_equal(with_bos.label, [i for i in ids if i != eos])  # first text token predicted
-    np.testing.assert_array_equal(with_bos.position, [j + 1 for j, i in enumerate(ids) if i != eos])
+    assert eos in plain.label and pad not in plain.label
+    assert plain.position[0] == 1 and plain.source["bos"] == "tokenizer"
+    np.testing.assert_array_equal(plain.label, [i for i in ids[1:] if i != pad])
+    with_bos = collect_causal(gpt2, tok, [text], max_length=64, prepend_bos=True, append_eos=True)
+    assert with_bos.source["bos"] == "prepend" and with_bos.source["append_eos"]
+    expected = [i for i in ids if i != pad] + [eos]  # first text token predicted, and the end of the document
+    np.testing.assert_array_equal(with_bos.label, expected)
+    np.testing.assert_array_equal(with_bos.position, [j + 1 for j, i in enumerate([*ids, eos]) if i != pad])
     with torch.no_grad():
-        z = gpt2(torch.tensor([[tok.bos_token_id, *ids]])).logits[0]
+        z = gpt2(torch.tensor([[tok.bos_token_id, *ids, eos]])).logits[0]
     np.testing.assert_allclose(with_bos.label_logit[0], z[0, ids[0]].item(), **TOL)
+    np.testing.assert_allclose(with_bos.label_logit[-1], z[-2, eos].item(), **TOL)
     with pytest.raises(TokcalError, match="no tokens to predict"):
-        collect_causal(gpt2, tok, ["<|endoftext|>", ""], max_length=64)
+        collect_causal(gpt2, tok, ["<pad>", ""], max_length=64)
 
 
 def test_seq2seq_decoder_rows_equal_brute_force(tok):
@@ -134,7 +137,7 @@ def test_seq2seq_decoder_rows_equal_brute_force(tok):
     pairs = [(PARAGRAPHS[i][:60], PARAGRAPHS[(i + 1) % 5][:50 + 10 * i]) for i in range(5)]
     t = collect_seq2seq(model, tok, pairs, top_k=6, batch_size=2, groups={"split": "dev"})
     assert t.source["task"] == "seq2seq" and set(t.group("split").categories) == {"dev"}
-    special = set(tok.all_special_ids)
+    special = set(tok.all_special_ids) - {tok.eos_token_id}  # EOS is a target
     for s, (src, tgt) in enumerate(pairs):
         x = tok(src)["input_ids"]
         y = tok(text_target=tgt)["input_ids"]

@@ -18,9 +18,13 @@ window's end, so every token is predicted exactly once, each with at least
 **BOS and special tokens (causal).** ``prepend_bos=None`` keeps the tokenizer's own behaviour
 (``tokenizer(text)``: GPT-2 adds nothing, Llama prepends ``<s>``); ``True`` tokenizes without
 special tokens and prepends ``tokenizer.bos_token_id`` (so the first text token is predicted);
-``False`` uses no special tokens at all (the first text token is context only). Special tokens
-(BOS, EOS, padding, ...) are never prediction targets, only context. ``position`` is the index of
-the predicted token in the document's token ids after this BOS policy.
+``False`` uses no special tokens at all (the first text token is context only).
+
+**End of sequence.** EOS is a real prediction (and a classic place of miscalibration), so an EOS
+token inside the ids is a target; ``append_eos=True`` (causal) appends ``eos_token_id`` to every
+document so the end of each document is predicted too. Seq2seq targets keep the tokenizer's EOS.
+Every other special token (BOS, padding, mask, CLS/SEP, ...) is context only, never a target.
+``position`` is the index of the predicted token in the document's token ids after this BOS policy.
 
 **Padding.** Causal batches are padded on ``tokenizer.padding_side`` with explicit
 ``position_ids`` (cumulative attention mask), so left and right padding give the same values.
@@ -192,8 +196,10 @@ def _vocab_strings(tokenizer: Any, size: int) -> list[str]:
     return out + [f"<{i}>" for i in range(n, size)]
 
 
-def _special_ids(tokenizer: Any) -> np.ndarray:
-    return np.array(sorted(set(getattr(tokenizer, "all_special_ids", []) or [])), np.int64)
+def _non_target_ids(tokenizer: Any) -> np.ndarray:
+    """Special token ids that are never prediction targets: all of them except EOS."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or []) - {getattr(tokenizer, "eos_token_id", None)}
+    return np.array(sorted(ids), np.int64)
 
 
 def _model_info(model: Any, tokenizer: Any) -> dict[str, Any]:
@@ -323,6 +329,7 @@ def collect_causal(
     out_dir: str | os.PathLike | None = None,
     doc_ids: Sequence[str] | None = None,
     prepend_bos: bool | None = None,
+    append_eos: bool = False,
     part_rows: int = DEFAULT_PART_ROWS,
     block_tokens: int | None = None,
     progress: Progress | None = None,
@@ -333,9 +340,9 @@ def collect_causal(
     ``max_length``: window length (default: the model's context size); ``stride``: window step
     (default ``max_length // 2``). ``groups``: name -> one value for all texts or one per text.
     ``out_dir``: stream Parquet parts into this dataset directory (resumable, see
-    :mod:`tokcal.sources.dataset`) and return its path instead of a table. ``prepend_bos``: see the
-    module docstring. Texts are processed, and written, in blocks of about ``block_tokens`` tokens;
-    ``progress(docs, tokens)`` is called with increments after each block.
+    :mod:`tokcal.sources.dataset`) and return its path instead of a table. ``prepend_bos`` and
+    ``append_eos``: see the module docstring. Texts are processed, and written, in blocks of about
+    ``block_tokens`` tokens; ``progress(docs, tokens)`` is called with increments after each block.
     ``sequence_id`` is the index of the text in ``texts``.
     """
     _check_top_k(top_k)
@@ -351,27 +358,31 @@ def collect_causal(
     sliding_windows(0, L, S)  # validates stride
     if prepend_bos and getattr(tokenizer, "bos_token_id", None) is None:
         raise TokcalError("prepend_bos=True but the tokenizer has no bos_token_id")
+    if append_eos and getattr(tokenizer, "eos_token_id", None) is None:
+        raise TokcalError("append_eos=True but the tokenizer has no eos_token_id")
     dev = _device(model, device)
     runner = _CausalRunner(model)
     vocab_size = int(runner.head.weight.shape[0]) if runner.head is not None else int(model.config.vocab_size)
     if len(tokenizer) > vocab_size:
         raise TokcalError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size}")
     k = min(top_k, vocab_size)
-    special = _special_ids(tokenizer)
+    special = _non_target_ids(tokenizer)
     pad = _pad_id(tokenizer)
     left = getattr(tokenizer, "padding_side", "right") == "left"
     bos = {None: "tokenizer", True: "prepend", False: "none"}[prepend_bos]
     info = _model_info(model, tokenizer)
     source = {**info, "task": "causal-lm", "top_k": k, "labels": "teacher-forced", "max_length": L,
-              "stride": S, "bos": bos}
+              "stride": S, "bos": bos, "append_eos": bool(append_eos)}
     settings = {**source, "vocab_size": vocab_size}
 
     def encode(block: list[_Item]) -> list[list[int]]:
         texts_ = [it.data for it in block]
         if prepend_bos is None:
-            return tokenizer(texts_)["input_ids"]
-        ids = tokenizer(texts_, add_special_tokens=False)["input_ids"]
-        return [[tokenizer.bos_token_id, *x] for x in ids] if prepend_bos else ids
+            ids = tokenizer(texts_)["input_ids"]
+        else:
+            ids = tokenizer(texts_, add_special_tokens=False)["input_ids"]
+            ids = [[tokenizer.bos_token_id, *x] for x in ids] if prepend_bos else ids
+        return [[*x, tokenizer.eos_token_id] for x in ids] if append_eos else ids
 
     def predict(block: list[_Item]) -> _Rows:
         rows = _Rows([], [], [], [])
@@ -452,7 +463,8 @@ def collect_seq2seq(
     Sources are encoded with the tokenizer's special tokens and truncated to ``max_length``;
     targets with ``tokenizer(text_target=...)``, truncated to ``max_target_length`` (default
     ``max_length``). Decoder inputs are the targets shifted right (``decoder_start_token_id``).
-    Special target tokens (EOS, BOS, padding) are not rows. ``position``: index in the target ids.
+    EOS is a target (a real prediction); other special target tokens (BOS, padding) are not rows.
+    ``position``: index in the target ids.
     """
     _check_top_k(top_k)
     items = _items(pairs, Pair, doc_ids, groups,
@@ -463,7 +475,7 @@ def collect_seq2seq(
     head = model.get_output_embeddings()
     vocab_size = int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
     k = min(top_k, vocab_size)
-    special = _special_ids(tokenizer)
+    special = _non_target_ids(tokenizer)
     pad = _pad_id(tokenizer)
     source = {**_model_info(model, tokenizer), "task": "seq2seq", "top_k": k, "labels": "teacher-forced",
               "max_length": L, "max_target_length": LT}
