@@ -91,6 +91,7 @@ def collect(
     source_field: str = typer.Option("source", "--source-field"),
     target_field: str = typer.Option("target", "--target-field"),
     paragraphs: bool = typer.Option(False, "--paragraphs", help="Plain text: one document per paragraph."),
+    append_eos: bool = typer.Option(False, "--append-eos", help="Causal: also predict EOS at each document's end."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model."),
 ) -> None:
@@ -116,7 +117,7 @@ def collect(
             bar.update(job, advance=docs, rate=f"{tokens[0] / elapsed:,.0f}" if elapsed > 0 else "-")
 
         if task == "causal":
-            hf.collect_causal(model, tokenizer, items, stride=stride, progress=update, **common)
+            hf.collect_causal(model, tokenizer, items, stride=stride, append_eos=append_eos, progress=update, **common)
         elif task == "seq2seq":
             hf.collect_seq2seq(model, tokenizer, items, progress=update, **common)
         else:
