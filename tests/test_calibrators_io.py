@@ -10,8 +10,18 @@ import pytest
 import tokcal
 from tokcal import synthetic
 from tokcal.calibrators import (
-    AdaptiveTemperature, BetaCalibration, Calibrator, ConformalTokenSets, GroupTemperature, HistogramBinning,
-    Isotonic, Selective, Temperature, compare, load_calibrator, split_by_sequence,
+    AdaptiveTemperature,
+    BetaCalibration,
+    Calibrator,
+    ConformalTokenSets,
+    GroupTemperature,
+    HistogramBinning,
+    Isotonic,
+    Selective,
+    Temperature,
+    compare,
+    load_calibrator,
+    split_by_sequence,
 )
 from tokcal.errors import SchemaError, ValidationError
 

@@ -11,7 +11,13 @@ from sklearn.linear_model import LogisticRegression
 
 from tokcal import TokenTable, synthetic
 from tokcal.calibrators import (
-    BetaCalibration, ConformalTokenSets, HistogramBinning, Isotonic, Selective, Temperature, split_by_sequence,
+    BetaCalibration,
+    ConformalTokenSets,
+    HistogramBinning,
+    Isotonic,
+    Selective,
+    Temperature,
+    split_by_sequence,
 )
 from tokcal.errors import ValidationError
 from tokcal.probs import token_probs
