@@ -20,6 +20,7 @@ Nothing is cached outside ``--out``. The defaults take well under 90 s on 2 core
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,25 +142,28 @@ def run_demo(out: Path | str = "demo-output", *, n_in_domain: int = 400, n_shift
 
 def write_outputs(out: Path, evaluations: dict[str, dict[str, Any]], calibrators: dict[str, Any],
                   calib: Any, test: Any) -> None:
-    """Report, evaluation JSONs, calibrator JSONs and both token tables, each written atomically."""
+    """Report, evaluation JSONs, calibrator JSONs and both token tables, each written atomically with the
+    permissions a new file normally gets (the user reads and shares these files)."""
     from ..report import write_html
-    from ..table import atomic_write
+    from ..report.data import write_file
 
     def write_json(path: Path, obj: Any) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
-    write_html(out / "report.html", evaluations, title="tokcal demo: the embedded KJV model, in-domain and "
-                                                       "under shift")
+    write_html(out / "report.html", evaluations,
+               title="tokcal demo: the embedded KJV model, in-domain and under shift")
     write_json(out / "evaluation.json", evaluations["temperature"])
-    calibrators["temperature"].save(out / "calibrator.json")
+    write_json(out / "calibrator.json", calibrators["temperature"].to_dict())
     for name, ev in evaluations.items():
         write_json(out / "evaluations" / f"{name}.json", ev)
     for name, cal in calibrators.items():
-        cal.save(out / "calibrators" / f"{name}.json")
-    test.write_parquet(out / "test.parquet")
-    calib.write_parquet(out / "calibration.parquet")
+        write_json(out / "calibrators" / f"{name}.json", cal.to_dict())
+    umask = os.umask(0)
+    os.umask(umask)
+    for name, table in (("test.parquet", test), ("calibration.parquet", calib)):
+        table.write_parquet(out / name)
+        os.chmod(out / name, 0o666 & ~umask)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,28 +192,30 @@ def ece_by_domain(evaluations: dict[str, dict[str, Any]]) -> dict[str, dict[str,
 
 
 def _fmt(value: float, ci: Any) -> str:
-    if ci is None:
+    if ci is None or None in ci:
         return f"{value:.4f}"
-    lo, hi = ci if isinstance(ci, list | tuple) else (ci["low"], ci["high"])
-    return f"{value:.4f} [{lo:.4f}, {hi:.4f}]"
+    return f"{value:.4f}\n[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 def summary_table(result: DemoResult) -> Any:
-    """A rich Table: ECE with 95 % intervals per domain, before and after each calibrator."""
+    """A rich Table: ECE with its 95 % interval per domain (columns), before and after each calibrator
+    (rows); the lowest ECE of each column in bold green."""
     from rich.table import Table
 
-    names = list(result.evaluations)
-    tbl = Table(title="Token-level ECE on the test half (95 % cluster-bootstrap intervals)")
-    tbl.add_column("domain")
-    tbl.add_column("tokens", justify="right")
-    for name in names:
-        tbl.add_column(name.replace("_", " "), justify="right")
+    by_domain = ece_by_domain(result.evaluations)
     n = {**result.n_tokens, "all": sum(result.n_tokens.values())}
     labels = {IN_DOMAIN: "kjv (in-domain)", SHIFT: "fortunes (shift)", "all": "all"}
-    for domain, row in ece_by_domain(result.evaluations).items():
-        best = min(v for v, _ in row.values())
-        cells = [("[bold green]" if row[k][0] == best else "") + _fmt(*row[k]) for k in names]
-        tbl.add_row(labels[domain], f"{n[domain]:,}", *cells)
+    tbl = Table(title="Token-level ECE on the test half, 95 % cluster-bootstrap intervals")
+    tbl.add_column("calibrator")
+    for domain in by_domain:
+        tbl.add_column(f"{labels[domain]}\n{n[domain]:,} tokens", justify="right")
+    best = {d: min(v for v, _ in row.values()) for d, row in by_domain.items()}
+    for name in result.evaluations:
+        cells = []
+        for domain, row in by_domain.items():
+            value, ci = row[name]
+            cells.append(("[bold green]" if value == best[domain] else "") + _fmt(value, ci))
+        tbl.add_row(name.replace("_", " "), *cells)
     return tbl
 
 
