@@ -20,8 +20,11 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration/test split and the bootstrap."),
 ) -> None:
     """Run the embedded demo: collect, calibrate, evaluate by domain, write report.html and JSONs."""
+    from transformers.utils import logging as hf_logging
+
     from ..demo.run import print_summary, run_demo
 
+    hf_logging.disable_progress_bar()  # the weights load in a blink; keep the terminal for the summary
     result = run_demo(out, n_in_domain=in_domain, n_shift=shift, bootstrap=bootstrap, seed=seed,
                       console=console)
     print_summary(result, console)

@@ -220,14 +220,18 @@ def summary_table(result: DemoResult) -> Any:
 
 
 def print_summary(result: DemoResult, console: Any) -> None:
+    """The ECE table, the fitted temperatures, what was written, and a `tokcal check` to try next."""
     console.print(summary_table(result))
     cal = result.calibrators
-    console.print(f"temperature: T = {cal['temperature'].temperature:.3f}; per domain: "
-                  + ", ".join(f"{k} T = {v:.3f}" for k, v in group_temperatures(cal["group_temperature"]).items()))
-    console.print(f"wrote {result.out}/report.html, evaluation.json, calibrator.json "
-                  f"(+ evaluations/, calibrators/, test.parquet) in {result.seconds['total']:.1f} s")
-    console.print(f"next: tokcal check {result.out}/test.parquet --calibrator {result.out}/calibrator.json "
-                  f"--max-ece 0.05", highlight=False)
+    per_domain = ", ".join(f"{k} {v:.3f}" for k, v in group_temperatures(cal["group_temperature"]).items())
+    console.print(f"fitted on the calibration half: one temperature T = {cal['temperature'].temperature:.3f}; "
+                  f"per domain (shrunk to the global one): {per_domain}")
+    console.print(f"wrote {result.out}/report.html, evaluation.json, calibrator.json (temperature), "
+                  f"evaluations/, calibrators/, test.parquet, calibration.parquet in "
+                  f"{result.seconds['total']:.1f} s", highlight=False)
+    console.print(f"try: tokcal check {result.out}/test.parquet --calibrator "
+                  f"{result.out}/calibrators/group_temperature.json --max-ece 0.03 --slice group:domain "
+                  f"--max-slice-ece 0.03", highlight=False, soft_wrap=True)
 
 
 def group_temperatures(cal: Any) -> dict[str, float]:
