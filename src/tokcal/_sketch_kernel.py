@@ -152,6 +152,8 @@ def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, va
             s1 += e * x
             s2 += e * x * x
             q += e * e
+            if want_probs:
+                probs_out[i, j] = e
         et = np.exp(ft - mx) if ft > -np.inf else 0.0
         logz = mx + np.log(s + et)
         if b == 1.0:
@@ -167,4 +169,4 @@ def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, va
         sumsq_out[i] = q * scale * scale + (np.exp(f2b - 2.0 * logz) if f2b > -np.inf else 0.0)
         if want_probs:
             for j in range(k):
-                probs_out[i, j] = np.exp(b * np.float64(top[i, j]) - logz)
+                probs_out[i, j] *= scale
