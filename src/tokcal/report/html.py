@@ -110,7 +110,8 @@ def overview_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
                  with_ci(o.get("accuracy"), ci.get("accuracy")), e(fmt(o.get("confidence")))]
         cells += [with_ci(o.get(k), ci.get(k), d) for k, _, d in _OVERVIEW]
         rows.append(("", cells))
-    note = ('<p class="note">Intervals: 95 % percentile cluster bootstrap over sequences. '
+    note = ('<p class="note">Intervals: 95 % cluster bootstrap over sequences (percentile; the basic '
+            "bootstrap for calibration errors, whose resamples are biased upward). "
             "conf − acc &gt; 0 means over-confident.</p>")
     return '<section id="overview"><h2>Overview</h2>' + _table(headers, rows, text_cols=2) + note + "</section>"
 
