@@ -57,7 +57,7 @@ def classwise_calibration(top_ids: Any, top_probs: Any, label: Any, tail_prob: A
                           vocab_size: int | None = None) -> ClasswiseCalibration:
     """Per-class binned calibration of p_i(j) against 1[y_i = j] (module docstring)."""
     bins = V.n_bins(bins)
-    ids = _int_matrix("top_ids", top_ids).astype(np.int64, copy=False)
+    ids = _int_matrix("top_ids", top_ids)  # any integer dtype: the kernel compiles per dtype, no copy
     probs = np.asarray(top_probs, dtype=np.float64)
     if probs.shape != ids.shape:
         raise ValidationError(f"top_probs: shape {probs.shape} differs from top_ids {ids.shape}")
