@@ -19,9 +19,10 @@ from .table import TokenTable
 class TokenProbs:
     """Calibrated per-token quantities for N tokens.
 
-    ``top_ids``/``top_probs`` [N, k]: the k most likely ids and their probabilities, descending
-    (an argmax-changing calibrator re-sorts them); ``label_prob`` p_i(y_i) (NaN where the label is
-    unknown); ``sum_sq`` sum_j p_ij^2 over the whole vocabulary; ``entropy`` in nats.
+    ``top_ids``/``top_probs`` [N, k]: the k most likely ids and their probabilities, descending; the
+    first id is the prediction and ``top_probs[:, 0]`` its confidence (top-label calibrators keep
+    the model's prediction first, see :mod:`tokcal.calibrators.toplabel`); ``label_prob`` p_i(y_i)
+    (NaN where the label is unknown); ``sum_sq`` sum_j p_ij^2 over the whole vocabulary; ``entropy`` in nats.
     """
 
     top_ids: np.ndarray

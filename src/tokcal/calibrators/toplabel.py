@@ -8,8 +8,12 @@ kept. Then
     p'(y) = c' if y is the argmax else r p(y);      sum_j p'_j^2 = c'^2 + r^2 sum_{j != argmax} p_j^2;
     H' = -c' log c' - (1 - c') log r - r sum_{j != argmax} p_j log p_j.
 
-When c' falls below r * p_2 the old argmax is no longer the most likely id: rows are re-sorted, so
-these calibrators **can change the argmax** (``preserves_argmax = False``).
+Top-label convention (Gupta & Ramdas 2022, "Top-label calibration and multiclass-to-binary
+reductions"): the prediction stays the model's argmax and ``c'`` is its calibrated confidence, so
+:meth:`token_probs` keeps the predicted id first even in the rare rows where ``c' < r * p_2`` (the
+metrics then score exactly the calibrated confidence of the prediction). The calibrated
+*distribution* can then have another mode, so for decoding these calibrators **can change the
+argmax** (``preserves_argmax = False``: the generate processor refuses them unless allowed).
 
 * :class:`HistogramBinning` — Zadrozny & Elkan 2001: the accuracy of the bin (equal-mass bins).
 * :class:`Isotonic` — Zadrozny & Elkan 2002, scikit-learn ``IsotonicRegression``; applied by
@@ -91,13 +95,6 @@ class TopLabelCalibrator(Calibrator):
         sum_sq = c2 * c2 + r * r * sq_rest
         log_r = np.log(np.where(r > 0, r, 1.0))
         ent = -_xlogx(c2) - (1.0 - c2) * log_r + r * h_rest
-        resort = top.shape[1] > 1 and np.any(top[:, 1] > top[:, 0])
-        if resort:
-            rows = np.flatnonzero(top[:, 1] > top[:, 0])
-            order = np.argsort(-top[rows], axis=1, kind="stable")
-            top[rows] = np.take_along_axis(top[rows], order, 1)
-            ids = ids.copy()
-            ids[rows] = np.take_along_axis(ids[rows], order, 1)
         return TokenProbs(ids, top, base.label, label_prob, sum_sq, np.maximum(ent, 0.0))
 
     def transform_logits(self, logits: Any, context: dict[str, Any] | None = None) -> Any:
