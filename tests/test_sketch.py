@@ -89,7 +89,7 @@ def test_torch_input_matches_numpy(cases):
     np.testing.assert_array_equal(a.top_ids, b.top_ids)
     np.testing.assert_array_equal(a.top_logits, b.top_logits)
     np.testing.assert_array_equal(a.label_logit, b.label_logit)
-    np.testing.assert_allclose(a.log_normalizer, b.log_normalizer, rtol=1e-7)
+    np.testing.assert_allclose(a.log_normalizer, b.log_normalizer, rtol=2e-7, atol=1e-6)  # float32 rounding
     for t in (0.5, 2.0):
         np.testing.assert_allclose(sketch.log_partition(a, t), sketch.log_partition(b, t), atol=1e-5)
 

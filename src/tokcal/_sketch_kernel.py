@@ -30,38 +30,52 @@ def sift_down(hv, hi, pos, size):
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def sum_exp(row, mx):
-    s = 0.0
-    for j in range(row.shape[0]):
-        s += np.exp(np.float64(row[j]) - mx)
-    return s
+    """``sum_j exp(row_j - mx)``: float32 exponentials (1 ulp each), summed in float64 blocks.
+
+    Only called on rows already checked finite (fastmath assumes no NaN/inf)."""
+    total = 0.0
+    m = np.float32(mx)
+    v = row.shape[0]
+    for a in range(0, v, 256):
+        part = np.float32(0.0)
+        for j in range(a, min(v, a + 256)):
+            part += np.exp(row[j] - m)
+        total += np.float64(part)
+    return total
+
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def sketch_rows(z, labels, k, lut, inv_res, top_ids, top_vals, log_norm, tail1, label_logit, cnt, sm, bad):
+    """Per row: heap top-k, exact log-normaliser, fine histogram of the tail offsets, gold logit."""
     n, v = z.shape
     qmax = lut.shape[0] - 1
     for i in numba.prange(n):
         row = z[i]
-        finite = True
-        for j in range(v):
-            if not np.isfinite(row[j]):
-                finite = False
-                break
-        if not finite:
-            bad[i] = 1
-            continue
         hv = top_vals[i]
         hi = top_ids[i]
+        finite = True
         for j in range(k):
             hv[j] = row[j]
             hi[j] = j
+            if not np.isfinite(row[j]):
+                finite = False
         for p in range(k // 2 - 1, -1, -1):
             sift_down(hv, hi, p, k)
         for j in range(k, v):
             x = row[j]
             if x > hv[0]:
+                if x == np.inf:
+                    finite = False
+                    break
                 hv[0] = x
                 hi[0] = j
                 sift_down(hv, hi, 0, k)
+            elif not (x > -np.inf):  # NaN or -inf
+                finite = False
+                break
+        if not finite:
+            bad[i] = 1
+            continue
         # heap sort: repeatedly move the weakest to the end -> descending order
         for end in range(k - 1, 0, -1):
             hv[0], hv[end] = hv[end], hv[0]
@@ -87,11 +101,56 @@ def sketch_rows(z, labels, k, lut, inv_res, top_ids, top_vals, log_norm, tail1, 
             stop += np.exp(np.float64(x) - mx)
         log_norm[i] = mx + np.log(s)
         rest = s - stop
-        tail1[i] = mx + np.log(rest) if rest > 0 else -np.inf
+        tail1[i] = mx + np.log(rest) if rest > 1e-6 * s else -np.inf  # cancelled: use the histogram
         if labels[i] >= 0:
             label_logit[i] = row[labels[i]]
         else:
             label_logit[i] = np.nan
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def tail_nodes(cnt, sm, tail1, betas, var, out):
+    """Tail cumulants at the grid nodes from the fine histogram (count, sum) of each row's tail.
+
+    Each fine bin j is a Gaussian cluster (count c_j, mean m_j, variance var_j = w_j^2 / 12):
+    ``f(beta) = log sum_j c_j exp(beta m_j + beta^2 var_j / 2)``, ``f'(beta)`` its tilted mean.
+    The beta = 1 node takes the exact ``tail1`` where the kernel could compute it (finite).
+    Rows without a tail get (-inf, 0).
+    """
+    n, nj = cnt.shape
+    nb = betas.shape[0]
+    for i in numba.prange(n):
+        mean = np.empty(nj)
+        logc = np.empty(nj)
+        vv = np.empty(nj)
+        m = 0
+        for j in range(nj):
+            if cnt[i, j] > 0.5:
+                mean[m] = sm[i, j] / cnt[i, j]
+                logc[m] = np.log(cnt[i, j])
+                vv[m] = var[j]
+                m += 1
+        for b in range(nb):
+            beta = betas[b]
+            if m == 0:
+                out[i, b, 0] = -np.inf
+                out[i, b, 1] = 0.0
+                continue
+            amax = -np.inf
+            for j in range(m):
+                a = logc[j] + beta * mean[j] + 0.5 * beta * beta * vv[j]
+                if a > amax:
+                    amax = a
+            s = 0.0
+            s1 = 0.0
+            for j in range(m):
+                w = np.exp(logc[j] + beta * mean[j] + 0.5 * beta * beta * vv[j] - amax)
+                s += w
+                s1 += w * (mean[j] + beta * vv[j])
+            out[i, b, 0] = amax + np.log(s)
+            out[i, b, 1] = s1 / s
+            if beta == 1.0 and tail1[i] > -np.inf:
+                out[i, b, 0] = tail1[i]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -199,26 +199,12 @@ def _sketch_chunk_torch(z, labels: np.ndarray, k: int):
 
 
 def _tail_nodes(cnt: np.ndarray, sm: np.ndarray, tail1: np.ndarray, betas: np.ndarray) -> np.ndarray:
-    """Node values f(beta_b), f'(beta_b) from a fine histogram (count, sum) of the tail [n, J]."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(cnt > 0, sm / np.maximum(cnt, 1.0), 0.0)
-        logc = np.where(cnt > 0, np.log(cnt), -np.inf)
+    """Node values f(beta_b), f'(beta_b) [n, B, 2] from a fine histogram (count, sum) of the tail."""
+    from ._sketch_kernel import tail_nodes
+
     out = np.empty((cnt.shape[0], len(betas), 2), np.float64)
-    empty = ~np.isfinite(logc).any(axis=1)
-    for b, beta in enumerate(betas):
-        a = logc + beta * mean + 0.5 * beta * beta * _FINE_VAR
-        amax = np.max(a, axis=1, keepdims=True)
-        amax = np.where(np.isfinite(amax), amax, 0.0)
-        w = np.exp(a - amax)
-        s = w.sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[:, b, 0] = amax[:, 0] + np.log(s)
-            out[:, b, 1] = (w * (mean + beta * _FINE_VAR)).sum(axis=1) / s
-        if beta == 1.0:
-            # exact where the kernel's s - sum(top) did not cancel to <= 0 (a tail far below the top)
-            out[:, b, 0] = np.where(np.isfinite(tail1), tail1, out[:, b, 0])
-    out[empty, :, 0] = -np.inf
-    out[empty, :, 1] = 0.0
+    tail_nodes(np.ascontiguousarray(cnt, np.float64), np.ascontiguousarray(sm, np.float64),
+               np.ascontiguousarray(tail1, np.float64), np.asarray(betas, np.float64), _FINE_VAR, out)
     return out.astype(np.float32)
 
 
