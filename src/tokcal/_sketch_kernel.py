@@ -225,7 +225,8 @@ def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, va
         logz_out[i] = logz
         mean_out[i] = mean
         var_out[i] = var if var > 0.0 else 0.0
-        sumsq_out[i] = q * scale * scale + (np.exp(f2b - 2.0 * logz) if f2b > -np.inf else 0.0)
+        sq = q * scale * scale + (np.exp(f2b - 2.0 * logz) if f2b > -np.inf else 0.0)
+        sumsq_out[i] = sq if sq < 1.0 else 1.0  # a probability vector's sum of squares is <= 1
         if want_probs:
             for j in range(k):
                 probs_out[i, j] *= scale
