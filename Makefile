@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/tokcal demo --out demo-output
 
 bench: install
-	$(BIN)/python benchmarks/metrics_bench.py
+	for b in metrics fit evaluate collect generate; do $(BIN)/python benchmarks/$${b}_bench.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
