@@ -278,3 +278,53 @@ def test_mass_binning_and_print_summary(full):
     ev.print_summary(Console(file=buf, width=140))
     out = buf.getvalue()
     assert "ece" in out and "group:dom" in out and "worst predicted tokens" in out
+
+
+def test_signatures_are_built_by_metrics_signature(full):
+    """One definition: every signature evaluate reports is tokcal.metrics.signature with its settings."""
+    from tokcal.metrics import parse_signature, signature
+
+    _, _, t = full
+    d = evaluate(t, slices=[], bins=10, binning="mass", bootstrap=7, seed=4, classwise_top=30).to_dict()
+    sig = d["signatures"]
+    for key in ("ece", "ece_debiased", "mce", "rmsce"):
+        assert sig[key] == signature(key, bins=10, binning="mass"), key
+    for key in ("smooth_ece", "brier", "top_label_brier", "nll", "aurc"):
+        assert sig[key] == signature(key), key
+    assert sig["classwise_ece"] == signature("classwise_ece", bins=10, top_m=30)
+    assert sig["ci"] == signature("ci", resamples=7, seed=4)
+    assert d["signature"] == sig["ece"]
+    assert set(sig) - {"ci"} <= set(d["overall"])
+    metric, settings = parse_signature(sig["mce"])
+    assert metric == "mce" and settings["norm"] == "max" and settings["bins"] == "10"
+    assert parse_signature(sig["ci"])[1]["resamples"] == "7"
+
+
+def test_bins_are_reliability_bins_to_list(full):
+    from tokcal.metrics import reliability_bins
+
+    _, _, t = full
+    d = evaluate(t, slices=[], bins=12, bootstrap=0).to_dict()
+    p = token_probs(t)
+    ref = reliability_bins(p.confidence, p.correct, bins=12).to_list()
+    assert len(d["bins"]) == len(ref) == 12
+    for ours, theirs in zip(d["bins"], ref, strict=True):
+        assert list(ours) == list(theirs) and ours["n"] == theirs["n"]
+        for key in ("lo", "hi", "confidence", "accuracy", "gap"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-12)
+        assert ours["acc_ci"] == pytest.approx(theirs["acc_ci"], abs=1e-12)
+    assert all(list(b) == ["lo", "hi", "n", "confidence", "accuracy", "gap", "acc_ci"] for b in d["bins"])
+
+
+def test_one_sided_miscalibration_has_positive_zero_share():
+    from io import StringIO
+
+    from rich.console import Console
+
+    ev = evaluate(make_table(3000, 200, beta_star=0.3, seed=1), slices=[], bootstrap=0)
+    o = ev.overall
+    assert o["over_share"] == 1.0 and o["under_share"] == 0.0
+    assert np.copysign(1.0, o["under_share"]) == 1.0
+    buf = StringIO()
+    ev.print_summary(Console(file=buf, width=160))
+    assert "under 0%" in buf.getvalue() and "-0%" not in buf.getvalue()

@@ -121,8 +121,8 @@ def test_signature():
     sig = signature("ece")
     assert sig == "ece|bins=15|binning=width|norm=l1|conf=top1|labels=teacher-forced|tokcal=0.1.0"
     assert signature("ece", bins=10).startswith("ece|bins=10|binning=width")
-    metric, settings_ = parse_signature(signature("smece", temperature=1.5))
-    assert metric == "smece" and settings_["temperature"] == "1.5"
+    metric, settings_ = parse_signature(signature("smooth_ece", temperature=1.5))
+    assert metric == "smooth_ece" and settings_["temperature"] == "1.5"
     check_same_signature(sig, signature("ece", bins=15))
     with pytest.raises(TokcalError, match="bins: 15 vs 10"):
         check_same_signature(sig, signature("ece", bins=10))

@@ -40,15 +40,15 @@ import numpy as np
 
 from ._version import __version__
 from .errors import ValidationError
-from .metrics.binned import ReliabilityBins, mass_edges, stats_metrics, width_edges
+from .metrics.binned import ReliabilityBins, ece_shares, mass_edges, stats_metrics, width_edges
 from .metrics.classwise import classwise_ece
 from .metrics.selective import aurc, risk_coverage
+from .metrics.signature import LABELS, signature
 from .metrics.smooth import smooth_ece
 from .probs import TokenProbs, token_probs
 from .slices import parse_slices
 from .table import TokenTable, atomic_write
 
-LABELS = "teacher-forced"
 OVERALL_CI = ("ece", "ece_debiased", "signed_gap", "nll", "brier", "accuracy")
 _TINY = np.finfo(np.float64).tiny
 _CHUNK_CELLS = 1 << 22  # dense entries of one chunk of the sequence statistics
@@ -176,7 +176,7 @@ def evaluate(
 
     settings = {"bins": bins, "binning": binning, "bootstrap": bootstrap, "seed": seed,
                 "calibrator": _calibrator_dict(calibrator), "tokcal": __version__, "labels": LABELS}
-    sig = _signatures(bins, binning, bootstrap, seed)
+    sig = _signatures(bins, binning, bootstrap, seed, classwise_top)
     n = c.shape[0]
     overall = _overall(stats, boot, c, a, p, nll_tok, brier_tok, bins, classwise_top, table.vocab_size)
     data = {
@@ -338,8 +338,7 @@ def _overall(st: _SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.n
     count, conf, acc = st.block(st.total, 0)
     n = c.shape[0]
     ece = stats_metrics(count, conf, acc, "l1")[0]
-    contrib = (conf[0] - acc[0]) / n
-    total = float(np.abs(contrib).sum())
+    over_share, under_share = ece_shares(conf[0], acc[0], n)
     out: dict[str, Any] = {
         "n": int(n),
         "n_sequences": int(st.n_seq),
@@ -354,8 +353,8 @@ def _overall(st: _SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.n
         "top_label_brier": float(np.mean((c - a) ** 2)),
         "nll": float(nll.mean()),
         "signed_gap": float(c.mean() - a.mean()),
-        "over_share": float(contrib[contrib > 0].sum() / total) if total > 0 else 0.0,
-        "under_share": float(-contrib[contrib < 0].sum() / total) if total > 0 else 0.0,
+        "over_share": over_share,
+        "under_share": under_share,
         "aurc": float(aurc(c, a)),
         "classwise_ece": _num(classwise_ece(p.top_ids, p.top_probs, p.label, top_m=classwise_top, bins=bins,
                                             label_prob=p.label_prob, vocab_size=vocab_size)),
@@ -383,23 +382,15 @@ def _overall(st: _SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.n
 
 
 def _bins_list(st: _SequenceStats, boot: np.ndarray | None, edges: np.ndarray) -> list[dict[str, Any]]:
-    count, conf, acc = (x[0] for x in st.block(st.total, 0))
-    if boot is not None:
-        bc, _, bacc = st.block(boot, 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            q = _interval(bacc[:, 0] / bc[:, 0])
-    else:
-        lo, hi = ReliabilityBins(edges, count, conf, acc).accuracy_interval()
-        q = np.stack([lo, hi])
-    out = []
-    for b in range(st.bins):
-        nb = count[b]
-        mc = conf[b] / nb if nb > 0 else None
-        ma = acc[b] / nb if nb > 0 else None
-        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(round(nb)),
-                    "confidence": mc, "accuracy": ma, "gap": None if nb == 0 else mc - ma,
-                    "acc_ci": _ci(q, b) if nb > 0 else [None, None]})
-    return out
+    """:meth:`ReliabilityBins.to_list` with the bootstrap percentile interval of each bin's accuracy
+    (Wilson's interval when ``bootstrap=0``)."""
+    rb = ReliabilityBins(edges, *(x[0] for x in st.block(st.total, 0)))
+    if boot is None:
+        return rb.to_list()
+    bc, _, bacc = st.block(boot, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = _interval(bacc[:, 0] / bc[:, 0])
+    return rb.to_list(acc_ci=(q[0], q[1]))
 
 
 def _slice_rows(st: _SequenceStats, boot: np.ndarray | None, k: int, labels: list[str]) -> list[dict[str, Any]]:
@@ -518,22 +509,14 @@ def _passage(table: TokenTable, probs: TokenProbs, max_tokens: int = 200) -> lis
 # -- signatures and JSON safety -------------------------------------------------------------------
 
 
-def _signatures(bins: int, binning: str, bootstrap: int, seed: int) -> dict[str, str]:
-    """One signature per metric (DESIGN §3), e.g. ``ece|bins=15|binning=width|norm=l1|conf=top1|...``."""
-    lab = {"labels": LABELS}
-
-    def binned(norm: str, **extra: Any) -> str:
-        return signature("ece", bins=bins, binning=binning, norm=norm, **extra, conf="top1", **lab)
-
-    return {
-        "ece": binned("l1"), "ece_debiased": binned("l1", debias="kumar2019"), "mce": binned("max"),
-        "rmsce": binned("l2"), "smooth_ece": signature("smooth_ece", bandwidth="auto", conf="top1", **lab),
-        "brier": signature("brier", dist="full", **lab), "top_label_brier": signature("brier", conf="top1", **lab),
-        "nll": signature("nll", **lab), "classwise_ece": signature("classwise_ece", bins=bins, binning="width", **lab),
-        "aurc": signature("aurc", conf="top1", **lab),
-        "ci": signature("ci", method="cluster-bootstrap", unit="sequence", resamples=bootstrap, seed=seed,
-                        level=0.95, interval="percentile", ece_interval="basic", **lab),
-    }
+def _signatures(bins: int, binning: str, bootstrap: int, seed: int, classwise_top: int) -> dict[str, str]:
+    """One signature per overall metric and one for the intervals, all by :func:`tokcal.metrics.signature`."""
+    binned = {"bins": bins, "binning": binning}
+    sig = {k: signature(k, **binned) for k in ("ece", "ece_debiased", "mce", "rmsce")}
+    sig.update({k: signature(k) for k in ("smooth_ece", "brier", "top_label_brier", "nll", "aurc")})
+    sig["classwise_ece"] = signature("classwise_ece", bins=bins, top_m=classwise_top)
+    sig["ci"] = signature("ci", resamples=bootstrap, seed=seed)
+    return sig
 
 
 def _num(x: Any) -> float | None:
@@ -563,12 +546,6 @@ def _json_safe(x: Any) -> Any:
 
 def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.4f}"
-
-
-def signature(metric: str, **settings: Any) -> str:
-    """``metric|key=value|...|tokcal=VERSION`` (keys in the given order)."""
-    parts = [metric, *(f"{k}={v}" for k, v in settings.items()), f"tokcal={__version__}"]
-    return "|".join(parts)
 
 
 def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:

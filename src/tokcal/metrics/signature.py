@@ -2,8 +2,9 @@
 signatures are never compared silently.
 
 ``signature("ece", bins=15)`` -> ``ece|bins=15|binning=width|norm=l1|conf=top1|labels=teacher-forced|tokcal=0.1.0``:
-the metric name, then its default settings overridden/extended by ``settings`` (defaults first in
-their own order, extra keys after), then the tokcal version.
+the metric name, then its default settings (:data:`DEFAULTS`, then ``labels``) overridden/extended by
+``settings`` (defaults first in their own order, extra keys after), then the tokcal version. This is the
+only place a signature string is built: :func:`tokcal.evaluate` calls it for every number it reports.
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ from typing import Any
 from .._version import __version__
 from ..errors import TokcalError
 
-_COMMON = {"conf": "top1", "labels": "teacher-forced"}
+_TOP1 = {"conf": "top1"}
+_BINNED = {"bins": 15, "binning": "width"}
+LABELS = "teacher-forced"
+#: default settings per metric, named as the keys of ``Evaluation["overall"]`` (``ci``: the bootstrap)
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "ece": {"bins": 15, "binning": "width", "norm": "l1"},
-    "rmsce": {"bins": 15, "binning": "width", "norm": "l2"},
-    "mce": {"bins": 15, "binning": "width", "norm": "max"},
-    "debiased_ece": {"bins": 15, "binning": "width", "norm": "l1", "debias": True},
-    "smece": {"bandwidth": "auto", "kernel": "reflected-gaussian"},
+    "ece": {**_BINNED, "norm": "l1", **_TOP1},
+    "rmsce": {**_BINNED, "norm": "l2", **_TOP1},
+    "mce": {**_BINNED, "norm": "max", **_TOP1},
+    "ece_debiased": {**_BINNED, "norm": "l1", "debias": "kumar2019", **_TOP1},
+    "smooth_ece": {"bandwidth": "auto", "kernel": "reflected-gaussian", **_TOP1},
     "brier": {"dist": "full"},
-    "top_label_brier": {},
+    "top_label_brier": {**_TOP1},
     "nll": {},
-    "classwise_ece": {"bins": 15, "binning": "width", "top_m": 50, "tail": "mean"},
-    "aurc": {"ties": "grouped"},
+    "classwise_ece": {**_BINNED, "top_m": 50, "tail": "mean"},
+    "aurc": {"ties": "grouped", **_TOP1},
+    "ci": {"method": "cluster-bootstrap", "unit": "sequence", "resamples": 200, "seed": 0, "level": 0.95,
+           "interval": "percentile", "ece_interval": "basic"},
 }
 
 
@@ -44,7 +50,7 @@ def signature(metric: str, **settings: Any) -> str:
     """Signature string of ``metric`` with ``settings`` (module docstring)."""
     if not metric or "|" in metric or "=" in metric:
         raise TokcalError(f"signature: bad metric name {metric!r}")
-    merged = {**DEFAULTS.get(metric, {}), **_COMMON, **settings}
+    merged = {**DEFAULTS.get(metric, {}), "labels": LABELS, **settings}
     merged.pop("tokcal", None)
     return "|".join([metric, *(_fmt(k, v) for k, v in merged.items()), f"tokcal={__version__}"])
 
