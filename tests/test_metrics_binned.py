@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -150,7 +152,7 @@ def test_norms_and_debias_by_hand():
     assert ece(c, a, bins=2, debias=True) == pytest.approx(np.mean(np.sqrt(np.maximum(d, 0))), abs=1e-15)
     lst = rb.to_list()
     assert lst[0]["n"] == 3 and lst[0]["lo"] == 0.0 and lst[1]["hi"] == 1.0
-    assert lst[0]["acc_lo"] < 1 / 3 < lst[0]["acc_hi"]
+    assert lst[0]["acc_ci"][0] < 1 / 3 < lst[0]["acc_ci"][1]
 
 
 def test_wilson_interval_matches_statsmodels_formula():
@@ -188,6 +190,13 @@ def test_over_under():
     assert r["over_share"] + r["under_share"] == pytest.approx(1.0)
     assert r["over_share"] == pytest.approx((4 / 6 * 0.65) / (4 / 6 * 0.65 + 2 / 6 * 0.8))
     assert over_under([0.5, 0.5], [1, 0])["over_share"] == 0.0
+    # every bin over-confident: the under share is +0.0, not -0.0 (which prints as "-0%")
+    only_over = over_under([0.9, 0.6, 0.3], [1, 0, 0], bins=2)
+    assert only_over["over_share"] == 1.0 and only_over["under_share"] == 0.0
+    assert math.copysign(1.0, only_over["under_share"]) == 1.0
+    assert f"{only_over['under_share']:.0%}" == "0%"
+    only_under = over_under([0.1, 0.2], [1, 1], bins=10)
+    assert math.copysign(1.0, only_under["over_share"]) == 1.0 and only_under["under_share"] == 1.0
 
 
 @pytest.mark.parametrize("bad, msg", [

@@ -55,6 +55,19 @@ def test_nll_is_explicit_and_clips_nothing():
         brier([0.5], [1.2])
 
 
+def test_brier_accepts_float_rounding_of_one_and_refuses_real_excess():
+    one = 1.0000000000000002  # sum of squares of a one-hot distribution after float rounding
+    assert one > 1.0
+    assert brier([one, 0.5], [1.0, 0.5]) == pytest.approx(((1 - 2 + 1) + (0.5 - 1 + 1)) / 2, abs=1e-15)
+    assert brier(np.array([1 + 5e-10], np.float64), [1.0]) == 0.0  # clipped to 1
+    with pytest.raises(ValidationError, match=r"sum_sq.*index 1 holds.*1\.001"):
+        brier([0.3, 1.001], [0.5, 0.5])
+    with pytest.raises(ValidationError, match="sum_sq.*index 0"):
+        brier([1 + 1e-8], [0.5])
+    with pytest.raises(ValidationError, match="sum_sq.*index 0 holds.*nan"):
+        brier([np.nan], [0.5])
+
+
 def _classwise_brute(p, y, classes, bins, approx=None):
     """A loop over classes on full [N, V] probabilities (``approx`` replaces unknown entries)."""
     q = p if approx is None else approx

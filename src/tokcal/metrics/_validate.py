@@ -36,11 +36,12 @@ def same_length(**arrays: np.ndarray | None) -> int:
     return int(n or 0)
 
 
-def confidence(x: Any, name: str = "confidence", check: bool = True) -> np.ndarray:
+def confidence(x: Any, name: str = "confidence", check: bool = True, above_one: float = 0.0) -> np.ndarray:
     """Finite values in [0, 1] as float32/float64 (float32 is kept; sums are float64 anyway).
 
     ``check=False`` only checks shape and dtype: the caller's numba kernel checks the values in its
-    single pass and reports through :func:`bad_value`.
+    single pass and reports through :func:`bad_value`. ``above_one``: values in (1, 1 + above_one] are
+    float rounding of 1 (e.g. a sum of squared probabilities) and are clipped to 1 (in a copy).
     """
     arr = as_1d(name, x)
     if arr.dtype.kind == "b" or arr.dtype.kind not in "fiu":
@@ -49,11 +50,11 @@ def confidence(x: Any, name: str = "confidence", check: bool = True) -> np.ndarr
         arr = arr.astype(np.float64)
     if not check:
         return arr
-    bad = ~((arr >= 0.0) & (arr <= 1.0))
+    bad = ~((arr >= 0.0) & (arr <= 1.0 + above_one))
     if bad.any():
         i = first_bad_row(bad)
         raise ValidationError(f"{name}: values must be finite and in [0, 1]; index {i} holds {arr[i]!r}")
-    return arr
+    return np.minimum(arr, 1.0, dtype=arr.dtype) if above_one > 0 and (arr > 1.0).any() else arr
 
 
 def correct(x: Any, name: str = "correct", check: bool = True) -> np.ndarray:

@@ -167,20 +167,34 @@ class ReliabilityBins:
         _check_choice("norm", norm, NORMS)
         return float(stats_metrics(self.count, self.conf_sum, self.acc_sum, norm, debias))
 
-    def to_list(self) -> list[dict[str, Any]]:
-        """One JSON-safe dict per bin: lo, hi, n, confidence, accuracy, gap, acc_lo, acc_hi (None when empty)."""
+    def to_list(self, acc_ci: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, Any]]:
+        """One JSON-safe dict per bin: lo, hi, n, confidence, accuracy, gap, acc_ci = [lo, hi] (None when
+        empty). ``acc_ci``: per-bin interval bounds to report (default: :meth:`accuracy_interval`, Wilson)."""
         conf, acc, gap = self.confidence, self.accuracy, self.gap
-        lo, hi = self.accuracy_interval()
+        lo, hi = self.accuracy_interval() if acc_ci is None else acc_ci
 
         def num(x: float) -> float | None:
-            return None if math.isnan(x) else float(x)
+            return None if not math.isfinite(x) else float(x)
+
+        def count(x: float) -> int | float:
+            return int(x) if float(x).is_integer() else float(x)
 
         return [
-            {"lo": float(self.edges[b]), "hi": float(self.edges[b + 1]), "n": float(self.count[b]),
+            {"lo": float(self.edges[b]), "hi": float(self.edges[b + 1]), "n": count(self.count[b]),
              "confidence": num(conf[b]), "accuracy": num(acc[b]), "gap": num(gap[b]),
-             "acc_lo": num(lo[b]), "acc_hi": num(hi[b])}
+             "acc_ci": [num(lo[b]), num(hi[b])] if self.count[b] > 0 else [None, None]}
             for b in range(self.count.shape[0])
         ]
+
+
+def ece_shares(conf_sum: np.ndarray, acc_sum: np.ndarray, n: float) -> tuple[float, float]:
+    """(over_share, under_share): the fractions of the binned ECE from bins with conf_b > acc_b and
+    conf_b < acc_b; both +0.0 when the ECE is 0."""
+    contrib = (np.asarray(conf_sum) - np.asarray(acc_sum)) / n  # w_b * gap_b
+    total = float(np.abs(contrib).sum())
+    if total <= 0:
+        return 0.0, 0.0
+    return float(contrib[contrib > 0].sum()) / total, float(np.abs(contrib[contrib < 0]).sum()) / total
 
 
 def _prepare(confidence: Any, correct: Any, sample_weight: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -225,14 +239,10 @@ def over_under(confidence: Any, correct: Any, bins: int = 15, binning: str = "wi
     is 0); ``ece`` the binned ECE itself.
     """
     rb = reliability_bins(confidence, correct, bins, binning, sample_weight)
-    n = rb.n
-    contrib = (rb.conf_sum - rb.acc_sum) / n  # w_b * gap_b
-    total = float(np.abs(contrib).sum())
-    over = float(contrib[contrib > 0].sum())
-    under = float(-contrib[contrib < 0].sum())
+    over, under = ece_shares(rb.conf_sum, rb.acc_sum, rb.n)
     return {
-        "signed_gap": float((rb.conf_sum.sum() - rb.acc_sum.sum()) / n),
-        "over_share": over / total if total > 0 else 0.0,
-        "under_share": under / total if total > 0 else 0.0,
-        "ece": total,
+        "signed_gap": float((rb.conf_sum.sum() - rb.acc_sum.sum()) / rb.n),
+        "over_share": over,
+        "under_share": under,
+        "ece": rb.metric("l1"),
     }

@@ -23,9 +23,14 @@ def _mean(x: np.ndarray, w: np.ndarray | None) -> float:
     return float(np.dot(x, w) / w.sum())
 
 
+#: how far above 1 a sum of squared probabilities may be from float rounding (clipped to 1)
+SUM_SQ_ROUNDING = 1e-9
+
+
 def brier(sum_sq: Any, label_prob: Any, sample_weight: Any = None) -> float:
-    """Full-distribution Brier score mean(sum_sq - 2 p_y + 1) in [0, 2]."""
-    s = V.confidence(sum_sq, "sum_sq").astype(np.float64, copy=False)
+    """Full-distribution Brier score mean(sum_sq - 2 p_y + 1) in [0, 2]. ``sum_sq`` up to
+    :data:`SUM_SQ_ROUNDING` above 1 (float rounding) counts as 1."""
+    s = V.confidence(sum_sq, "sum_sq", above_one=SUM_SQ_ROUNDING).astype(np.float64, copy=False)
     p = V.confidence(label_prob, "label_prob").astype(np.float64, copy=False)
     V.same_length(sum_sq=s, label_prob=p)
     return _mean(s - 2.0 * p + 1.0, V.weights(sample_weight, s.shape[0]))
