@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from tokcal import TokenTable, synthetic
-from tokcal.calibrators import AdaptiveTemperature, GroupTemperature, Temperature, token_type
+from tokcal.calibrators import AdaptiveTemperature, GroupTemperature, Temperature
 from tokcal.calibrators.adaptive import logit_features, table_logit_features
 from tokcal.probs import token_probs
+from tokcal.slices import TOKEN_TYPES, TokenTypeSlice, token_type, vocab_convention
 
 DOMAINS = {"news": 0.5, "chat": 1.0, "code": 2.0}
 
@@ -50,17 +51,36 @@ def test_sparse_group_is_shrunk_and_unseen_group_gets_global(domain_table):
     np.testing.assert_allclose(out, z / expect[:, None], rtol=1e-6)
 
 
-def test_token_type_groups():
-    assert [token_type(s) for s in ["<eos>", "Ġthe", "ing", ",", "Ġ1999", "Ċ", "Ġ"]] == \
-        ["special", "word", "continuation", "punct", "number", "whitespace", "whitespace"]
+def test_token_type_groups_are_the_type_slice():
+    """GroupTemperature("token_type") groups tokens exactly as the ``type:predicted`` slice does."""
     t = synthetic.make_table(4000, 300, beta_star=0.7, seed=5)
     cal = GroupTemperature("token_type").fit(t)
-    assert set(cal.temperatures) <= {"special", "word", "continuation", "punct", "number", "whitespace"}
+    assert set(cal.temperatures) <= set(TOKEN_TYPES)
     assert len(cal.type_codes) == t.vocab_size
+    sl = TokenTypeSlice(on="predicted")
+    by_slice = np.asarray(sl.labels)[sl.codes(t)]
+    np.testing.assert_array_equal(cal._table_groups(t), by_slice)
+    assert cal.counts == {k: int(v) for k, v in zip(*np.unique(by_slice, return_counts=True), strict=True)}
+    conv = vocab_convention(t.vocab)
     z = synthetic.make_logits(5, 300, seed=2)
-    types = [token_type(t.vocab[i]) for i in z.argmax(axis=1)]
+    types = [token_type(t.vocab[i], conv) for i in z.argmax(axis=1)]
     expect = np.array([cal.temperatures.get(x, cal.global_temperature) for x in types])
     np.testing.assert_allclose(cal.transform_logits(z), z / expect[:, None], rtol=1e-6)
+    back = GroupTemperature.from_dict(cal.to_dict())
+    np.testing.assert_allclose(back.transform_logits(z), cal.transform_logits(z), rtol=0)
+
+
+def test_token_type_calibrator_saved_with_old_names_still_loads():
+    """Files written before the unification used word/punct/number: same letters, names mapped."""
+    t = synthetic.make_table(2000, 300, beta_star=0.7, seed=6)
+    d = GroupTemperature("token_type").fit(t).to_dict()
+    old = {"word-initial": "word", "punctuation": "punct", "digits": "number"}
+    for key in ("temperatures", "raw_temperatures", "counts"):
+        d[key] = {old.get(k, k): v for k, v in d[key].items()}
+    d["type_codes"] = d["type_codes"].replace("e", "s").replace("o", "p")  # old alphabet
+    back = GroupTemperature.from_dict(d)
+    assert set(back.temperatures) <= set(TOKEN_TYPES) and "word" not in back.temperatures
+    assert back.temperatures["word-initial"] == d["temperatures"]["word"]
 
 
 def test_adaptive_recovers_feature_dependent_beta():

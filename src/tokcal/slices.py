@@ -182,6 +182,14 @@ def token_type(s: str, convention: str = "marker") -> str:
     return "other"
 
 
+def vocab_token_types(vocab: Sequence[str]) -> np.ndarray:
+    """int32 [V]: index into :data:`TOKEN_TYPES` of :func:`token_type` of every vocabulary string, under
+    the vocabulary's convention (:func:`vocab_convention`)."""
+    conv = vocab_convention(vocab)
+    index = {t: i for i, t in enumerate(TOKEN_TYPES)}
+    return np.fromiter((index[token_type(s, conv)] for s in vocab), np.int32, len(vocab))
+
+
 @dataclass
 class TokenTypeSlice(Slice):
     """Token type (:func:`token_type`) of the gold or predicted token; needs the table's vocabulary."""
@@ -196,10 +204,7 @@ class TokenTypeSlice(Slice):
     def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
         if table.vocab is None:
             raise ValidationError(f"slice '{self.name}': the table has no vocabulary (id -> string)")
-        conv = vocab_convention(table.vocab)
-        index = {t: i for i, t in enumerate(TOKEN_TYPES)}
-        per_id = np.fromiter((index[token_type(s, conv)] for s in table.vocab), np.int32, len(table.vocab))
-        return _lookup(per_id, _target_ids(table, probs, self.on))
+        return _lookup(vocab_token_types(table.vocab), _target_ids(table, probs, self.on))
 
 
 @dataclass

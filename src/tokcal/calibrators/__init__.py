@@ -8,7 +8,7 @@ Every calibrator: ``fit(table) -> self``, ``transform_logits(logits, context=Non
 from .adaptive import AdaptiveTemperature
 from .base import SCHEMA_VERSION, Calibrator, load_calibrator
 from .conformal import ConformalTokenSets
-from .group import GroupTemperature, token_type
+from .group import GroupTemperature
 from .hygiene import compare, held_out_metrics, split_by_sequence
 from .selective import Selective
 from .temperature import CalibrationWarning, Temperature, TemperatureFamily
@@ -16,7 +16,7 @@ from .toplabel import BetaCalibration, HistogramBinning, Isotonic, TopLabelCalib
 
 __all__ = [
     "Calibrator", "load_calibrator", "SCHEMA_VERSION", "CalibrationWarning",
-    "TemperatureFamily", "Temperature", "GroupTemperature", "AdaptiveTemperature", "token_type",
+    "TemperatureFamily", "Temperature", "GroupTemperature", "AdaptiveTemperature",
     "TopLabelCalibrator", "HistogramBinning", "Isotonic", "BetaCalibration",
     "Selective", "ConformalTokenSets",
     "split_by_sequence", "compare", "held_out_metrics",

@@ -21,34 +21,24 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
+from ..slices import TOKEN_TYPES, vocab_token_types
 from ..table import TokenTable
 from .base import as_rows, is_tensor, labeled_rows
 from .temperature import DEFAULT_BOUNDS, CalibrationWarning, TemperatureFamily, cluster_se, fit_beta, nll_terms
 
 TOKEN_TYPE = "token_type"
-#: one letter per token type, stored per vocabulary id in the JSON
-TYPE_CODES = {"s": "special", "n": "whitespace", "p": "punct", "d": "number", "w": "word", "c": "continuation"}
-_WORD_MARKS = ("Ġ", "▁", " ")
-
-
-def token_type(token: str) -> str:
-    """Coarse type of a vocabulary string: special, whitespace, punct, number, word (starts a word:
-    GPT-2 ``Ġ``, SentencePiece ``▁`` or a space) or continuation (a piece inside a word)."""
-    if len(token) > 2 and token[0] == "<" and token[-1] == ">" or token.startswith("[") and token.endswith("]"):
-        return "special"
-    body = token.lstrip("".join(_WORD_MARKS))
-    if body == "" or token in ("Ċ", "ĊĊ", "\n", "\t") or body.isspace():
-        return "whitespace"
-    if body.isdigit():
-        return "number"
-    if all(not ch.isalnum() for ch in body):
-        return "punct"
-    return "word" if token[0] in _WORD_MARKS else "continuation"
+#: one letter per token type (:data:`tokcal.slices.TOKEN_TYPES`), stored per vocabulary id in the JSON
+TYPE_CODES = {"w": "word-initial", "c": "continuation", "p": "punctuation", "d": "digits", "n": "whitespace",
+              "s": "special", "e": "eos", "o": "other"}
+#: category names of calibrators saved before the token types were unified with tokcal.slices
+_LEGACY_NAMES = {"word": "word-initial", "punct": "punctuation", "number": "digits"}
 
 
 def type_code_string(vocab: Sequence[str]) -> str:
-    inverse = {v: k for k, v in TYPE_CODES.items()}
-    return "".join(inverse[token_type(t)] for t in vocab)
+    """One letter of :data:`TYPE_CODES` per vocabulary string: :func:`tokcal.slices.token_type` under the
+    vocabulary's sub-word convention (the same types as the ``type`` slice)."""
+    letters = [{v: k for k, v in TYPE_CODES.items()}[t] for t in TOKEN_TYPES]
+    return "".join(letters[i] for i in vocab_token_types(vocab))
 
 
 class GroupTemperature(TemperatureFamily):
@@ -166,6 +156,9 @@ class GroupTemperature(TemperatureFamily):
         if codes is not None and (not isinstance(codes, str) or set(codes) - set(TYPE_CODES)):
             raise ValueError("type_codes must be a string of letters from " + "".join(TYPE_CODES))
         cal.type_codes = codes
+        if cal.by == TOKEN_TYPE and codes is not None:  # older files: word/punct/number (same letters)
+            for name in ("temperatures", "raw_temperatures", "counts"):
+                setattr(cal, name, {_LEGACY_NAMES.get(k, k): v for k, v in getattr(cal, name).items()})
         return cal
 
 
