@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -47,6 +48,32 @@ def test_fit_matches_library_on_the_same_split(table_path, tmp_path):
     assert load_calibrator(out).temperature == pytest.approx(Temperature().fit(train).temperature, rel=1e-12)
     res = runner.invoke(app, ["fit", str(table_path), "-o", str(out), "--holdout", "0"])
     assert res.exit_code == 0 and "held out" not in res.output
+
+
+def test_fit_before_after_equal_tokcal_evaluate(table_path, tmp_path):
+    """The held-out printout of ``tokcal fit`` is what ``tokcal evaluate`` reports on the held-out split."""
+    out = tmp_path / "t.json"
+    res = runner.invoke(app, ["fit", str(table_path), "-o", str(out), "--holdout", "0.3", "--seed", "2",
+                              "--bins", "12", "--bootstrap", "30"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    _, test = split_by_sequence(TokenTable.read_parquet(table_path), 0.3, seed=2)
+    test_path = tmp_path / "test.parquet"
+    test.write_parquet(test_path)
+    printed = {}
+    for line in res.output.splitlines():
+        m = re.match(r"\W*(ece|nll|brier|accuracy)\W+" + r"\W+".join([r"([0-9.]+) \[([0-9.]+), ([0-9.]+)\]"] * 2),
+                     line)
+        if m:
+            printed[m.group(1)] = [float(x) for x in m.groups()[1:]]
+    assert set(printed) == {"ece", "nll", "brier", "accuracy"}, res.output
+    for col, cal in ((0, []), (3, ["--calibrator", str(out)])):
+        ev_path = tmp_path / f"ev{col}.json"
+        res = runner.invoke(app, ["evaluate", str(test_path), *cal, "--bins", "12", "--bootstrap", "30",
+                                  "--seed", "2", "--json", str(ev_path)])
+        assert res.exit_code == 0, res.output
+        o = json.loads(ev_path.read_text())["overall"]
+        for key, vals in printed.items():
+            assert vals[col:col + 3] == [round(o[key], 4), round(o["ci"][key][0], 4), round(o["ci"][key][1], 4)], key
 
 
 def test_fit_errors_are_friendly(table_path, tmp_path):

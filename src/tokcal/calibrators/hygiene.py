@@ -1,8 +1,9 @@
 """Fitting hygiene: split by sequence, compare calibrators on held-out tokens with intervals.
 
 Tokens of one sequence are not independent, so a held-out set must not share sequences with the
-fitting set (:func:`split_by_sequence`) and intervals resample whole sequences (cluster bootstrap,
-percentile 95 %, seeded; DESIGN §3).
+fitting set (:func:`split_by_sequence`) and intervals resample whole sequences. The numbers and their
+intervals are those of :func:`tokcal.evaluate` (cluster bootstrap, seeded; DESIGN §3), so ``tokcal fit``
+prints what ``tokcal evaluate`` reports for the same table and calibrator.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
-from ..probs import TokenProbs, token_probs
 from ..table import TokenTable
 from .base import Calibrator
 
@@ -37,39 +37,21 @@ def split_by_sequence(table: TokenTable, frac: float = 0.2, seed: int = 0) -> tu
     return table.select(~mask), table.select(mask)
 
 
-def held_out_metrics(tp: TokenProbs, sequence_id: np.ndarray, *, bins: int = 15, bootstrap: int = 200,
-                     seed: int = 0) -> dict[str, Any]:
-    """ECE (width bins), NLL, full Brier and accuracy of labelled rows, each with a cluster-bootstrap
-    95 % interval over ``sequence_id`` (``bootstrap=0``: no intervals)."""
-    from ..metrics import ece
+HELD_OUT_METRICS = ("ece", "nll", "brier", "accuracy")
 
-    keep = tp.labeled
-    if not keep.any():
-        raise ValidationError("held-out metrics: no labelled rows")
-    conf, corr = tp.confidence[keep], tp.correct[keep]
-    with np.errstate(divide="ignore"):
-        nll = -np.log(np.maximum(tp.label_prob[keep], 1e-300))
-    brier = tp.sum_sq[keep] - 2.0 * tp.label_prob[keep] + 1.0
-    seq = sequence_id[keep]
 
-    def stats(idx: np.ndarray | slice) -> dict[str, float]:
-        return {"ece": float(ece(conf[idx], corr[idx], bins=bins)), "nll": float(nll[idx].mean()),
-                "brier": float(brier[idx].mean()), "accuracy": float(corr[idx].mean())}
+def held_out_metrics(table: TokenTable, calibrator: Calibrator | None = None, *, bins: int = 15,
+                     bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+    """``n`` and the ECE (width bins), NLL, full Brier and accuracy of the labelled rows of ``table`` after
+    ``calibrator`` (None: the model), each with its 95 % interval as ``<metric>_lo``/``<metric>_hi``
+    (``bootstrap=0``: no intervals): the overall numbers and ``ci`` of :func:`tokcal.evaluate`."""
+    from ..evaluation import evaluate
 
-    out: dict[str, Any] = {"n": int(keep.sum()), **stats(slice(None))}
+    o = evaluate(table, calibrator, slices=[], bins=bins, bootstrap=bootstrap, seed=seed, worst=0).overall
+    out: dict[str, Any] = {"n": o["n"], **{k: o[k] for k in HELD_OUT_METRICS}}
     if bootstrap:
-        _, inv = np.unique(seq, return_inverse=True)
-        order = np.argsort(inv, kind="stable")
-        starts = np.searchsorted(inv[order], np.arange(inv.max() + 2))
-        rng = np.random.default_rng(seed)
-        reps = []
-        for _ in range(bootstrap):
-            pick = rng.integers(0, len(starts) - 1, len(starts) - 1)
-            idx = np.concatenate([order[starts[s]:starts[s + 1]] for s in pick])
-            reps.append(stats(idx))
-        for key in ("ece", "nll", "brier", "accuracy"):
-            vals = np.asarray([r[key] for r in reps])
-            out[f"{key}_lo"], out[f"{key}_hi"] = (float(v) for v in np.quantile(vals, [0.025, 0.975]))
+        for key in HELD_OUT_METRICS:
+            out[f"{key}_lo"], out[f"{key}_hi"] = o["ci"][key]
     return out
 
 
@@ -88,7 +70,8 @@ def compare(
     metrics on ``test``: one row per (method, slice), the uncalibrated model first as ``"none"``.
 
     Each row: ``method, slice ("all" or "group=value"), n, ece, nll, brier, accuracy`` and
-    ``<metric>_lo/_hi`` cluster-bootstrap intervals. Sequences shared by train and test raise an error.
+    ``<metric>_lo/_hi`` intervals (:func:`held_out_metrics`; a slice's rows are those of its tokens).
+    Sequences shared by train and test raise an error.
     """
     shared = np.intersect1d(train.sequence_id, test.sequence_id)
     if shared.size:
@@ -98,20 +81,19 @@ def compare(
         f"{type(c).__name__}" if sum(type(d) is type(c) for d in calibrators) == 1 else f"{type(c).__name__}#{i}": c
         for i, c in enumerate(calibrators)}
     slice_names = [slices] if isinstance(slices, str) else list(slices or [])
-    probs: dict[str, TokenProbs] = {"none": token_probs(test)}
+    fitted: dict[str, Calibrator | None] = {"none": None}
     for name, cal in named.items():
-        fitted = cal.fit(train) if not refit else copy.deepcopy(cal).fit(train)
-        probs[name] = fitted.token_probs(test)
+        fitted[name] = cal.fit(train) if not refit else copy.deepcopy(cal).fit(train)
     rows = []
-    for name, tp in probs.items():
+    for name, cal in fitted.items():
         rows.append({"method": name, "slice": "all",
-                     **held_out_metrics(tp, test.sequence_id, bins=bins, bootstrap=bootstrap, seed=seed)})
+                     **held_out_metrics(test, cal, bins=bins, bootstrap=bootstrap, seed=seed)})
         for s in slice_names:
             g = test.group(s)
             for code, cat in enumerate(g.categories):
                 mask = (g.codes == code) & test.labeled
                 if mask.any():
                     rows.append({"method": name, "slice": f"{s}={cat}",
-                                 **held_out_metrics(tp.select(mask), test.sequence_id[mask], bins=bins,
-                                                    bootstrap=bootstrap, seed=seed)})
+                                 **held_out_metrics(test.select(mask), cal, bins=bins, bootstrap=bootstrap,
+                                                    seed=seed)})
     return rows

@@ -62,7 +62,7 @@ def fit_command(
 ) -> None:
     """Fit a calibrator; print held-out ECE/NLL/Brier before and after; write it as JSON."""
     from ..calibrators import held_out_metrics, split_by_sequence
-    from ..probs import token_probs
+    from ..calibrators.hygiene import HELD_OUT_METRICS
     from ..table import TokenTable
 
     data = TokenTable.read_parquet(table)
@@ -86,19 +86,20 @@ def fit_command(
                       f"mean set size {o['mean_set_size']:.2f}, truncated {o['truncated']:.3f}", highlight=False)
         console.print(f"wrote {output}")
         return
-    before = held_out_metrics(token_probs(test), test.sequence_id, bins=bins, bootstrap=bootstrap, seed=seed)
-    after = held_out_metrics(cal.token_probs(test), test.sequence_id, bins=bins, bootstrap=bootstrap, seed=seed)
-    tab = Table(title=f"held out: {before['n']} tokens, {test.n_sequences} sequences (95% cluster bootstrap)")
+    before = held_out_metrics(test, None, bins=bins, bootstrap=bootstrap, seed=seed)
+    after = held_out_metrics(test, cal, bins=bins, bootstrap=bootstrap, seed=seed)
+    tab = Table(title=f"held out: {before['n']} tokens, {test.n_sequences} sequences (95% cluster bootstrap, "
+                      "as tokcal evaluate)")
     tab.add_column("metric")
     tab.add_column("before", justify="right")
     tab.add_column("after", justify="right")
-    for key in ("ece", "nll", "brier", "accuracy"):
+    for key in HELD_OUT_METRICS:
         tab.add_row(key, _fmt(before, key), _fmt(after, key))
     console.print(tab)
     console.print(f"wrote {output}")
 
 
 def _fmt(m: dict[str, Any], key: str) -> str:
-    if f"{key}_lo" in m:
+    if m.get(f"{key}_lo") is not None and m.get(f"{key}_hi") is not None:
         return f"{m[key]:.4f} [{m[f'{key}_lo']:.4f}, {m[f'{key}_hi']:.4f}]"
     return f"{m[key]:.4f}"
