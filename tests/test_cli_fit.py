@@ -76,6 +76,18 @@ def test_fit_before_after_equal_tokcal_evaluate(table_path, tmp_path):
             assert vals[col:col + 3] == [round(o[key], 4), round(o["ci"][key][0], 4), round(o["ci"][key][1], 4)], key
 
 
+def test_fit_help_lists_every_method_at_80_columns():
+    from tokcal.cli.fit_cmd import METHODS
+
+    res = runner.invoke(app, ["fit", "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    text = " ".join(res.output.split())
+    for method in METHODS:
+        assert re.search(rf"\b{method}\b", text), (method, res.output)
+    assert "…" not in res.output
+
+
 def test_fit_errors_are_friendly(table_path, tmp_path):
     res = runner.invoke(app, ["fit", str(table_path), "--method", "magic", "-o", str(tmp_path / "c.json")])
     assert res.exit_code == 2 and "magic" in res.output

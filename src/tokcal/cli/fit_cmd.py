@@ -46,7 +46,8 @@ def build_calibrator(method: str, *, by: str | None, alpha: float, threshold: fl
 @friendly_errors
 def fit_command(
     table: Path = typer.Argument(..., help="TokenTable: Parquet file or dataset directory."),
-    method: str = typer.Option("temperature", "--method", "-m", help="|".join(METHODS)),
+    method: str = typer.Option("temperature", "--method", "-m",
+                                help="Calibration method, one of: " + ", ".join(METHODS) + "."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the calibrator JSON."),
     by: str = typer.Option(None, "--by", help="Group column (group: default 'domain', or 'token_type'; "
                                               "adaptive: one-hot this group)."),
