@@ -29,7 +29,6 @@ The top-k width of the table is the smallest number of alternatives any position
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ import numpy as np
 from ..errors import TokcalError
 from ..table import TokenTable
 from .align import align_labels
+from .readers import iter_jsonl
 
 FORMATS = ("openai-chat", "openai-completions", "vllm")
 SENTINEL = -9999.0
@@ -379,25 +379,16 @@ def read_logprobs(
     vocab = Vocabulary.from_tokenizer(tokenizer) if tokenizer is not None else Vocabulary(size=vocab_size)
     seqs: list[tuple[int, str, list[_Position | None], list[int] | None]] = []
     fmt = None if format == "auto" else format
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{p}:{lineno}"
+    for lineno, obj in iter_jsonl(p):
+        where = f"{p}:{lineno}"
+        if fmt is None:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TokcalError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise TokcalError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            if fmt is None:
-                try:
-                    fmt = detect_format(obj)
-                except TokcalError as e:
-                    raise TokcalError(f"{where}: {e}") from None
-            ref = _reference(obj, where, vocab, tokenizer)
-            for kind, positions in _PARSERS[fmt](obj, where, vocab):
-                seqs.append((lineno, kind, positions, ref))
+                fmt = detect_format(obj)
+            except TokcalError as e:
+                raise TokcalError(f"{where}: {e}") from None
+        ref = _reference(obj, where, vocab, tokenizer)
+        for kind, positions in _PARSERS[fmt](obj, where, vocab):
+            seqs.append((lineno, kind, positions, ref))
     if not seqs:
         raise TokcalError(f"{p}: no responses")
     return _build(seqs, vocab, vocab_size, tokens_are_reference, {"format": fmt, "file": str(p)})

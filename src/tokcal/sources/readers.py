@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,17 +75,26 @@ def read_text(path: str | os.PathLike, *, split: str = "file", groups: dict[str,
     return docs
 
 
-def _jsonl(path: str | os.PathLike) -> Iterable[tuple[int, dict]]:
-    for lineno, line in enumerate(_read_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TokcalError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise TokcalError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank line of a JSON-lines file, streamed; a
+    :class:`TokcalError` names ``file:line`` for a line that is not a JSON object."""
+    p = Path(path)
+    if not p.is_file():
+        raise TokcalError(f"{p}: no such file")
+    try:
+        with p.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TokcalError(f"{p}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(obj, dict):
+                    raise TokcalError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                yield lineno, obj
+    except UnicodeDecodeError as e:
+        raise TokcalError(f"{p}: not UTF-8 text ({e})") from None
 
 
 def _field(path, lineno: int, obj: dict, name: str) -> str:
@@ -113,7 +122,7 @@ def read_jsonl(path: str | os.PathLike, *, text_field: str = "text", group_field
     """JSON Lines, one document per line: ``{"text": ..., "domain": ...}``; blank lines skipped."""
     return [Document(f"{path}#{lineno}", _field(path, lineno, obj, text_field),
                      _groups(path, lineno, obj, group_fields, groups))
-            for lineno, obj in _jsonl(path)]
+            for lineno, obj in iter_jsonl(path)]
 
 
 def read_pairs_jsonl(path: str | os.PathLike, *, source_field: str = "source", target_field: str = "target",
@@ -121,7 +130,7 @@ def read_pairs_jsonl(path: str | os.PathLike, *, source_field: str = "source", t
     """JSON Lines of source/target pairs: ``{"source": ..., "target": ...}``."""
     return [Pair(f"{path}#{lineno}", _field(path, lineno, obj, source_field), _field(path, lineno, obj, target_field),
                  _groups(path, lineno, obj, group_fields, groups))
-            for lineno, obj in _jsonl(path)]
+            for lineno, obj in iter_jsonl(path)]
 
 
 def read_conll(path: str | os.PathLike, *, word_column: int = 0, tag_column: int = -1,
