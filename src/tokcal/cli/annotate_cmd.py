@@ -17,7 +17,7 @@ from rich.text import Text
 from ..errors import TokcalError
 from ..table import atomic_write
 from . import app
-from .common import console, friendly_errors
+from .common import console, friendly_errors, load_model
 
 _BUCKETS = ((0.3, "bold red"), (0.6, "yellow"), (0.85, "green"), (math.inf, "bold green"))
 
@@ -94,7 +94,6 @@ def _load(model_dir: Path, calibrator: Path, abstainer: Path | None, trust_remot
 
     from ..calibrators import load_calibrator
     from ..integrations.abstain import Abstainer
-    from .collect_cmd import _load as load_model
 
     hf_logging.disable_progress_bar()  # keep the terminal output to the annotated text
 

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import TokcalError
 from . import app
-from .common import console, friendly_errors
+from .common import console, friendly_errors, load_model
 
 TASKS = ("causal", "seq2seq", "token-classification")
 
@@ -48,23 +48,6 @@ def _read_inputs(task: str, data: list[Path], groups: dict[str, str], paragraphs
     return items
 
 
-def _load(model_dir: Path, task: str, trust_remote_code: bool):
-    if not model_dir.is_dir():
-        raise TokcalError(f"{model_dir}: not a model directory (a local from_pretrained folder is required)")
-    import transformers as tf
-
-    cls = {"causal": tf.AutoModelForCausalLM, "seq2seq": tf.AutoModelForSeq2SeqLM,
-           "token-classification": tf.AutoModelForTokenClassification}[task]
-    try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
-                                                     trust_remote_code=trust_remote_code)
-        model = cls.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
-                                    trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise TokcalError(f"{model_dir}: cannot load a {task} model with safetensors weights ({e})") from None
-    return model.eval(), tokenizer
-
-
 def _progress(total: int) -> Progress:
     return Progress(
         TextColumn("[bold]collect"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
@@ -99,7 +82,7 @@ def collect(
     if task not in TASKS:
         raise TokcalError(f"--task must be one of {TASKS}, got {task!r}")
     items = _read_inputs(task, data, _groups(group), paragraphs, text_field, group_field, source_field, target_field)
-    model, tokenizer = _load(model_dir, task, trust_remote_code)
+    model, tokenizer = load_model(model_dir, task, trust_remote_code)
     import torch
 
     from ..sources import hf
