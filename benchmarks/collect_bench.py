@@ -25,18 +25,20 @@ from tokcal import TokenTable
 from tokcal.sources.hf import collect_causal
 
 V, CTX = 4096, 256
+#: (name, n_layer, n_embd, vocab): the issue's "small GPT-2", and a wider one to show how the overhead scales
+CONFIGS = {"small": (4, 256, 4096), "medium": (6, 512, 16384)}
 
 
-def setup(n_docs: int, doc_tokens: int, seed: int = 0):
-    words = [f"w{i}" for i in range(V - 1)]
+def setup(n_docs: int, doc_tokens: int, seed: int = 0, n_layer: int = 4, n_embd: int = 256, vocab: int = V):
+    words = [f"w{i}" for i in range(vocab - 1)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", model_max_length=CTX)
     rng = np.random.default_rng(seed)
-    zipf = np.minimum(rng.zipf(1.2, (n_docs, doc_tokens)), V - 1)  # word frequencies roughly like text
+    zipf = np.minimum(rng.zipf(1.2, (n_docs, doc_tokens)), vocab - 1)  # word frequencies roughly like text
     texts = [" ".join(words[j - 1] for j in row) for row in zipf]
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=V, n_positions=CTX, n_embd=256, n_layer=4, n_head=4)
+    cfg = GPT2Config(vocab_size=vocab, n_positions=CTX, n_embd=n_embd, n_layer=n_layer, n_head=4)
     return GPT2LMHeadModel(cfg).eval(), tokenizer, texts
 
 
@@ -50,17 +52,13 @@ def bare_forward(model, tokenizer, texts, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    n_docs, bs = (16, 8) if args.quick else (96, 8)
-    model, tokenizer, texts = setup(n_docs, CTX)
+def measure(name: str, n_docs: int, bs: int, repeats: int) -> None:
+    n_layer, n_embd, vocab = CONFIGS[name]
+    model, tokenizer, texts = setup(n_docs, CTX, n_layer=n_layer, n_embd=n_embd, vocab=vocab)
     collect_causal(model, tokenizer, texts[:bs], max_length=CTX, batch_size=bs)  # warm-up
     bare_forward(model, tokenizer, texts[:bs], bs)
     fwd, col = [], []
-    for _ in range(1 if args.quick else args.repeats):
+    for _ in range(repeats):
         fwd.append(bare_forward(model, tokenizer, texts, bs))
         t0 = time.perf_counter()
         table = collect_causal(model, tokenizer, texts, top_k=32, max_length=CTX, batch_size=bs)
@@ -71,12 +69,26 @@ def main() -> None:
         size = path.stat().st_size
         assert len(TokenTable.read_parquet(path)) == len(table)
     n = len(table)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"== {name} GPT-2: {n_layer} layers, {n_embd} dim, vocab {vocab}, {params / 1e6:.1f} M parameters")
     print(f"tokens predicted: {n:,} ({n_docs} docs x {CTX} tokens, batch {bs}, torch threads "
-          f"{torch.get_num_threads()})")
+          f"{torch.get_num_threads()}, best of {repeats})")
     print(f"bare forward     : {f:.3f} s  ({n / f:,.0f} tok/s)")
     print(f"collect_causal   : {c:.3f} s  ({n / c:,.0f} tok/s)")
     print(f"overhead         : {100 * (c - f) / f:+.1f} %  (target <= 15 %)")
     print(f"bytes per token  : {size / n:.0f} B at top_k=32 (target <= 512)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if args.quick:
+        measure("small", 16, 8, 1)
+        return
+    measure("small", 96, 8, args.repeats)
+    measure("medium", 32, 8, args.repeats)
 
 
 if __name__ == "__main__":
