@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,14 +62,15 @@ def _lookup(per_id: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class Slice:
+class Slice(ABC):
     """Base class: ``name``, ``labels`` (category names) and ``codes(table, probs=None)``."""
 
     name: str
     labels: list[str]
 
-    def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
+        """Integer code per token (-1: in no category)."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -168,13 +169,13 @@ class TemperatureFamily(Calibrator):
 
     preserves_argmax = True
 
+    @abstractmethod
     def row_temperatures(self, table: TokenTable) -> np.ndarray:
         """Temperature of every row of ``table`` (float64 [N])."""
-        raise NotImplementedError
 
+    @abstractmethod
     def logit_temperatures(self, logits: Any, context: dict[str, Any] | None) -> np.ndarray:
         """Temperature of every row of raw ``logits`` given the apply-time ``context``."""
-        raise NotImplementedError
 
     def token_probs(self, table: TokenTable) -> TokenProbs:
         self._require_fitted()

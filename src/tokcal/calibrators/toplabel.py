@@ -25,6 +25,7 @@ argmax** (``preserves_argmax = False``: the generate processor refuses them unle
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -45,12 +46,13 @@ class TopLabelCalibrator(Calibrator):
 
     preserves_argmax = False
 
+    @abstractmethod
     def map_confidence(self, c: np.ndarray) -> np.ndarray:
         """Calibrated confidence g(c) in [0, 1]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _fit_map(self, c: np.ndarray, a: np.ndarray) -> None:
-        raise NotImplementedError
+        """Fit g on confidences ``c`` and correctness ``a`` (float64)."""
 
     def fit(self, table: TokenTable, **_: Any) -> TopLabelCalibrator:
         lab = labeled_rows(table, f"{type(self).__name__}.fit")
