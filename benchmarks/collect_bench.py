@@ -25,8 +25,8 @@ from tokcal import TokenTable
 from tokcal.sources.hf import collect_causal
 
 V, CTX = 4096, 256
-#: (name, n_layer, n_embd, vocab): the issue's "small GPT-2", and a wider one to show how the overhead scales
-CONFIGS = {"small": (4, 256, 4096), "medium": (6, 512, 16384)}
+#: name -> (n_layer, n_embd, vocab): a tiny GPT-2, a wider one, and GPT-2 small's own shape (124 M parameters)
+CONFIGS = {"small": (4, 256, 4096), "medium": (6, 512, 16384), "gpt2-small": (12, 768, 50257)}
 
 
 def setup(n_docs: int, doc_tokens: int, seed: int = 0, n_layer: int = 4, n_embd: int = 256, vocab: int = V):
@@ -38,7 +38,7 @@ def setup(n_docs: int, doc_tokens: int, seed: int = 0, n_layer: int = 4, n_embd:
     zipf = np.minimum(rng.zipf(1.2, (n_docs, doc_tokens)), vocab - 1)  # word frequencies roughly like text
     texts = [" ".join(words[j - 1] for j in row) for row in zipf]
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab, n_positions=CTX, n_embd=n_embd, n_layer=n_layer, n_head=4)
+    cfg = GPT2Config(vocab_size=vocab, n_positions=CTX, n_embd=n_embd, n_layer=n_layer, n_head=n_embd // 64)
     return GPT2LMHeadModel(cfg).eval(), tokenizer, texts
 
 
@@ -89,6 +89,7 @@ def main() -> None:
         return
     measure("small", 96, 8, args.repeats)
     measure("medium", 32, 8, args.repeats)
+    measure("gpt2-small", 8, 8, args.repeats)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,203 @@
+"""Numba kernels of the metrics, at module level so that ``cache=True`` stores them on disk.
+
+Every kernel makes one pass over the tokens, checks the values it reads (so callers need no extra
+validation pass) and returns ``(first_bad_index, what)`` with ``what`` 0 when all is well.
+"""
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def width_bin(ci, nb, edges):
+    # bin = min(floor(c * B), B - 1), corrected by one where float rounding of c * B disagrees
+    # with the reported edges linspace(0, 1, B + 1) (as numpy.histogram does).
+    b = int(ci * nb)
+    if b > nb - 1:
+        b = nb - 1
+    if b > 0 and ci < edges[b]:
+        b -= 1
+    elif b < nb - 1 and ci >= edges[b + 1]:
+        b += 1
+    return b
+
+@numba.njit(cache=True, nogil=True)
+def edge_bin(ci, nb, edges):
+    # [lo, hi) bins, the last one closed: searchsorted(edges, c, 'right') - 1 clipped to [0, B-1]
+    b = np.searchsorted(edges, ci, side="right") - 1
+    if b > nb - 1:
+        b = nb - 1
+    if b < 0:
+        b = 0
+    return b
+
+@numba.njit(cache=True, nogil=True)
+def binned_stats(c, a, w, codes, nb, edges, out):
+    """Width bins: out[0|1|2, s * B + b] += weight, weight * c, weight * a.
+
+    Four interleaved partial sums break the store-to-load dependency of consecutive tokens
+    falling into the same bin (about 2x faster); they are added at the end.
+    """
+    has_w = w.shape[0] > 0
+    has_s = codes.shape[0] > 0
+    m = out.shape[1]
+    acc = np.zeros((4, 3, m))
+    for i in range(c.shape[0]):
+        ci = c[i]
+        if not (ci >= 0.0 and ci <= 1.0):
+            return i, 1
+        ai = a[i]
+        if not (ai == 0 or ai == 1):
+            return i, 2
+        s = 0
+        if has_s:
+            s = codes[i]
+            if s < 0:
+                continue
+        # width_bin written out: numba's call inlining slows this loop down 2x
+        b = int(ci * nb)
+        if b > nb - 1:
+            b = nb - 1
+        if b > 0 and ci < edges[b]:
+            b -= 1
+        elif b < nb - 1 and ci >= edges[b + 1]:
+            b += 1
+        k = s * nb + b
+        lane = i & 3
+        if has_w:
+            wi = w[i]
+            acc[lane, 0, k] += wi
+            acc[lane, 1, k] += wi * ci
+            acc[lane, 2, k] += wi * ai
+        else:
+            acc[lane, 0, k] += 1.0
+            acc[lane, 1, k] += ci
+            acc[lane, 2, k] += ai
+    for lane in range(4):
+        for j in range(3):
+            for k in range(m):
+                out[j, k] += acc[lane, j, k]
+    return -1, 0
+
+@numba.njit(cache=True, nogil=True)
+def bin_index(c, nb, edges, uniform, out):
+    for i in range(c.shape[0]):
+        ci = c[i]
+        if not (ci >= 0.0 and ci <= 1.0):
+            return i, 1
+        out[i] = width_bin(ci, nb, edges) if uniform else edge_bin(ci, nb, edges)
+    return -1, 0
+
+@numba.njit(cache=True, nogil=True)
+def grid_hist(c, a, w, g, out):
+    """Linear-interpolation mass of each token on the grid i / (g - 1) (relplot's
+    ``smooth_round_to_grid``): out[0] weight, out[1] weight * (c - a), out[2] weight * a."""
+    has_w = w.shape[0] > 0
+    for i in range(c.shape[0]):
+        f = np.float64(c[i])
+        if not (f >= 0.0 and f <= 1.0):
+            return i, 1
+        ai = a[i]
+        if not (ai == 0 or ai == 1):
+            return i, 2
+        x = f * (g - 1)
+        b = int(x)
+        if b > g - 2:
+            b = g - 2
+        frac = x - b
+        wi = w[i] if has_w else 1.0
+        r = f - ai
+        lo = (1.0 - frac) * wi
+        hi = frac * wi
+        out[0, b] += lo
+        out[0, b + 1] += hi
+        out[1, b] += (1.0 - frac) * r * wi
+        out[1, b + 1] += frac * r * wi
+        out[2, b] += lo * ai
+        out[2, b + 1] += hi * ai
+    return -1, 0
+
+@numba.njit(cache=True, nogil=True)
+def classwise(top_ids, top_probs, label, label_prob, tail, lookup, nb, edges, use_label_prob,
+              base, corr):
+    """Per-class binned sums of p_i(j) vs 1[y_i = j] without materialising [N, M].
+
+    Every labeled row adds its tail probability to ``base`` (shared by all classes); classes in
+    the row's top-k (and the gold class) move that row's mass from the tail bin to their own.
+    """
+    n, k = top_ids.shape
+    nlook = lookup.shape[0]
+    for i in range(n):
+        y = label[i]
+        if y < 0:
+            continue
+        t = tail[i]
+        if not (t >= 0.0 and t <= 1.0):
+            return i, 3
+        bt = width_bin(t, nb, edges)
+        base[0, bt] += 1.0
+        base[1, bt] += t
+        ycls = lookup[y] if y < nlook else -1
+        y_in_top = False
+        for j in range(k):
+            p = top_probs[i, j]
+            if not (p >= 0.0 and p <= 1.0):
+                return i, 1
+            tid = top_ids[i, j]
+            m = lookup[tid] if (tid >= 0 and tid < nlook) else -1
+            if m < 0:
+                continue
+            b = width_bin(p, nb, edges)
+            corr[0, m, bt] -= 1.0
+            corr[1, m, bt] -= t
+            corr[0, m, b] += 1.0
+            corr[1, m, b] += p
+            if tid == y:
+                corr[2, m, b] += 1.0
+                y_in_top = True
+        if ycls >= 0 and not y_in_top:
+            p = label_prob[i] if use_label_prob else t
+            if not (p >= 0.0 and p <= 1.0):
+                return i, 2
+            b = width_bin(p, nb, edges)
+            corr[0, ycls, bt] -= 1.0
+            corr[1, ycls, bt] -= t
+            corr[0, ycls, b] += 1.0
+            corr[1, ycls, b] += p
+            corr[2, ycls, b] += 1.0
+    return -1, 0
+
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def binned_stats_parallel(c, a, w, codes, nb, edges, out):
+    """:func:`binned_stats` over ``n_chunks`` contiguous chunks in parallel, each into its own partial
+    sums (float64), added in chunk order at the end; the first bad token is the first bad index of
+    the first chunk that has one."""
+    n = c.shape[0]
+    n_chunks = 8
+    size = (n + n_chunks - 1) // n_chunks
+    m = out.shape[1]
+    part = np.zeros((n_chunks, 3, m))
+    bad_i = np.full(n_chunks, -1, np.int64)
+    bad_what = np.zeros(n_chunks, np.int64)
+    has_w = w.shape[0] > 0
+    has_s = codes.shape[0] > 0
+    for ch in numba.prange(n_chunks):
+        lo = ch * size
+        hi = min(n, lo + size)
+        if lo >= hi:
+            continue
+        i, what = binned_stats(c[lo:hi], a[lo:hi], w[lo:hi] if has_w else w, codes[lo:hi] if has_s else codes,
+                               nb, edges, part[ch])
+        if i >= 0:
+            bad_i[ch] = lo + i
+            bad_what[ch] = what
+    for ch in range(n_chunks):
+        if bad_i[ch] >= 0:
+            return bad_i[ch], bad_what[ch]
+    for ch in range(n_chunks):
+        for j in range(3):
+            for k in range(m):
+                out[j, k] += part[ch, j, k]
+    return -1, 0
