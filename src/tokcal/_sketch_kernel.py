@@ -29,19 +29,26 @@ def sift_down(hv, hi, pos, size):
             return
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def sum_exp(row, mx):
-    """``sum_j exp(row_j - mx)``: float32 exponentials (1 ulp each), summed in float64 blocks.
+def sum_exp(row, mx, zk):
+    """``(sum_j exp(row_j - mx), sum_{row_j < zk} exp(row_j - mx))``: float32 exponentials (1 ulp
+    each), summed in float64 blocks. The second sum is the tail below the k-th logit, taken directly
+    so it keeps its relative precision (no cancellation against the top-k).
 
     Only called on rows already checked finite (fastmath assumes no NaN/inf)."""
     total = 0.0
+    below = 0.0
     m = np.float32(mx)
     v = row.shape[0]
     for a in range(0, v, 256):
         part = np.float32(0.0)
+        part_below = np.float32(0.0)
         for j in range(a, min(v, a + 256)):
-            part += np.exp(row[j] - m)
+            e = np.exp(row[j] - m)
+            part += e
+            part_below += e if row[j] < zk else np.float32(0.0)
         total += np.float64(part)
-    return total
+        below += np.float64(part_below)
+    return total, below
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -83,25 +90,29 @@ def sketch_rows(z, labels, k, lut, inv_res, top_ids, top_vals, log_norm, tail1, 
             sift_down(hv, hi, 0, end)
         mx = np.float64(hv[0])
         zk = hv[k - 1]
-        s = sum_exp(row, mx)
+        s, below = sum_exp(row, mx, zk)
+        n_at_zk = 0
         for j in range(v):
             x = row[j]
             d = zk - x
             q = 0
             if d > 0:
                 q = min(int(d * inv_res), qmax)
+            elif d == 0:
+                n_at_zk += 1
             b = lut[q]
             cnt[i, b] += 1.0
             sm[i, b] += x
-        stop = 0.0
         for t in range(k):
             x = hv[t]
             cnt[i, 0] -= 1.0
             sm[i, 0] -= x
-            stop += np.exp(np.float64(x) - mx)
+            if x == zk:
+                n_at_zk -= 1
         log_norm[i] = mx + np.log(s)
-        rest = s - stop
-        tail1[i] = mx + np.log(rest) if rest > 1e-6 * s else -np.inf  # cancelled: use the histogram
+        # the tail: everything below z_k, plus the ids tied with z_k that did not make the top-k
+        rest = below + n_at_zk * np.exp(np.float64(zk) - mx)
+        tail1[i] = mx + np.log(rest) if rest > 0 else -np.inf
         if labels[i] >= 0:
             label_logit[i] = row[labels[i]]
         else:
