@@ -28,26 +28,50 @@ def sift_down(hv, hi, pos, size):
         else:
             return
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True)
 def sum_exp(row, mx, zk):
     """``(sum_j exp(row_j - mx), sum_{row_j < zk} exp(row_j - mx))``: float32 exponentials (1 ulp
-    each), summed in float64 blocks. The second sum is the tail below the k-th logit, taken directly
-    so it keeps its relative precision (no cancellation against the top-k).
-
-    Only called on rows already checked finite (fastmath assumes no NaN/inf)."""
+    each) in four interleaved float32 partial sums per block of 256, added in float64. The order of
+    the additions is fixed (no fastmath reassociation), so the result does not depend on the row's
+    memory alignment: the same logits give the same bits in every process. The second sum is the tail
+    below the k-th logit, taken directly so it keeps its relative precision."""
     total = 0.0
     below = 0.0
     m = np.float32(mx)
     v = row.shape[0]
+    zero = np.float32(0.0)
     for a in range(0, v, 256):
-        part = np.float32(0.0)
-        part_below = np.float32(0.0)
-        for j in range(a, min(v, a + 256)):
-            e = np.exp(row[j] - m)
-            part += e
-            part_below += e if row[j] < zk else np.float32(0.0)
-        total += np.float64(part)
-        below += np.float64(part_below)
+        p0 = zero
+        p1 = zero
+        p2 = zero
+        p3 = zero
+        b0 = zero
+        b1 = zero
+        b2 = zero
+        b3 = zero
+        stop = min(v, a + 256)
+        j = a
+        while j + 3 < stop:
+            e0 = np.exp(row[j] - m)
+            e1 = np.exp(row[j + 1] - m)
+            e2 = np.exp(row[j + 2] - m)
+            e3 = np.exp(row[j + 3] - m)
+            p0 += e0
+            p1 += e1
+            p2 += e2
+            p3 += e3
+            b0 += e0 if row[j] < zk else zero
+            b1 += e1 if row[j + 1] < zk else zero
+            b2 += e2 if row[j + 2] < zk else zero
+            b3 += e3 if row[j + 3] < zk else zero
+            j += 4
+        while j < stop:
+            e0 = np.exp(row[j] - m)
+            p0 += e0
+            b0 += e0 if row[j] < zk else zero
+            j += 1
+        total += np.float64(p0) + np.float64(p1) + np.float64(p2) + np.float64(p3)
+        below += np.float64(b0) + np.float64(b1) + np.float64(b2) + np.float64(b3)
     return total, below
 
 
