@@ -33,12 +33,10 @@ Seq2seq and token-classification batches are padded on the right.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,218 +44,26 @@ import numpy as np
 import torch
 
 from ..errors import TokcalError
-from ..sketch import DEFAULT_TOP_K, LogitSketch, sketch_logits
+from ..sketch import DEFAULT_TOP_K
 from ..table import TokenTable
-from .dataset import DEFAULT_PART_ROWS, DatasetWriter
+from ._hf_common import (
+    Progress,
+    _check_top_k,
+    _concat_sketches,
+    _context_length,
+    _device,
+    _drive,
+    _Item,
+    _items,
+    _model_info,
+    _non_target_ids,
+    _pad_id,
+    _Rows,
+    _sketch_rows,
+    _vocab_strings,
+)
+from .dataset import DEFAULT_PART_ROWS
 from .readers import Document, Pair, TaggedSentence
-
-_CHUNK_ELEMS = 1 << 23  # logits sketched per chunk (32 MiB of float32)
-_SKETCH_COLUMNS = ("top_ids", "top_logits", "label_logit", "log_normalizer", "tail")
-Progress = Callable[[int, int], None]  # (documents finished, tokens predicted) increments
-
-
-# ----------------------------------------------------------------------------------------------
-# Items, groups and bookkeeping shared by the three tasks
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Item:
-    id: str
-    seq: int
-    hash: str
-    groups: dict[str, str]
-    data: Any
-
-
-def _items(raw: Sequence[Any], kind: type, doc_ids: Sequence[str] | None,
-           groups: Mapping[str, Any] | None, to_data: Callable[[Any], Any]) -> list[_Item]:
-    if isinstance(raw, (str, bytes)):
-        raise TokcalError("expected a sequence of inputs, got a single string")
-    raw = list(raw)
-    if doc_ids is not None and len(doc_ids) != len(raw):
-        raise TokcalError(f"doc_ids: {len(doc_ids)} ids for {len(raw)} inputs")
-    extra: dict[str, list[str]] = {}
-    for name, val in (groups or {}).items():
-        if isinstance(val, str):
-            extra[name] = [val] * len(raw)
-        else:
-            vals = [str(v) for v in val]
-            if len(vals) != len(raw):
-                raise TokcalError(f"group '{name}': {len(vals)} values for {len(raw)} inputs")
-            extra[name] = vals
-    out = []
-    for i, x in enumerate(raw):
-        own = dict(x.groups) if isinstance(x, kind) else {}
-        own.update({k: v[i] for k, v in extra.items()})
-        data = to_data(x)
-        did = doc_ids[i] if doc_ids is not None else (x.id if isinstance(x, kind) else f"#{i}")
-        h = hashlib.sha256(repr((data, sorted(own.items()))).encode()).hexdigest()[:16]
-        out.append(_Item(str(did), i, h, own, data))
-    names = {frozenset(it.groups) for it in out}
-    if len(names) > 1:
-        raise TokcalError(f"inputs disagree on group names: {sorted(sorted(n) for n in names)}")
-    return out
-
-
-@dataclass
-class _Rows:
-    """Predictions of one block of documents, in any order."""
-
-    sketches: list[LogitSketch]
-    seq: list[np.ndarray]
-    pos: list[np.ndarray]
-    label: list[np.ndarray]
-
-    def add(self, sk: LogitSketch, seq: np.ndarray, pos: np.ndarray, label: np.ndarray) -> None:
-        self.sketches.append(sk)
-        self.seq.append(seq)
-        self.pos.append(pos)
-        self.label.append(label)
-
-
-def _table(rows: _Rows, block: list[_Item], vocab: list[str], source: dict[str, Any]) -> TokenTable | None:
-    if not rows.sketches:
-        return None
-    seq, pos, lab = (np.concatenate(x) for x in (rows.seq, rows.pos, rows.label))
-    order = np.lexsort((pos, seq))
-    sk = _concat_sketches(rows.sketches)
-    sk = LogitSketch(*(getattr(sk, f)[order] for f in _SKETCH_COLUMNS), layout=sk.layout, vocab_size=sk.vocab_size)
-    seq, pos, lab = seq[order], pos[order], lab[order]
-    by_seq = {it.seq: it for it in block}
-    groups = {name: np.array([by_seq[s].groups[name] for s in seq], dtype=object) for name in block[0].groups}
-    return TokenTable.from_sketch(sk, lab, sequence_ids=seq, positions=pos, groups=groups, vocab=vocab,
-                                  source=source)
-
-
-def _blocks(items: list[_Item], cost: Callable[[_Item], int], budget: int) -> list[list[_Item]]:
-    blocks, cur, used = [], [], 0
-    for it in items:
-        cur.append(it)
-        used += cost(it)
-        if used >= budget:
-            blocks.append(cur)
-            cur, used = [], 0
-    if cur:
-        blocks.append(cur)
-    return blocks
-
-
-def _drive(items: list[_Item], predict: Callable[[list[_Item]], _Rows], cost: Callable[[_Item], int],
-           budget: int, vocab: list[str], source: dict[str, Any], settings: dict[str, Any],
-           out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None) -> TokenTable | Path:
-    writer = DatasetWriter(out_dir, settings, part_rows=part_rows) if out_dir is not None else None
-    todo = [it for it in items if writer is None or not writer.is_done(it.id, it.hash, it.seq)]
-    if progress is not None and len(todo) < len(items):
-        progress(len(items) - len(todo), 0)
-    tables = []
-    for block in _blocks(todo, cost, budget):
-        table = _table(predict(block), block, vocab, source)
-        n = 0 if table is None else len(table)
-        if writer is not None:
-            counts = {} if table is None else dict(zip(*np.unique(table.sequence_id, return_counts=True),
-                                                       strict=True))
-            writer.add(table, [{"id": it.id, "hash": it.hash, "sequence_id": it.seq,
-                                "rows": int(counts.get(it.seq, 0))} for it in block])
-        elif table is not None:
-            tables.append(table)
-        if progress is not None:
-            progress(len(block), n)
-    if writer is not None:
-        writer.close()
-        return Path(out_dir)
-    if not tables:
-        raise TokcalError("no tokens to predict: every input was empty or made only of special tokens")
-    return tables[0] if len(tables) == 1 else TokenTable.concat(tables)
-
-
-def _device(model: Any, device: Any) -> torch.device:
-    if device is not None:
-        device = torch.device(device)
-        model.to(device)
-        return device
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _vocab_strings(tokenizer: Any, size: int) -> list[str]:
-    """id -> readable string (decoded, so byte-level 'Ġthe' reads ' the'); ``<id>`` past the tokenizer."""
-    n = min(size, len(tokenizer))
-    toks = tokenizer.convert_ids_to_tokens(list(range(n)))
-    out = []
-    for i, t in enumerate(toks):
-        if t is None:
-            out.append(f"<{i}>")
-            continue
-        try:
-            out.append(tokenizer.convert_tokens_to_string([t]))
-        except Exception:  # noqa: BLE001 - some tokenizers cannot render a lone token; keep the raw piece
-            out.append(str(t))
-    return out + [f"<{i}>" for i in range(n, size)]
-
-
-def _non_target_ids(tokenizer: Any) -> np.ndarray:
-    """Special token ids that are never prediction targets: all of them except EOS."""
-    ids = set(getattr(tokenizer, "all_special_ids", []) or []) - {getattr(tokenizer, "eos_token_id", None)}
-    return np.array(sorted(ids), np.int64)
-
-
-def _model_info(model: Any, tokenizer: Any) -> dict[str, Any]:
-    cfg = getattr(model, "config", None)
-    return {
-        "model": str(getattr(cfg, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__),
-        "model_class": type(model).__name__,
-        "revision": getattr(cfg, "_commit_hash", None),
-        "tokenizer": str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
-    }
-
-
-def _sketch_rows(logit_fn: Callable[[int, int], torch.Tensor], labels: np.ndarray, n: int, vocab: int,
-                 top_k: int) -> list[LogitSketch]:
-    """Sketch ``n`` rows whose logits ``logit_fn(start, stop)`` yields chunk by chunk, on their device."""
-    step = max(1, _CHUNK_ELEMS // max(vocab, 1))
-    out = []
-    for a in range(0, n, step):
-        z = logit_fn(a, min(n, a + step))
-        if z.device.type == "cpu":
-            z = z.numpy()  # zero-copy; on CPU the numba kernel is ~3x faster than the torch ops
-        out.append(sketch_logits(z, labels[a:a + step], top_k=top_k, chunk_rows=step))
-    return out
-
-
-def _concat_sketches(parts: list[LogitSketch]) -> LogitSketch:
-    if len(parts) == 1:
-        return parts[0]
-    return LogitSketch(*(np.concatenate([getattr(s, f) for s in parts]) for f in _SKETCH_COLUMNS),
-                       layout=parts[0].layout, vocab_size=parts[0].vocab_size)
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        v = getattr(tokenizer, name, None)
-        if v is not None:
-            return int(v)
-    return 0
-
-
-def _check_top_k(top_k: int) -> None:
-    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise TokcalError(f"top_k must be a positive integer, got {top_k!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Causal language models
-# ----------------------------------------------------------------------------------------------
-
-
-def _context_length(model: Any, tokenizer: Any) -> int | None:
-    cfg = getattr(model, "config", None)
-    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    v = getattr(tokenizer, "model_max_length", None)
-    return v if isinstance(v, int) and 0 < v < 1_000_000 else None
 
 
 def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
