@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .bootstrap import SequenceStats, basic_interval, ci_pair, gap_acc, interval
 from .errors import ValidationError
 from .metrics.binned import ReliabilityBins, ece_shares, mass_edges, stats_metrics, width_edges
 from .metrics.classwise import classwise_ece
@@ -51,7 +52,6 @@ from .table import TokenTable, atomic_write
 
 OVERALL_CI = ("ece", "ece_debiased", "signed_gap", "nll", "brier", "accuracy")
 _TINY = np.finfo(np.float64).tiny
-_CHUNK_CELLS = 1 << 22  # dense entries of one chunk of the sequence statistics
 _BINNINGS = ("width", "mass")
 
 
@@ -171,7 +171,7 @@ def evaluate(
 
     blocks = [np.zeros(c.shape[0], np.int64), *slice_codes]
     sizes = [1, *(len(s.labels) for s in sl)]
-    stats = _SequenceStats(seq_idx, tok_bin, bins, blocks, sizes, c, a, nll_tok, brier_tok)
+    stats = SequenceStats(seq_idx, tok_bin, bins, blocks, sizes, c, a, nll_tok, brier_tok)
     boot = stats.bootstrap(bootstrap, seed)
 
     settings = {"bins": bins, "binning": binning, "bootstrap": bootstrap, "seed": seed,
@@ -216,124 +216,7 @@ def _calibrator_dict(calibrator: Any) -> dict[str, Any] | None:
     return json.loads(json.dumps(_json_safe(d), allow_nan=False, default=str))
 
 
-# -- sufficient statistics and the bootstrap ------------------------------------------------------
-
-
-class _SequenceStats:
-    """Per-(sequence, cell) sums; cell = (block, value, bin). Block 0 is 'all tokens'.
-
-    Columns of a row of X: [count | conf sum | acc sum] over all cells, then NLL sum, Brier sum.
-    """
-
-    def __init__(self, seq_idx: np.ndarray, tok_bin: np.ndarray, bins: int, blocks: list[np.ndarray],
-                 sizes: list[int], c: np.ndarray, a: np.ndarray, nll: np.ndarray, brier: np.ndarray) -> None:
-        self.bins = bins
-        self.sizes = sizes
-        self.offsets = np.concatenate([[0], np.cumsum(np.asarray(sizes) * bins)]).astype(np.int64)
-        self.n_cells = int(self.offsets[-1])
-        self.n_cols = 3 * self.n_cells + 2
-        self.n_seq = int(seq_idx.max()) + 1
-        order = np.argsort(seq_idx, kind="stable")
-        self.seq = seq_idx[order]
-        self.cells = [np.where(b[order] >= 0, off + b[order] * bins + tok_bin[order], -1)
-                      for b, off in zip(blocks, self.offsets[:-1], strict=True)]
-        self.cell_matrix = np.stack(self.cells)
-        self.c, self.a, self.nll, self.brier = c[order], a[order], nll[order], brier[order]
-        self.seq_start = np.searchsorted(self.seq, np.arange(self.n_seq + 1))
-        total = np.zeros(self.n_cols)
-        for cell in self.cells:
-            m = cell >= 0
-            for j, w in enumerate((None, self.c, self.a)):
-                total[j * self.n_cells:(j + 1) * self.n_cells] += np.bincount(
-                    cell[m], None if w is None else w[m], minlength=self.n_cells)
-        total[-2], total[-1] = self.nll.sum(), self.brier.sum()
-        self.total = total
-        # sequences per (block, value): does the sequence have a token there
-        self.value_seqs = [self._value_sequences(k) for k in range(len(sizes))]
-
-    def _value_sequences(self, k: int) -> np.ndarray:
-        cell = self.cells[k]
-        m = cell >= 0
-        value = (cell[m] - self.offsets[k]) // self.bins
-        pairs = np.unique(self.seq[m] * self.sizes[k] + value)
-        return np.bincount(pairs % self.sizes[k], minlength=self.sizes[k])
-
-    def chunk_matrix(self, s0: int, s1: int) -> np.ndarray:
-        """Dense X[s0:s1] (sequences s0..s1-1): one bincount per statistic over all blocks."""
-        t0, t1 = self.seq_start[s0], self.seq_start[s1]
-        local = self.seq[t0:t1] - s0
-        ns, nc = s1 - s0, self.n_cells
-        cl = self.cell_matrix[:, t0:t1]
-        m = cl >= 0
-        key = (local * nc)[None, :] + cl
-        key = key[m]
-        x = np.empty((ns, self.n_cols))
-        for j, w in enumerate((None, self.c[t0:t1], self.a[t0:t1])):
-            wk = None if w is None else np.broadcast_to(w, cl.shape)[m]
-            x[:, j * nc:(j + 1) * nc] = np.bincount(key, wk, minlength=ns * nc).reshape(ns, nc)
-        x[:, -2] = np.bincount(local, self.nll[t0:t1], minlength=ns)
-        x[:, -1] = np.bincount(local, self.brier[t0:t1], minlength=ns)
-        return x
-
-    def bootstrap(self, r: int, seed: int) -> np.ndarray | None:
-        """[R, n_cols] resampled sums, or None when r == 0."""
-        if r == 0:
-            return None
-        rng = np.random.default_rng(seed)
-        w = rng.multinomial(self.n_seq, np.full(self.n_seq, 1.0 / self.n_seq), size=r).astype(np.float32)
-        out = np.zeros((r, self.n_cols))
-        step = max(1, _CHUNK_CELLS // self.n_cols)
-        for s0 in range(0, self.n_seq, step):
-            s1 = min(self.n_seq, s0 + step)
-            # float32 product per chunk (resample counts are small integers; per-sequence sums need no
-            # more than 1e-7 relative precision for a percentile), accumulated across chunks in float64
-            out += w[:, s0:s1] @ self.chunk_matrix(s0, s1).astype(np.float32)
-        return out
-
-    def block(self, sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """count, conf_sum, acc_sum of block k as [..., n_values, bins]."""
-        lo, hi = self.offsets[k], self.offsets[k + 1]
-        shape = (*sums.shape[:-1], self.sizes[k], self.bins)
-        return tuple(sums[..., j * self.n_cells + lo:j * self.n_cells + hi].reshape(shape) for j in range(3))
-
-
-def _gap_acc(count: np.ndarray, conf: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, ...]:
-    n = count.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return n, conf.sum(-1) / n, acc.sum(-1) / n
-
-
-def _interval(x: np.ndarray | None) -> list[float | None] | np.ndarray:
-    """Percentile 95 % interval over axis 0 (NaN resamples ignored); [None, None] when undefined."""
-    if x is None:
-        return [None, None]
-    ok = np.isfinite(x)
-    with np.errstate(invalid="ignore"):
-        xs = np.where(ok, x, np.nan)
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            q = np.nanpercentile(xs, [2.5, 97.5], axis=0)
-    return q
-
-
-def _ci(q: Any, *idx: int) -> list[float | None]:
-    if isinstance(q, list):
-        return q
-    lo, hi = q[(0, *idx)], q[(1, *idx)]
-    return [None if not np.isfinite(lo) else float(lo), None if not np.isfinite(hi) else float(hi)]
-
-
-def _basic(ci: list[float | None], theta: float) -> list[float | None]:
-    """Basic (reverse-percentile) interval [2 t - q_hi, 2 t - q_lo], clipped at 0 (module docstring)."""
-    if ci[0] is None or ci[1] is None:
-        return ci
-    lo, hi = max(0.0, 2.0 * float(theta) - ci[1]), max(0.0, 2.0 * float(theta) - ci[0])
-    return [min(lo, float(theta)), max(hi, float(theta))]  # always holds the point estimate
-
-
-def _overall(st: _SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.ndarray, p: TokenProbs,
+def _overall(st: SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.ndarray, p: TokenProbs,
              nll: np.ndarray, brier: np.ndarray, bins: int, classwise_top: int, vocab_size: int) -> dict[str, Any]:
     count, conf, acc = st.block(st.total, 0)
     n = c.shape[0]
@@ -364,7 +247,7 @@ def _overall(st: _SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.n
         ci = {k: [None, None] for k in OVERALL_CI}
     else:
         bc, bconf, bacc = st.block(boot, 0)
-        bn, bmc, bma = _gap_acc(bc[:, 0], bconf[:, 0], bacc[:, 0])
+        bn, bmc, bma = gap_acc(bc[:, 0], bconf[:, 0], bacc[:, 0])
         with np.errstate(invalid="ignore", divide="ignore"):
             values = {
                 "ece": stats_metrics(bc[:, 0], bconf[:, 0], bacc[:, 0], "l1"),
@@ -374,14 +257,14 @@ def _overall(st: _SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.n
                 "brier": boot[:, -1] / bn,
                 "accuracy": bma,
             }
-        ci = {k: _ci(_interval(values[k])) for k in OVERALL_CI}
+        ci = {k: ci_pair(interval(values[k])) for k in OVERALL_CI}
         for k in ("ece", "ece_debiased"):
-            ci[k] = _basic(ci[k], out[k])
+            ci[k] = basic_interval(ci[k], out[k])
     out["ci"] = ci
     return out
 
 
-def _bins_list(st: _SequenceStats, boot: np.ndarray | None, edges: np.ndarray) -> list[dict[str, Any]]:
+def _bins_list(st: SequenceStats, boot: np.ndarray | None, edges: np.ndarray) -> list[dict[str, Any]]:
     """:meth:`ReliabilityBins.to_list` with the bootstrap percentile interval of each bin's accuracy
     (Wilson's interval when ``bootstrap=0``)."""
     rb = ReliabilityBins(edges, *(x[0] for x in st.block(st.total, 0)))
@@ -389,31 +272,31 @@ def _bins_list(st: _SequenceStats, boot: np.ndarray | None, edges: np.ndarray) -
         return rb.to_list()
     bc, _, bacc = st.block(boot, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        q = _interval(bacc[:, 0] / bc[:, 0])
+        q = interval(bacc[:, 0] / bc[:, 0])
     return rb.to_list(acc_ci=(q[0], q[1]))
 
 
-def _slice_rows(st: _SequenceStats, boot: np.ndarray | None, k: int, labels: list[str]) -> list[dict[str, Any]]:
+def _slice_rows(st: SequenceStats, boot: np.ndarray | None, k: int, labels: list[str]) -> list[dict[str, Any]]:
     count, conf, acc = st.block(st.total, k)
-    n, mc, ma = _gap_acc(count, conf, acc)
+    n, mc, ma = gap_acc(count, conf, acc)
     ece = stats_metrics(count, conf, acc, "l1")
     value_nll, value_brier = _per_value_sums(st, k)
     if boot is not None:
         bc, bconf, bacc = st.block(boot, k)
-        bn, bmc, bma = _gap_acc(bc, bconf, bacc)
-        q_ece = _interval(stats_metrics(bc, bconf, bacc, "l1"))
-        q_gap = _interval(bmc - bma)
+        bn, bmc, bma = gap_acc(bc, bconf, bacc)
+        q_ece = interval(stats_metrics(bc, bconf, bacc, "l1"))
+        q_gap = interval(bmc - bma)
     else:
         q_ece = q_gap = [None, None]
     rows = []
     for v, label in enumerate(labels):
         if n[v] == 0:
             continue
-        gap_ci = _ci(q_gap, v)
+        gap_ci = ci_pair(q_gap, v)
         rows.append({
             "value": label, "n": int(round(n[v])), "n_sequences": int(st.value_seqs[k][v]),
             "accuracy": float(ma[v]), "confidence": float(mc[v]), "ece": float(ece[v]),
-            "ece_ci": _basic(_ci(q_ece, v), ece[v]),
+            "ece_ci": basic_interval(ci_pair(q_ece, v), ece[v]),
             "signed_gap": float(mc[v] - ma[v]), "gap_ci": gap_ci,
             "nll": float(value_nll[v] / n[v]), "brier": float(value_brier[v] / n[v]),
             "significant": bool(st.value_seqs[k][v] >= 2 and gap_ci[0] is not None
@@ -422,7 +305,7 @@ def _slice_rows(st: _SequenceStats, boot: np.ndarray | None, k: int, labels: lis
     return rows
 
 
-def _per_value_sums(st: _SequenceStats, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _per_value_sums(st: SequenceStats, k: int) -> tuple[np.ndarray, np.ndarray]:
     cell = st.cells[k]
     m = cell >= 0
     value = (cell[m] - st.offsets[k]) // st.bins
