@@ -145,3 +145,18 @@ def test_bad_temperature_and_top_k():
         sketch.log_partition(sk, 0.0)
     with pytest.raises(ValidationError, match="top_k=5"):
         sketch.sketch_logits(np.zeros((2, 4), np.float32), top_k=5)
+
+
+def test_kernel_exponential_is_within_one_float32_ulp():
+    """The sketch's vectorisable float32 exp (Cephes expf) against float64 numpy on [-87, 0]."""
+    from tokcal._sketch_kernel import exp_block
+
+    x = np.linspace(-87.0, 0.0, 2_000_001).astype(np.float32)
+    e = np.empty(len(x), np.float32)
+    bits = np.empty(len(x), np.int32)
+    exp_block(x, 0, len(x), np.float32(0.0), e, bits)
+    exact = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(e - exact) / exact) < 1.2e-7  # float32 epsilon
+    below = np.array([-100.0, -500.0], np.float32)
+    exp_block(below, 0, 2, np.float32(0.0), e, bits)
+    assert (e[:2] > 0).all() and (e[:2] < 2e-38).all()  # clamped to a negligible normal number
