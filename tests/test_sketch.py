@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import logsumexp, softmax
 
 from tokcal import sketch
@@ -154,9 +156,45 @@ def test_kernel_exponential_is_within_one_float32_ulp():
     x = np.linspace(-87.0, 0.0, 2_000_001).astype(np.float32)
     e = np.empty(len(x), np.float32)
     bits = np.empty(len(x), np.int32)
-    exp_block(x, 0, len(x), np.float32(0.0), e, bits)
+    exp_block(x, np.float32(0.0), e, bits)
     exact = np.exp(x.astype(np.float64))
     assert np.max(np.abs(e - exact) / exact) < 1.2e-7  # float32 epsilon
     below = np.array([-100.0, -500.0], np.float32)
-    exp_block(below, 0, 2, np.float32(0.0), e, bits)
+    exp_block(below, np.float32(0.0), e, bits)
     assert (e[:2] > 0).all() and (e[:2] < 2e-38).all()  # clamped to a negligible normal number
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 3000), st.integers(0, 2**32 - 1), st.sampled_from([2, 5, 1000]))
+def test_top_k_and_normaliser_match_brute_force_with_ties(k, vocab, seed, levels):
+    """The block-maximum top-k selection against a stable argsort: any vocabulary size (below,
+    at and far above k blocks of 32), heavy ties (few distinct values), ties broken by lower id."""
+    vocab = max(vocab, k)
+    rng = np.random.default_rng(seed)
+    z = (rng.integers(0, levels, (7, vocab)) * (4.0 / levels)).astype(np.float32)
+    z[1] = rng.normal(0, 3, vocab)  # no ties
+    labels = rng.integers(0, vocab, 7)
+    sk = sketch.sketch_logits(z, labels, top_k=k)
+    order = np.argsort(-z, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(sk.top_ids, order)
+    np.testing.assert_array_equal(sk.top_logits, np.take_along_axis(z, order, 1))
+    np.testing.assert_array_equal(sk.label_logit, z[np.arange(7), labels])
+    z64 = z.astype(np.float64)
+    np.testing.assert_allclose(sk.log_normalizer, logsumexp(z64, axis=1), rtol=2e-7, atol=1e-6)
+    if k < vocab:  # the tail's exact beta = 1 node: logsumexp of everything outside the top-k
+        rest = z64.copy()
+        np.put_along_axis(rest, order, -np.inf, 1)
+        i1 = sk.layout.betas.index(1.0)
+        np.testing.assert_allclose(sk.tail[:, i1, 0], logsumexp(rest, axis=1), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("where", [0, 31, 32, 33, 500, 4095])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_logit_anywhere_is_named(where, value):
+    """A NaN or infinite logit at a block boundary, inside the top-k or deep in the tail."""
+    z = np.random.default_rng(0).normal(0, 2, (3, 4096)).astype(np.float32)
+    z[2, where] = value
+    with pytest.raises(ValidationError, match="row 2 contains NaN or inf"):
+        sketch.sketch_logits(z, top_k=32)
+    with pytest.raises(ValidationError, match="row 2 contains NaN or inf"):
+        sketch.sketch_logits(z, top_k=1)

@@ -1,32 +1,17 @@
 """Numba kernel behind :func:`tokcal.sketch.sketch_logits` for numpy logits.
 
-One parallel pass per row: heap top-k (ties broken by the lower id), exact logsumexp in float64,
-and a fine histogram (count, sum) of the tail offsets ``d = z_k - z`` through a lookup table.
+Per row, in parallel over rows: block maxima (vectorised) give a threshold for the top-k (ties
+broken by the lower id), then one pass computes the float32 exponentials for the exact
+log-normaliser (summed in float64) and a fine log-linear histogram (count, sum) of the tail
+offsets ``d = z_k - z``, from which the tail cumulants at the grid nodes follow. Each row chunk
+allocates its small buffers once, so nothing of size N x bins is materialised.
+
 Kept in its own module, imported on first use, so ``import tokcal`` does not load numba and the
 compiled code is cached on disk (``cache=True`` needs module-level functions).
 """
 
 import numba
 import numpy as np
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def sift_down(hv, hi, pos, size):
-    # min-heap on (value, -id): the root is the weakest of the current top-k
-    while True:
-        left = 2 * pos + 1
-        if left >= size:
-            return
-        child = left
-        right = left + 1
-        if right < size and (hv[right] < hv[left] or (hv[right] == hv[left] and hi[right] > hi[left])):
-            child = right
-        if hv[child] < hv[pos] or (hv[child] == hv[pos] and hi[child] > hi[pos]):
-            hv[pos], hv[child] = hv[child], hv[pos]
-            hi[pos], hi[child] = hi[child], hi[pos]
-            pos = child
-        else:
-            return
 
 _F = np.float32
 # Cephes expf: exp(x) = 2^n exp(r), n = floor(x log2(e) + 1/2), r = x - n ln 2 (ln 2 in two parts),
@@ -39,13 +24,16 @@ _LO, _HALF, _ONE, _ZERO = _F(-87.0), _F(0.5), _F(1.0), _F(0.0)
 
 
 @numba.njit(cache=True, nogil=True)
-def exp_block(x, a, stop, m, ebuf, bits):
-    """``ebuf[j] = exp(x[a + j] - m)`` for j < stop - a, with x - m <= 0 (float32, vectorisable:
-    no library call; 2^n is built in ``bits`` and read back as float32). Below -87 the value is
-    clamped to exp(-87) ~ 1.6e-38, negligible in any sum of probabilities."""
+def exp_block(x, m, ebuf, bits):
+    """``ebuf[j] = exp(x[j] - m)`` for j < len(x) <= len(ebuf), with x - m <= 0 (float32,
+    vectorisable: no library call; 2^n is built in ``bits`` and read back as float32). Below -87
+    the value is clamped to exp(-87) ~ 1.6e-38, negligible in any sum of probabilities.
+
+    (Hot loops here index views with the loop variable itself: numba's negative-index check on
+    ``x[a + j]`` would stop LLVM from vectorising.)"""
     pw = bits.view(np.float32)
-    for j in range(stop - a):
-        d = x[a + j] - m
+    for j in range(x.shape[0]):
+        d = x[j] - m
         if d < _LO:
             d = _LO
         n = np.floor(d * _LOG2E + _HALF)
@@ -59,27 +47,133 @@ def exp_block(x, a, stop, m, ebuf, bits):
         p = p * r * r + r + _ONE
         bits[j] = (np.int32(n) + 127) << 23
         ebuf[j] = p
-    for j in range(stop - a):
+    for j in range(x.shape[0]):
         ebuf[j] *= pw[j]
 
 
-@numba.njit(cache=True, nogil=True)
-def sum_exp(row, mx, zk):
-    """``(sum_j exp(row_j - mx), sum_{row_j < zk} exp(row_j - mx))`` for a row with max ``mx``.
+@numba.njit(cache=True, nogil=True, inline="always")
+def sift_values(h, pos, size):
+    # min-heap of plain values
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            return
+        if child + 1 < size and h[child + 1] < h[child]:
+            child += 1
+        if h[child] < h[pos]:
+            h[pos], h[child] = h[child], h[pos]
+            pos = child
+        else:
+            return
 
-    float32 exponentials (:func:`exp_block`, < 1 ulp) in blocks of 256, each block summed in four
-    interleaved float32 lanes and added in float64. The order of the additions is fixed (no fastmath
-    reassociation), so the same logits give the same bits whatever the row's memory alignment. The
-    second sum is the tail below the k-th logit, taken directly so it keeps its relative precision."""
-    ebuf = np.empty(256, np.float32)
-    bits = np.empty(256, np.int32)
+
+#: block length of the block-maximum pre-pass of the top-k selection
+_BLOCK = 32
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
+def block_maxima(row, bmax):
+    """``bmax[c] = max(row[c * _BLOCK:(c + 1) * _BLOCK])`` (vectorised; a NaN gives an arbitrary
+    value, harmless: such rows are flagged by the histogram's finite check)."""
+    v = row.shape[0]
+    nf = v // _BLOCK
+    blocks = row[:nf * _BLOCK].reshape((nf, _BLOCK))
+    for c in range(nf):
+        m = blocks[c, 0]
+        for j in range(1, _BLOCK):
+            m = blocks[c, j] if blocks[c, j] > m else m
+        bmax[c] = m
+    if nf * _BLOCK < v:
+        t = row[nf * _BLOCK:]
+        m = t[0]
+        for j in range(1, t.shape[0]):
+            m = t[j] if t[j] > m else m
+        bmax[nf] = m
+
+
+@numba.njit(cache=True, nogil=True)
+def top_k_row(row, k, hv, hi, bmax, thr_heap):
+    """Top-k of ``row`` into ``hv``/``hi``, descending, ties broken by the lower id; returns the
+    number of entries found (< k only when NaNs hide values).
+
+    The maxima of blocks of ``_BLOCK`` logits give a threshold tau, the k-th largest block
+    maximum: at least k logits are >= tau, so nothing below it is in the top-k. Only the blocks
+    whose maximum reaches tau (about k of them) are scanned, and their few logits >= tau are
+    insertion-sorted into the top-k (scanned in id order, so an equal value never passes an
+    earlier id). A streaming heap over the whole row would do about ``k ln(V / k)`` insertions."""
+    v = row.shape[0]
+    nb = (v + _BLOCK - 1) // _BLOCK
+    tau = -np.inf
+    if nb > k:
+        block_maxima(row, bmax)
+        for c in range(k):  # tau: the k-th largest block maximum (a min-heap of values)
+            thr_heap[c] = bmax[c]
+        for p in range(k // 2 - 1, -1, -1):
+            sift_values(thr_heap, p, k)
+        for c in range(k, nb):
+            if bmax[c] > thr_heap[0]:
+                thr_heap[0] = bmax[c]
+                sift_values(thr_heap, 0, k)
+        tau = thr_heap[0]
+    size = 0
+    for c in range(nb):
+        if nb > k and not (bmax[c] >= tau):
+            continue
+        a = c * _BLOCK
+        x = row[a:min(v, a + _BLOCK)]
+        for j in range(x.shape[0]):
+            xj = x[j]
+            if xj >= tau and (size < k or xj > hv[k - 1]):
+                if size < k:
+                    pos = size
+                    size += 1
+                else:
+                    pos = k - 1  # the weakest drops out
+                while pos > 0 and hv[pos - 1] < xj:
+                    hv[pos] = hv[pos - 1]
+                    hi[pos] = hi[pos - 1]
+                    pos -= 1
+                hv[pos] = xj
+                hi[pos] = a + j
+    return size
+
+
+_ONE_BITS = np.int32(0x3F800000)
+
+
+@numba.njit(cache=True, nogil=True)
+def sum_exp_hist(row, mx, zk, inv_a, shift, cnt, sm, ebuf, bits, ubuf, bins):
+    """One pass over the row: ``(sum_j exp(row_j - mx), sum_{row_j < zk} exp(row_j - mx),
+    #{row_j == zk})`` and the fine histogram (count, sum of logits) of the offsets d = zk - row_j.
+
+    Exponentials: float32 (:func:`exp_block`, < 1 ulp) in blocks of 256, each block summed in
+    four interleaved float32 lanes and added in float64, in a fixed order (no fastmath
+    reassociation): the same logits give the same bits whatever the row's memory alignment. The
+    second sum is the tail below the k-th logit, taken directly so it keeps its relative precision.
+
+    Fine bins are log-linear in u = 1 + d / a: bin = (bits(u) - bits(1)) >> shift, i.e.
+    2^(23 - shift) equal bins per octave of u (the float32 exponent and top mantissa bits), no
+    table and no logarithm; d <= 0 (the top-k and ties) lands in bin 0, far offsets in the last."""
+    nj = cnt.shape[0]
     total = 0.0
     below = 0.0
+    n_at = 0
     m = _F(mx)
+    zkf = _F(zk)
+    inva = _F(inv_a)
+    ub = ubuf.view(np.int32)
+    top = nj - 1
     v = row.shape[0]
     for a in range(0, v, 256):
-        stop = min(v, a + 256)
-        exp_block(row, a, stop, m, ebuf, bits)
+        x = row[a:min(v, a + 256)]
+        cnt_ = x.shape[0]
+        exp_block(x, m, ebuf, bits)
+        for j in range(cnt_):  # u = 1 + max(d, 0) / a >= 1: the top-k (d <= 0) fall in bin 0
+            d = zkf - x[j]
+            ubuf[j] = (d if d > _ZERO else _ZERO) * inva + _ONE
+        for j in range(cnt_):
+            b = (ub[j] - _ONE_BITS) >> shift
+            bins[j] = b if b < top else top
         p0 = _ZERO
         p1 = _ZERO
         p2 = _ZERO
@@ -88,138 +182,147 @@ def sum_exp(row, mx, zk):
         b1 = _ZERO
         b2 = _ZERO
         b3 = _ZERO
-        cnt = stop - a
         j = 0
-        while j + 3 < cnt:
+        while j + 3 < cnt_:
             p0 += ebuf[j]
             p1 += ebuf[j + 1]
             p2 += ebuf[j + 2]
             p3 += ebuf[j + 3]
-            b0 += ebuf[j] if row[a + j] < zk else _ZERO
-            b1 += ebuf[j + 1] if row[a + j + 1] < zk else _ZERO
-            b2 += ebuf[j + 2] if row[a + j + 2] < zk else _ZERO
-            b3 += ebuf[j + 3] if row[a + j + 3] < zk else _ZERO
+            b0 += ebuf[j] if x[j] < zkf else _ZERO
+            b1 += ebuf[j + 1] if x[j + 1] < zkf else _ZERO
+            b2 += ebuf[j + 2] if x[j + 2] < zkf else _ZERO
+            b3 += ebuf[j + 3] if x[j + 3] < zkf else _ZERO
             j += 4
-        while j < cnt:
+        while j < cnt_:
             p0 += ebuf[j]
-            b0 += ebuf[j] if row[a + j] < zk else _ZERO
+            b0 += ebuf[j] if x[j] < zkf else _ZERO
             j += 1
         total += np.float64(p0) + np.float64(p1) + np.float64(p2) + np.float64(p3)
         below += np.float64(b0) + np.float64(b1) + np.float64(b2) + np.float64(b3)
-    return total, below
+        for j in range(cnt_):
+            n_at += x[j] == zkf
+        for j in range(cnt_):
+            b = bins[j]
+            cnt[b] += 1.0
+            sm[b] += x[j]
+    return total, below, n_at
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def sketch_rows(z, labels, k, lut, inv_res, top_ids, top_vals, log_norm, tail1, label_logit, cnt, sm, bad):
-    """Per row: heap top-k, exact log-normaliser, fine histogram of the tail offsets, gold logit."""
-    n, v = z.shape
-    qmax = lut.shape[0] - 1
-    for i in numba.prange(n):
-        row = z[i]
-        hv = top_vals[i]
-        hi = top_ids[i]
-        finite = True
-        for j in range(k):
-            hv[j] = row[j]
-            hi[j] = j
-            if not np.isfinite(row[j]):
-                finite = False
-        for p in range(k // 2 - 1, -1, -1):
-            sift_down(hv, hi, p, k)
-        for j in range(k, v):
-            x = row[j]
-            if x > hv[0]:
-                if x == np.inf:
-                    finite = False
-                    break
-                hv[0] = x
-                hi[0] = j
-                sift_down(hv, hi, 0, k)
-            elif not (x > -np.inf):  # NaN or -inf
-                finite = False
-                break
-        if not finite:
-            bad[i] = 1
-            continue
-        # heap sort: repeatedly move the weakest to the end -> descending order
-        for end in range(k - 1, 0, -1):
-            hv[0], hv[end] = hv[end], hv[0]
-            hi[0], hi[end] = hi[end], hi[0]
-            sift_down(hv, hi, 0, end)
-        mx = np.float64(hv[0])
-        zk = hv[k - 1]
-        s, below = sum_exp(row, mx, zk)
-        n_at_zk = 0
-        for j in range(v):
-            x = row[j]
-            d = zk - x
-            q = 0
-            if d > 0:
-                q = min(int(d * inv_res), qmax)
-            elif d == 0:
-                n_at_zk += 1
-            b = lut[q]
-            cnt[i, b] += 1.0
-            sm[i, b] += x
-        for t in range(k):
-            x = hv[t]
-            cnt[i, 0] -= 1.0
-            sm[i, 0] -= x
-            if x == zk:
-                n_at_zk -= 1
-        log_norm[i] = mx + np.log(s)
-        # the tail: everything below z_k, plus the ids tied with z_k that did not make the top-k
-        rest = below + n_at_zk * np.exp(np.float64(zk) - mx)
-        tail1[i] = mx + np.log(rest) if rest > 0 else -np.inf
-        if labels[i] >= 0:
-            label_logit[i] = row[labels[i]]
-        else:
-            label_logit[i] = np.nan
+@numba.njit(cache=True, nogil=True)
+def node_workspace(nj):
+    """Scratch buffers of :func:`row_nodes` for ``nj`` fine bins (allocate once per row chunk)."""
+    return np.empty((4, nj)), np.empty((2, nj), np.float32), np.empty(nj, np.int32)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def tail_nodes(cnt, sm, tail1, betas, var, out):
-    """Tail cumulants at the grid nodes from the fine histogram (count, sum) of each row's tail.
+@numba.njit(cache=True, nogil=True)
+def row_nodes(cnt, sm, tail1, betas, var, out, ws):
+    """Tail cumulants of one row at the grid nodes from its fine histogram (count, sum).
 
     Each fine bin j is a Gaussian cluster (count c_j, mean m_j, variance var_j = w_j^2 / 12):
     ``f(beta) = log sum_j c_j exp(beta m_j + beta^2 var_j / 2)``, ``f'(beta)`` its tilted mean.
-    The beta = 1 node takes the exact ``tail1`` where the kernel could compute it (finite).
-    Rows without a tail get (-inf, 0).
-    """
-    n, nj = cnt.shape
+    The beta = 1 node takes the exact ``tail1`` where it is finite. No tail: (-inf, 0).
+    The exponentials are float32 (offsets from the largest exponent, <= 0), summed in float64.
+    ``ws``: :func:`node_workspace`."""
+    mean, cw, vv, abuf = ws[0][0], ws[0][1], ws[0][2], ws[0][3]
+    dbuf, ebuf, bits = ws[1][0], ws[1][1], ws[2]
+    nj = cnt.shape[0]
     nb = betas.shape[0]
-    for i in numba.prange(n):
-        mean = np.empty(nj)
-        logc = np.empty(nj)
-        vv = np.empty(nj)
-        m = 0
-        for j in range(nj):
-            if cnt[i, j] > 0.5:
-                mean[m] = sm[i, j] / cnt[i, j]
-                logc[m] = np.log(cnt[i, j])
-                vv[m] = var[j]
-                m += 1
-        for b in range(nb):
-            beta = betas[b]
-            if m == 0:
-                out[i, b, 0] = -np.inf
-                out[i, b, 1] = 0.0
+    m = 0
+    for j in range(nj):
+        if cnt[j] > 0.5:
+            mean[m] = sm[j] / cnt[j]
+            cw[m] = cnt[j]
+            vv[m] = var[j]
+            m += 1
+    for b in range(nb):
+        beta = betas[b]
+        if m == 0:
+            out[b, 0] = -np.inf
+            out[b, 1] = 0.0
+            continue
+        h = 0.5 * beta * beta
+        amax = -np.inf
+        for j in range(m):
+            e = beta * mean[j] + h * vv[j]
+            abuf[j] = e
+            amax = e if e > amax else amax
+        for j in range(m):
+            dbuf[j] = abuf[j] - amax
+        exp_block(dbuf[:m], _ZERO, ebuf, bits)
+        s = 0.0
+        s1 = 0.0
+        for j in range(m):
+            w = cw[j] * np.float64(ebuf[j])
+            s += w
+            s1 += w * (mean[j] + beta * vv[j])
+        out[b, 0] = amax + np.log(s)
+        out[b, 1] = s1 / s
+        if beta == 1.0 and tail1 > -np.inf:
+            out[b, 0] = tail1
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def sketch_rows(z, labels, k, inv_a, shift, betas, var, top_ids, top_vals, log_norm, label_logit, tail, bad,
+                n_chunks):
+    """Per row: top-k, exact log-normaliser, gold logit and the tail nodes, in two passes over the
+    row (block maxima, then exponentials + fine histogram) plus a scan of ~k blocks."""
+    n, v = z.shape
+    nj = var.shape[0]
+    n_chunks = min(n, n_chunks)
+    for c in numba.prange(n_chunks):
+        bmax = np.empty((v + _BLOCK - 1) // _BLOCK, np.float32)
+        thr_heap = np.empty(k, np.float32)
+        cnt = np.empty(nj)
+        sm = np.empty(nj)
+        ebuf = np.empty(256, np.float32)
+        bits = np.empty(256, np.int32)
+        ubuf = np.empty(256, np.float32)
+        bins = np.empty(256, np.uint32)
+        ws = node_workspace(nj)
+        for i in range((c * n) // n_chunks, ((c + 1) * n) // n_chunks):
+            row = z[i]
+            hv = top_vals[i]
+            hi = top_ids[i]
+            if top_k_row(row, k, hv, hi, bmax, thr_heap) < k or not np.isfinite(hv[0]):
+                bad[i] = 1
                 continue
-            amax = -np.inf
-            for j in range(m):
-                a = logc[j] + beta * mean[j] + 0.5 * beta * beta * vv[j]
-                if a > amax:
-                    amax = a
-            s = 0.0
-            s1 = 0.0
-            for j in range(m):
-                w = np.exp(logc[j] + beta * mean[j] + 0.5 * beta * beta * vv[j] - amax)
-                s += w
-                s1 += w * (mean[j] + beta * vv[j])
-            out[i, b, 0] = amax + np.log(s)
-            out[i, b, 1] = s1 / s
-            if beta == 1.0 and tail1[i] > -np.inf:
-                out[i, b, 0] = tail1[i]
+            mx = np.float64(hv[0])
+            zk = hv[k - 1]
+            cnt[:] = 0.0
+            sm[:] = 0.0
+            s, below, n_at_zk = sum_exp_hist(row, mx, zk, inv_a, shift, cnt, sm, ebuf, bits, ubuf, bins)
+            check = 0.0
+            for j in range(nj):
+                check += sm[j]
+            if not np.isfinite(check) or not np.isfinite(hv[k - 1]):  # NaN or -inf somewhere in the row
+                bad[i] = 1
+                continue
+            for t in range(k):  # the top-k are not tail: they sit in bin 0 (d <= 0)
+                x = hv[t]
+                cnt[0] -= 1.0
+                sm[0] -= x
+                if x == zk:
+                    n_at_zk -= 1
+            log_norm[i] = mx + np.log(s)
+            # the tail: everything below z_k, plus the ids tied with z_k that did not make the top-k
+            rest = below + n_at_zk * np.exp(np.float64(zk) - mx)
+            tail1 = mx + np.log(rest) if rest > 0 else -np.inf
+            row_nodes(cnt, sm, tail1, betas, var, tail[i], ws)
+            if labels[i] >= 0:
+                label_logit[i] = row[labels[i]]
+            else:
+                label_logit[i] = np.nan
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def tail_nodes(cnt, sm, tail1, betas, var, out, n_chunks):
+    """:func:`row_nodes` for every row of histograms computed elsewhere (the torch path)."""
+    n, nj = cnt.shape
+    n_chunks = min(n, n_chunks)
+    for c in numba.prange(n_chunks):
+        ws = node_workspace(nj)
+        for i in range((c * n) // n_chunks, ((c + 1) * n) // n_chunks):
+            row_nodes(cnt[i], sm[i], tail1[i], betas, var, out[i], ws)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -41,20 +41,15 @@ from .errors import ValidationError, first_bad_row
 DEFAULT_TOP_K = 32
 #: log2 of the inverse-temperature grid nodes (beta = 0 is added in front).
 _LOG2_BETA_NODES = np.linspace(-3.0, 3.0, 17)
-#: Fine histogram of tail offsets d = z_k - z: edges a * (exp(j r) - 1), J bins up to d = 80.
-_FINE_A, _FINE_J, _FINE_DMAX = 0.5, 128, 80.0
-_FINE_R = np.log1p(_FINE_DMAX / _FINE_A) / _FINE_J
-_FINE_EDGES = _FINE_A * np.expm1(_FINE_R * np.arange(_FINE_J + 1))
+#: Fine histogram of tail offsets d = z_k - z, log-linear in u = 1 + d / a: 2^(23 - shift) equal
+#: bins per octave of u, read off the float32 bits of u (no table, no logarithm); 8 octaves up
+#: to d = a * 255 ~ 82, farther offsets in the last bin (its mean stays exact).
+_FINE_A, _FINE_SHIFT, _FINE_J = 0.32, 19, 128
+_FINE_PER_OCTAVE = 1 << (23 - _FINE_SHIFT)
+_FINE_EDGES = _FINE_A * (
+    2.0 ** (np.arange(_FINE_J + 1) // _FINE_PER_OCTAVE) * (1 + (np.arange(_FINE_J + 1) % _FINE_PER_OCTAVE)
+                                                            / _FINE_PER_OCTAVE) - 1.0)
 _FINE_VAR = np.diff(_FINE_EDGES) ** 2 / 12.0
-_LUT_RES = 0.005  # offset quantum for the bin lookup table
-
-
-def _fine_lut() -> np.ndarray:
-    q = np.arange(int(_FINE_DMAX / _LUT_RES) + 1) * _LUT_RES
-    return np.clip(np.searchsorted(_FINE_EDGES, q, side="right") - 1, 0, _FINE_J - 1).astype(np.int32)
-
-
-_LUT = _fine_lut()
 
 
 @dataclass(frozen=True)
@@ -141,7 +136,14 @@ def _check_labels(labels: np.ndarray | None, n: int, vocab_size: int) -> np.ndar
 _KERNEL = None
 
 
-def _sketch_chunk_numpy(z: np.ndarray, labels: np.ndarray, k: int):
+def _n_chunks() -> int:
+    """Row chunks of a kernel call: a few per numba thread (each chunk allocates its buffers once)."""
+    import numba
+
+    return 8 * numba.get_num_threads()
+
+
+def _sketch_chunk_numpy(z: np.ndarray, labels: np.ndarray, k: int, betas: np.ndarray):
     global _KERNEL
     if _KERNEL is None:
         from ._sketch_kernel import sketch_rows
@@ -151,19 +153,26 @@ def _sketch_chunk_numpy(z: np.ndarray, labels: np.ndarray, k: int):
     top_ids = np.empty((n, k), np.int32)
     top_vals = np.empty((n, k), np.float32)
     log_norm = np.empty(n, np.float64)
-    tail1 = np.empty(n, np.float64)
     label_logit = np.empty(n, np.float32)
-    cnt = np.zeros((n, _FINE_J), np.float64)
-    sm = np.zeros((n, _FINE_J), np.float64)
+    tail = np.empty((n, len(betas), 2), np.float64)
     bad = np.zeros(n, np.uint8)
     _KERNEL(
-        np.ascontiguousarray(z), labels, k, _LUT, 1.0 / _LUT_RES,
-        top_ids, top_vals, log_norm, tail1, label_logit, cnt, sm, bad,
+        np.ascontiguousarray(z), labels, k, 1.0 / _FINE_A, _FINE_SHIFT, betas, _FINE_VAR,
+        top_ids, top_vals, log_norm, label_logit, tail, bad, _n_chunks(),
     )
-    return top_ids, top_vals, log_norm, tail1, label_logit, cnt, sm, bad
+    return top_ids, top_vals, log_norm, label_logit, tail, bad
 
 
-def _sketch_chunk_torch(z, labels: np.ndarray, k: int):
+def _fine_bins_torch(d):
+    """The fine bin of each offset ``d`` (float32 tensor), as in the numba kernel."""
+    import torch
+
+    u = (d.clamp(min=0.0) * (1.0 / _FINE_A) + 1.0).to(torch.float32)
+    b = (u.view(torch.int32) - 0x3F800000) >> _FINE_SHIFT
+    return b.clamp_(0, _FINE_J - 1).long()
+
+
+def _sketch_chunk_torch(z, labels: np.ndarray, k: int, betas: np.ndarray):
     import torch
 
     z = z.detach()
@@ -178,9 +187,7 @@ def _sketch_chunk_torch(z, labels: np.ndarray, k: int):
     log_norm = torch.logsumexp(z.double() if dev.type == "cpu" else z, dim=1)
     masked = z.scatter(1, ids, float("-inf"))
     tail1 = torch.logsumexp(masked, dim=1) if k < z.shape[1] else torch.full_like(log_norm, float("-inf"))
-    d = (vals[:, -1:] - z).clamp_(0, _FINE_DMAX) / _LUT_RES
-    lut = torch.as_tensor(_LUT, device=dev, dtype=torch.long)
-    b = lut[d.long().clamp_(max=len(_LUT) - 1)]
+    b = _fine_bins_torch((vals[:, -1:] - z).float())
     b.scatter_(1, ids, _FINE_J)  # top-k go to a discard bin
     ones = torch.ones_like(z)
     cnt = torch.zeros(z.shape[0], _FINE_J + 1, device=dev, dtype=z.dtype).scatter_add_(1, b, ones)
@@ -192,10 +199,8 @@ def _sketch_chunk_torch(z, labels: np.ndarray, k: int):
     def cpu(t, dtype):
         return t.cpu().numpy().astype(dtype, copy=False)
 
-    return (
-        cpu(ids, np.int32), cpu(vals, np.float32), cpu(log_norm, np.float64), cpu(tail1, np.float64),
-        cpu(lab_logit, np.float32), cpu(cnt[:, :-1], np.float64), cpu(sm[:, :-1], np.float64), bad,
-    )
+    tail = _tail_nodes(cpu(cnt[:, :-1], np.float64), cpu(sm[:, :-1], np.float64), cpu(tail1, np.float64), betas)
+    return cpu(ids, np.int32), cpu(vals, np.float32), cpu(log_norm, np.float64), cpu(lab_logit, np.float32), tail, bad
 
 
 def _tail_nodes(cnt: np.ndarray, sm: np.ndarray, tail1: np.ndarray, betas: np.ndarray) -> np.ndarray:
@@ -204,8 +209,8 @@ def _tail_nodes(cnt: np.ndarray, sm: np.ndarray, tail1: np.ndarray, betas: np.nd
 
     out = np.empty((cnt.shape[0], len(betas), 2), np.float64)
     tail_nodes(np.ascontiguousarray(cnt, np.float64), np.ascontiguousarray(sm, np.float64),
-               np.ascontiguousarray(tail1, np.float64), np.asarray(betas, np.float64), _FINE_VAR, out)
-    return out.astype(np.float32)
+               np.ascontiguousarray(tail1, np.float64), np.asarray(betas, np.float64), _FINE_VAR, out, _n_chunks())
+    return out
 
 
 def sketch_logits(
@@ -239,12 +244,12 @@ def sketch_logits(
         stop = min(n, start + chunk_rows)
         z = logits[start:stop]
         lab = labels[start:stop]
-        res = _sketch_chunk_torch(z, lab, top_k) if is_torch else _sketch_chunk_numpy(z, lab, top_k)
-        ids, vals, lnorm, tail1, lab_logit, cnt, sm, bad = res
+        chunk = _sketch_chunk_torch if is_torch else _sketch_chunk_numpy
+        ids, vals, lnorm, lab_logit, tail, bad = chunk(z, lab, top_k, betas)
         if bad.any():
             i = start + first_bad_row(bad.astype(bool))
             raise ValidationError(f"logits: row {i} contains NaN or inf")
-        parts.append((ids, vals, lab_logit, lnorm.astype(np.float32), _tail_nodes(cnt, sm, tail1, betas)))
+        parts.append((ids, vals, lab_logit, lnorm.astype(np.float32), tail.astype(np.float32)))
     cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
     return LogitSketch(*cols, layout=layout, vocab_size=vocab)
 

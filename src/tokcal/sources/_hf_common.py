@@ -19,7 +19,7 @@ from ..sketch import LogitSketch, sketch_logits
 from ..table import TokenTable
 from .dataset import DatasetWriter
 
-_CHUNK_ELEMS = 1 << 23  # logits sketched per chunk (32 MiB of float32)
+_CHUNK_ELEMS = 1 << 27  # logits per sketched chunk: 512 MiB of float32, so the head matmul runs at full speed
 _SKETCH_COLUMNS = ("top_ids", "top_logits", "label_logit", "log_normalizer", "tail")
 Progress = Callable[[int, int], None]  # (documents finished, tokens predicted) increments
 
