@@ -209,9 +209,11 @@ def sum_exp_hist(row, mx, zk, inv_a, shift, cnt, sm, ebuf, bits, ubuf, bins):
 
 
 @numba.njit(cache=True, nogil=True)
-def node_workspace(nj):
-    """Scratch buffers of :func:`row_nodes` for ``nj`` fine bins (allocate once per row chunk)."""
-    return np.empty((4, nj)), np.empty((2, nj), np.float32), np.empty(nj, np.int32)
+def node_workspace(nj, nb):
+    """Scratch buffers of :func:`row_nodes` for ``nj`` fine bins and ``nb`` nodes (allocate once
+    per row chunk)."""
+    return (np.empty((3, nj)), np.empty((nj, nb)), np.empty((nj, nb), np.float32),
+            np.empty((nj, nb), np.float32), np.empty((nj, nb), np.int32), np.empty((3, nb)))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -221,10 +223,11 @@ def row_nodes(cnt, sm, tail1, betas, var, out, ws):
     Each fine bin j is a Gaussian cluster (count c_j, mean m_j, variance var_j = w_j^2 / 12):
     ``f(beta) = log sum_j c_j exp(beta m_j + beta^2 var_j / 2)``, ``f'(beta)`` its tilted mean.
     The beta = 1 node takes the exact ``tail1`` where it is finite. No tail: (-inf, 0).
-    The exponentials are float32 (offsets from the largest exponent, <= 0), summed in float64.
-    ``ws``: :func:`node_workspace`."""
-    mean, cw, vv, abuf = ws[0][0], ws[0][1], ws[0][2], ws[0][3]
-    dbuf, ebuf, bits = ws[1][0], ws[1][1], ws[2]
+    All nodes at once, vectorised over beta: exponents a[j, b], their maximum per node, float32
+    exponentials of the offsets (<= 0), sums in float64. ``ws``: :func:`node_workspace`."""
+    per_bin, a, d, e, bits, acc = ws
+    mean, cw, vv = per_bin[0], per_bin[1], per_bin[2]
+    amax, s, t = acc[0], acc[1], acc[2]
     nj = cnt.shape[0]
     nb = betas.shape[0]
     m = 0
@@ -234,30 +237,42 @@ def row_nodes(cnt, sm, tail1, betas, var, out, ws):
             cw[m] = cnt[j]
             vv[m] = var[j]
             m += 1
-    for b in range(nb):
-        beta = betas[b]
-        if m == 0:
+    if m == 0:
+        for b in range(nb):
             out[b, 0] = -np.inf
             out[b, 1] = 0.0
-            continue
-        h = 0.5 * beta * beta
-        amax = -np.inf
-        for j in range(m):
-            e = beta * mean[j] + h * vv[j]
-            abuf[j] = e
-            amax = e if e > amax else amax
-        for j in range(m):
-            dbuf[j] = abuf[j] - amax
-        exp_block(dbuf[:m], _ZERO, ebuf, bits)
-        s = 0.0
-        s1 = 0.0
-        for j in range(m):
-            w = cw[j] * np.float64(ebuf[j])
-            s += w
-            s1 += w * (mean[j] + beta * vv[j])
-        out[b, 0] = amax + np.log(s)
-        out[b, 1] = s1 / s
-        if beta == 1.0 and tail1 > -np.inf:
+        return
+    for b in range(nb):
+        amax[b] = -np.inf
+        s[b] = 0.0
+        t[b] = 0.0
+    for j in range(m):
+        mj = mean[j]
+        vj = vv[j]
+        aj = a[j]
+        for b in range(nb):
+            x = betas[b] * mj + 0.5 * betas[b] * betas[b] * vj
+            aj[b] = x
+            amax[b] = x if x > amax[b] else amax[b]
+    for j in range(m):
+        aj = a[j]
+        dj = d[j]
+        for b in range(nb):
+            dj[b] = aj[b] - amax[b]
+    exp_block(d[:m].reshape(m * nb), _ZERO, e[:m].reshape(m * nb), bits[:m].reshape(m * nb))
+    for j in range(m):
+        ej = e[j]
+        cj = cw[j]
+        mj = mean[j]
+        vj = vv[j]
+        for b in range(nb):
+            w = cj * np.float64(ej[b])
+            s[b] += w
+            t[b] += w * (mj + betas[b] * vj)
+    for b in range(nb):
+        out[b, 0] = amax[b] + np.log(s[b])
+        out[b, 1] = t[b] / s[b]
+        if betas[b] == 1.0 and tail1 > -np.inf:
             out[b, 0] = tail1
 
 
@@ -278,7 +293,7 @@ def sketch_rows(z, labels, k, inv_a, shift, betas, var, top_ids, top_vals, log_n
         bits = np.empty(256, np.int32)
         ubuf = np.empty(256, np.float32)
         bins = np.empty(256, np.uint32)
-        ws = node_workspace(nj)
+        ws = node_workspace(nj, betas.shape[0])
         for i in range((c * n) // n_chunks, ((c + 1) * n) // n_chunks):
             row = z[i]
             hv = top_vals[i]
@@ -320,7 +335,7 @@ def tail_nodes(cnt, sm, tail1, betas, var, out, n_chunks):
     n, nj = cnt.shape
     n_chunks = min(n, n_chunks)
     for c in numba.prange(n_chunks):
-        ws = node_workspace(nj)
+        ws = node_workspace(nj, betas.shape[0])
         for i in range((c * n) // n_chunks, ((c + 1) * n) // n_chunks):
             row_nodes(cnt[i], sm[i], tail1[i], betas, var, out[i], ws)
 
