@@ -31,14 +31,23 @@ def gaussian_logits(rng: np.random.Generator, n: int, vocab: int) -> np.ndarray:
     return z
 
 
+def far_tail_logits(rng: np.random.Generator, n: int, vocab: int) -> np.ndarray:
+    """Zipf-like logits with a fifth of the vocabulary pushed 100-10^4 below (suppressed ids,
+    padded vocabulary rows): offsets past the fine histogram's last edge."""
+    z = zipf_logits(rng, n, vocab)
+    far = rng.random((n, vocab)) < 0.2
+    z[far] -= rng.uniform(100.0, 1e4, far.sum()).astype(np.float32)
+    return z
+
+
 @pytest.fixture(scope="module")
 def cases() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
     return {"zipf50k": zipf_logits(rng, 60, 50_000), "gauss50k": gaussian_logits(rng, 60, 50_000),
-            "zipf2k": zipf_logits(rng, 200, 2_000)}
+            "zipf2k": zipf_logits(rng, 200, 2_000), "far8k": far_tail_logits(rng, 40, 8_000)}
 
 
-@pytest.mark.parametrize("name", ["zipf50k", "gauss50k", "zipf2k"])
+@pytest.mark.parametrize("name", ["zipf50k", "gauss50k", "zipf2k", "far8k"])
 def test_exact_at_temperature_one(cases, name):
     z = cases[name]
     labels = np.random.default_rng(1).integers(0, z.shape[1], len(z))
@@ -56,7 +65,7 @@ def test_exact_at_temperature_one(cases, name):
     np.testing.assert_allclose(sketch.sum_sq_probs(sk), (p * p).sum(1), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["zipf50k", "gauss50k", "zipf2k"])
+@pytest.mark.parametrize("name", ["zipf50k", "gauss50k", "zipf2k", "far8k"])
 def test_log_partition_within_bound_at_other_temperatures(cases, name):
     z = cases[name].astype(np.float64)
     sk = sketch.sketch_logits(cases[name], top_k=32)
@@ -198,3 +207,14 @@ def test_non_finite_logit_anywhere_is_named(where, value):
         sketch.sketch_logits(z, top_k=32)
     with pytest.raises(ValidationError, match="row 2 contains NaN or inf"):
         sketch.sketch_logits(z, top_k=1)
+
+
+@pytest.mark.parametrize("name", ["zipf2k", "far8k"])
+def test_beta_zero_node_is_the_tail_count_and_mean(cases, name):
+    """f(0) = log(#tail), f'(0) = the tail's mean logit, far offsets (overflow bin) included."""
+    z = cases[name]
+    sk = sketch.sketch_logits(z, top_k=32)
+    rest = z.astype(np.float64).copy()
+    np.put_along_axis(rest, sk.top_ids.astype(np.int64), np.nan, 1)
+    np.testing.assert_allclose(sk.tail[:, 0, 0], np.log(z.shape[1] - 32), rtol=1e-6)
+    np.testing.assert_allclose(sk.tail[:, 0, 1], np.nanmean(rest, axis=1), rtol=1e-4, atol=1e-4)

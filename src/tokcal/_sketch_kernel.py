@@ -139,12 +139,17 @@ def top_k_row(row, k, hv, hi, bmax, thr_heap):
 
 
 _ONE_BITS = np.int32(0x3F800000)
+#: the histogram's int64 accumulators: count in the bits from ``_COUNT_SHIFT`` up (vocabularies
+#: below 2^23), the sum of each logit's 12-bit position inside its bin below (< 2^35)
+_COUNT_SHIFT = 40
+_FRAC_BITS = 12
+_FRAC_MASK = (1 << _FRAC_BITS) - 1
 
 
 @numba.njit(cache=True, nogil=True)
-def sum_exp_hist(row, mx, zk, inv_a, shift, cnt, sm, ebuf, bits, ubuf, bins):
+def sum_exp_hist(row, mx, zk, inv_a, shift, acc, ebuf, bits, ubuf, bins, packed):
     """One pass over the row: ``(sum_j exp(row_j - mx), sum_{row_j < zk} exp(row_j - mx),
-    #{row_j == zk})`` and the fine histogram (count, sum of logits) of the offsets d = zk - row_j.
+    #{row_j == zk})`` and the fine histogram of the offsets d = zk - row_j into ``acc``.
 
     Exponentials: float32 (:func:`exp_block`, < 1 ulp) in blocks of 256, each block summed in
     four interleaved float32 lanes and added in float64, in a fixed order (no fastmath
@@ -153,8 +158,11 @@ def sum_exp_hist(row, mx, zk, inv_a, shift, cnt, sm, ebuf, bits, ubuf, bins):
 
     Fine bins are log-linear in u = 1 + d / a: bin = (bits(u) - bits(1)) >> shift, i.e.
     2^(23 - shift) equal bins per octave of u (the float32 exponent and top mantissa bits), no
-    table and no logarithm; d <= 0 (the top-k and ties) lands in bin 0, far offsets in the last."""
-    nj = cnt.shape[0]
+    table and no logarithm; d <= 0 (the top-k and ties) lands in bin 0, offsets past the last
+    bin (and -inf) in the overflow bin ``len(acc) - 1``. The next 12 mantissa bits are the
+    logit's position inside its bin (u is linear in d): each logit adds ``2^40 + position`` to
+    its bin's int64 accumulator, one exact integer add instead of a float count and sum."""
+    nj = acc.shape[0] - 1
     total = 0.0
     below = 0.0
     n_at = 0
@@ -162,7 +170,8 @@ def sum_exp_hist(row, mx, zk, inv_a, shift, cnt, sm, ebuf, bits, ubuf, bins):
     zkf = _F(zk)
     inva = _F(inv_a)
     ub = ubuf.view(np.int32)
-    top = nj - 1
+    low = shift - _FRAC_BITS
+    one = np.int64(1) << _COUNT_SHIFT
     v = row.shape[0]
     for a in range(0, v, 256):
         x = row[a:min(v, a + 256)]
@@ -173,7 +182,8 @@ def sum_exp_hist(row, mx, zk, inv_a, shift, cnt, sm, ebuf, bits, ubuf, bins):
             ubuf[j] = (d if d > _ZERO else _ZERO) * inva + _ONE
         for j in range(cnt_):
             b = (ub[j] - _ONE_BITS) >> shift
-            bins[j] = b if b < top else top
+            bins[j] = b if b < nj else nj
+            packed[j] = one + ((ub[j] >> low) & _FRAC_MASK)
         p0 = _ZERO
         p1 = _ZERO
         p2 = _ZERO
@@ -202,10 +212,40 @@ def sum_exp_hist(row, mx, zk, inv_a, shift, cnt, sm, ebuf, bits, ubuf, bins):
         for j in range(cnt_):
             n_at += x[j] == zkf
         for j in range(cnt_):
-            b = bins[j]
-            cnt[b] += 1.0
-            sm[b] += x[j]
+            acc[bins[j]] += packed[j]
     return total, below, n_at
+
+
+@numba.njit(cache=True, nogil=True)
+def hist_moments(acc, k, row, zk, inv_a, edges, cnt, sm):
+    """Count and sum of logits per fine bin (``cnt``, ``sm``) from the packed accumulators, the
+    top-k taken out of bin 0. Inside a bin the mean offset is the bin's lower edge plus the mean
+    position (the truncated 12 bits count half a step). The rare overflow bin gets its exact sum
+    from a second look at the row; returns False if that finds a -inf logit."""
+    nj = acc.shape[0] - 1
+    for b in range(nj + 1):
+        c = acc[b] >> _COUNT_SHIFT
+        if b == 0:
+            c -= k
+        cnt[b] = c
+        if c > 0 and b < nj:
+            frac = ((acc[b] & ((np.int64(1) << _COUNT_SHIFT) - 1)) / c + 0.5) / (1 << _FRAC_BITS)
+            sm[b] = c * (np.float64(zk) - (edges[b] + frac * (edges[b + 1] - edges[b])))
+        else:
+            sm[b] = 0.0
+    if cnt[nj] > 0:
+        far = np.float32(1.0 + edges[nj] * inv_a)
+        zkf = np.float32(zk)
+        inva = np.float32(inv_a)
+        s = 0.0
+        for j in range(row.shape[0]):
+            x = row[j]
+            if (zkf - x) * inva + _ONE >= far:
+                if x == -np.inf:
+                    return False
+                s += x
+        sm[nj] = s
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -277,46 +317,44 @@ def row_nodes(cnt, sm, tail1, betas, var, out, ws):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def sketch_rows(z, labels, k, inv_a, shift, betas, var, top_ids, top_vals, log_norm, label_logit, tail, bad,
-                n_chunks):
+def sketch_rows(z, labels, k, inv_a, shift, edges, betas, var, top_ids, top_vals, log_norm, label_logit, tail,
+                bad, n_chunks):
     """Per row: top-k, exact log-normaliser, gold logit and the tail nodes, in two passes over the
-    row (block maxima, then exponentials + fine histogram) plus a scan of ~k blocks."""
+    row (block maxima, then exponentials + fine histogram) plus a scan of ~k blocks. ``edges``:
+    the fine bins' offset edges, ``var``: their variances plus 0 for the overflow bin."""
     n, v = z.shape
-    nj = var.shape[0]
+    nj = var.shape[0]  # fine bins + the overflow bin
     n_chunks = min(n, n_chunks)
     for c in numba.prange(n_chunks):
         bmax = np.empty((v + _BLOCK - 1) // _BLOCK, np.float32)
         thr_heap = np.empty(k, np.float32)
+        acc = np.empty(nj, np.int64)
         cnt = np.empty(nj)
         sm = np.empty(nj)
         ebuf = np.empty(256, np.float32)
         bits = np.empty(256, np.int32)
         ubuf = np.empty(256, np.float32)
         bins = np.empty(256, np.uint32)
+        packed = np.empty(256, np.int64)
         ws = node_workspace(nj, betas.shape[0])
         for i in range((c * n) // n_chunks, ((c + 1) * n) // n_chunks):
             row = z[i]
             hv = top_vals[i]
             hi = top_ids[i]
             if top_k_row(row, k, hv, hi, bmax, thr_heap) < k or not np.isfinite(hv[0]):
-                bad[i] = 1
+                bad[i] = 1  # a NaN hid values from the top-k, or +inf
                 continue
             mx = np.float64(hv[0])
             zk = hv[k - 1]
-            cnt[:] = 0.0
-            sm[:] = 0.0
-            s, below, n_at_zk = sum_exp_hist(row, mx, zk, inv_a, shift, cnt, sm, ebuf, bits, ubuf, bins)
-            check = 0.0
-            for j in range(nj):
-                check += sm[j]
-            if not np.isfinite(check) or not np.isfinite(hv[k - 1]):  # NaN or -inf somewhere in the row
+            acc[:] = 0
+            s, below, n_at_zk = sum_exp_hist(row, mx, zk, inv_a, shift, acc, ebuf, bits, ubuf, bins, packed)
+            # a NaN makes the sum NaN; -inf sits in the overflow bin
+            finite = np.isfinite(s) and np.isfinite(zk)
+            if not finite or not hist_moments(acc, k, row, zk, inv_a, edges, cnt, sm):
                 bad[i] = 1
                 continue
-            for t in range(k):  # the top-k are not tail: they sit in bin 0 (d <= 0)
-                x = hv[t]
-                cnt[0] -= 1.0
-                sm[0] -= x
-                if x == zk:
+            for t in range(k):
+                if hv[t] == zk:
                     n_at_zk -= 1
             log_norm[i] = mx + np.log(s)
             # the tail: everything below z_k, plus the ids tied with z_k that did not make the top-k

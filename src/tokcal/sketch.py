@@ -49,7 +49,9 @@ _FINE_PER_OCTAVE = 1 << (23 - _FINE_SHIFT)
 _FINE_EDGES = _FINE_A * (
     2.0 ** (np.arange(_FINE_J + 1) // _FINE_PER_OCTAVE) * (1 + (np.arange(_FINE_J + 1) % _FINE_PER_OCTAVE)
                                                             / _FINE_PER_OCTAVE) - 1.0)
-_FINE_VAR = np.diff(_FINE_EDGES) ** 2 / 12.0
+#: per-bin variance of the Gaussian clusters (uniform density in a bin), 0 for the overflow bin of
+#: offsets beyond the last edge (kept exactly, as count and sum)
+_FINE_VAR = np.append(np.diff(_FINE_EDGES) ** 2 / 12.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def _sketch_chunk_numpy(z: np.ndarray, labels: np.ndarray, k: int, betas: np.nda
     tail = np.empty((n, len(betas), 2), np.float64)
     bad = np.zeros(n, np.uint8)
     _KERNEL(
-        np.ascontiguousarray(z), labels, k, 1.0 / _FINE_A, _FINE_SHIFT, betas, _FINE_VAR,
+        np.ascontiguousarray(z), labels, k, 1.0 / _FINE_A, _FINE_SHIFT, _FINE_EDGES, betas, _FINE_VAR,
         top_ids, top_vals, log_norm, label_logit, tail, bad, _n_chunks(),
     )
     return top_ids, top_vals, log_norm, label_logit, tail, bad
@@ -169,7 +171,7 @@ def _fine_bins_torch(d):
 
     u = (d.clamp(min=0.0) * (1.0 / _FINE_A) + 1.0).to(torch.float32)
     b = (u.view(torch.int32) - 0x3F800000) >> _FINE_SHIFT
-    return b.clamp_(0, _FINE_J - 1).long()
+    return b.clamp_(0, _FINE_J).long()  # bin _FINE_J: beyond the last edge
 
 
 def _sketch_chunk_torch(z, labels: np.ndarray, k: int, betas: np.ndarray):
@@ -188,10 +190,10 @@ def _sketch_chunk_torch(z, labels: np.ndarray, k: int, betas: np.ndarray):
     masked = z.scatter(1, ids, float("-inf"))
     tail1 = torch.logsumexp(masked, dim=1) if k < z.shape[1] else torch.full_like(log_norm, float("-inf"))
     b = _fine_bins_torch((vals[:, -1:] - z).float())
-    b.scatter_(1, ids, _FINE_J)  # top-k go to a discard bin
+    b.scatter_(1, ids, _FINE_J + 1)  # top-k go to a discard bin
     ones = torch.ones_like(z)
-    cnt = torch.zeros(z.shape[0], _FINE_J + 1, device=dev, dtype=z.dtype).scatter_add_(1, b, ones)
-    sm = torch.zeros(z.shape[0], _FINE_J + 1, device=dev, dtype=z.dtype).scatter_add_(1, b, z)
+    cnt = torch.zeros(z.shape[0], _FINE_J + 2, device=dev, dtype=z.dtype).scatter_add_(1, b, ones)
+    sm = torch.zeros(z.shape[0], _FINE_J + 2, device=dev, dtype=z.dtype).scatter_add_(1, b, z)
     lab = torch.as_tensor(labels, device=dev, dtype=torch.long)
     lab_logit = z.gather(1, lab.clamp(min=0)[:, None])[:, 0]
     lab_logit = torch.where(lab >= 0, lab_logit, torch.full_like(lab_logit, float("nan")))
