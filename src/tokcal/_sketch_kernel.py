@@ -51,22 +51,6 @@ def exp_block(x, m, ebuf, bits):
         ebuf[j] *= pw[j]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def sift_values(h, pos, size):
-    # min-heap of plain values
-    while True:
-        child = 2 * pos + 1
-        if child >= size:
-            return
-        if child + 1 < size and h[child + 1] < h[child]:
-            child += 1
-        if h[child] < h[pos]:
-            h[pos], h[child] = h[child], h[pos]
-            pos = child
-        else:
-            return
-
-
 #: block length of the block-maximum pre-pass of the top-k selection
 _BLOCK = 32
 
@@ -91,14 +75,55 @@ def block_maxima(row, bmax):
         bmax[nf] = m
 
 
+_BUCKETS = 64
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
+def min_max(x):
+    lo = x[0]
+    hi = x[0]
+    for j in range(1, x.shape[0]):
+        lo = x[j] if x[j] < lo else lo
+        hi = x[j] if x[j] > hi else hi
+    return lo, hi
+
+
 @numba.njit(cache=True, nogil=True)
-def top_k_row(row, k, hv, hi, bmax, thr_heap):
+def kth_largest_bound(x, k, counts):
+    """A value tau with at least k entries of ``x`` >= tau, at most a bucket below the k-th
+    largest: entries counted in ``_BUCKETS`` equal-width buckets over [min, max], the buckets
+    walked down from the top until they hold k, tau = the smallest entry in those buckets.
+    Branch-light, O(len(x)) (a heap costs mispredicted branches on every replacement)."""
+    lo, hi = min_max(x)
+    if not hi > lo:  # all equal (or NaN: such rows are flagged later)
+        return lo
+    scale = (_BUCKETS - 1e-9) / (np.float64(hi) - np.float64(lo))
+    counts[:] = 0
+    for j in range(x.shape[0]):
+        q = int((np.float64(x[j]) - lo) * scale)
+        counts[min(max(q, 0), _BUCKETS - 1)] += 1
+    total = 0
+    q = _BUCKETS - 1
+    while q > 0:
+        total += counts[q]
+        if total >= k:
+            break
+        q -= 1
+    tau = hi
+    for j in range(x.shape[0]):
+        if int((np.float64(x[j]) - lo) * scale) >= q and x[j] < tau:
+            tau = x[j]
+    return tau
+
+
+@numba.njit(cache=True, nogil=True)
+def top_k_row(row, k, hv, hi, bmax, counts):
     """Top-k of ``row`` into ``hv``/``hi``, descending, ties broken by the lower id; returns the
     number of entries found (< k only when NaNs hide values).
 
-    The maxima of blocks of ``_BLOCK`` logits give a threshold tau, the k-th largest block
-    maximum: at least k logits are >= tau, so nothing below it is in the top-k. Only the blocks
-    whose maximum reaches tau (about k of them) are scanned, and their few logits >= tau are
+    The maxima of blocks of ``_BLOCK`` logits give a threshold tau <= their k-th largest
+    (:func:`kth_largest_bound`): at least k logits are >= tau, so nothing below it is in the
+    top-k. Only the blocks whose maximum reaches tau (about k of them) are scanned, and their few logits >= tau are
     insertion-sorted into the top-k (scanned in id order, so an equal value never passes an
     earlier id). A streaming heap over the whole row would do about ``k ln(V / k)`` insertions."""
     v = row.shape[0]
@@ -106,15 +131,7 @@ def top_k_row(row, k, hv, hi, bmax, thr_heap):
     tau = -np.inf
     if nb > k:
         block_maxima(row, bmax)
-        for c in range(k):  # tau: the k-th largest block maximum (a min-heap of values)
-            thr_heap[c] = bmax[c]
-        for p in range(k // 2 - 1, -1, -1):
-            sift_values(thr_heap, p, k)
-        for c in range(k, nb):
-            if bmax[c] > thr_heap[0]:
-                thr_heap[0] = bmax[c]
-                sift_values(thr_heap, 0, k)
-        tau = thr_heap[0]
+        tau = kth_largest_bound(bmax[:nb], k, counts)
     size = 0
     for c in range(nb):
         if nb > k and not (bmax[c] >= tau):
@@ -327,7 +344,7 @@ def sketch_rows(z, labels, k, inv_a, shift, edges, betas, var, top_ids, top_vals
     n_chunks = min(n, n_chunks)
     for c in numba.prange(n_chunks):
         bmax = np.empty((v + _BLOCK - 1) // _BLOCK, np.float32)
-        thr_heap = np.empty(k, np.float32)
+        counts = np.empty(_BUCKETS, np.int64)
         acc = np.empty(nj, np.int64)
         cnt = np.empty(nj)
         sm = np.empty(nj)
@@ -341,7 +358,7 @@ def sketch_rows(z, labels, k, inv_a, shift, edges, betas, var, top_ids, top_vals
             row = z[i]
             hv = top_vals[i]
             hi = top_ids[i]
-            if top_k_row(row, k, hv, hi, bmax, thr_heap) < k or not np.isfinite(hv[0]):
+            if top_k_row(row, k, hv, hi, bmax, counts) < k or not np.isfinite(hv[0]):
                 bad[i] = 1  # a NaN hid values from the top-k, or +inf
                 continue
             mx = np.float64(hv[0])
