@@ -101,6 +101,7 @@ def measure(name: str, n_docs: int, bs: int, repeats: int) -> None:
     print(f"collect_causal   : {c:.3f} s  ({n / c:,.0f} tok/s)")
     print(f"overhead         : {100 * (c - f) / f:+.1f} %  (target <= 15 %; median of the {repeats} paired runs "
           f"{100 * paired:+.1f} %)")
+    print(f"runs (s)         : bare {' '.join(f'{x:.2f}' for x in fwd)} | collect {' '.join(f'{x:.2f}' for x in col)}")
     print(f"sketch alone     : {sk:.3f} s  ({1e9 * sk / (n * vocab):.2f} ns/logit, "
           f"{100 * sk / f:.1f} % of the bare forward)")
     print(f"bytes per token  : {columns / n:.0f} B at top_k=32 in the columns (target <= 512); whole file "
@@ -117,7 +118,7 @@ def main() -> None:
         return
     measure("small", 96, 8, args.repeats)
     measure("medium", 32, 8, args.repeats)
-    measure("gpt2-small", 8, 8, args.repeats)
+    measure("gpt2-small", 16, 8, args.repeats)
 
 
 if __name__ == "__main__":
