@@ -31,6 +31,7 @@ Every public function takes its input kind explicitly: ``logits`` (unnormalised)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,18 +140,18 @@ _KERNEL = None
 
 
 def _n_chunks() -> int:
-    """Row chunks of a kernel call: a few per numba thread (each chunk allocates its buffers once)."""
-    import numba
-
-    return 8 * numba.get_num_threads()
+    """Row chunks of a kernel call: a few per core (each chunk allocates its buffers once). Not
+    numba's thread count: asking numba starts its thread pool, see :mod:`tokcal._threads`."""
+    return 8 * (os.cpu_count() or 1)
 
 
 def _sketch_chunk_numpy(z: np.ndarray, labels: np.ndarray, k: int, betas: np.ndarray):
     global _KERNEL
     if _KERNEL is None:
         from ._sketch_kernel import sketch_rows
+        from ._threads import torch_aligned
 
-        _KERNEL = sketch_rows
+        _KERNEL = torch_aligned(sketch_rows)
     n = z.shape[0]
     top_ids = np.empty((n, k), np.int32)
     top_vals = np.empty((n, k), np.float32)
@@ -208,9 +209,10 @@ def _sketch_chunk_torch(z, labels: np.ndarray, k: int, betas: np.ndarray):
 def _tail_nodes(cnt: np.ndarray, sm: np.ndarray, tail1: np.ndarray, betas: np.ndarray) -> np.ndarray:
     """Node values f(beta_b), f'(beta_b) [n, B, 2] from a fine histogram (count, sum) of the tail."""
     from ._sketch_kernel import tail_nodes
+    from ._threads import torch_aligned
 
     out = np.empty((cnt.shape[0], len(betas), 2), np.float64)
-    tail_nodes(np.ascontiguousarray(cnt, np.float64), np.ascontiguousarray(sm, np.float64),
+    torch_aligned(tail_nodes)(np.ascontiguousarray(cnt, np.float64), np.ascontiguousarray(sm, np.float64),
                np.ascontiguousarray(tail1, np.float64), np.asarray(betas, np.float64), _FINE_VAR, out, _n_chunks())
     return out
 
@@ -408,8 +410,10 @@ def temperature_stats(sk: LogitSketch, temperature: Any = 1.0, *, top_probs: boo
     log-partition in beta: the NLL of the gold token is ``log Z(beta) - beta z_y``, so a Newton
     step on beta needs exactly these (DESIGN §4).
     """
-    from ._sketch_kernel import temperature_stats as kernel
+    from ._sketch_kernel import temperature_stats as stats_kernel
+    from ._threads import torch_aligned
 
+    kernel = torch_aligned(stats_kernel)
     n = len(sk)
     beta = _beta(temperature, n)
     out = [np.empty(n) for _ in range(4)]

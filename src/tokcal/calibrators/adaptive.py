@@ -46,13 +46,16 @@ def logit_features(logits: Any) -> np.ndarray:
     if is_tensor(logits):
         import torch
 
-        z = logits.detach().to(torch.float64 if logits.device.type == "cpu" else torch.float32)
-        logp = torch.log_softmax(z, dim=-1)
-        ent = -(logp.exp() * logp).sum(dim=-1)
-        top2 = z.topk(min(2, z.shape[-1]), dim=-1).values
-        top1_lp = logp.max(dim=-1).values
-        margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else torch.zeros_like(ent)
-        return torch.stack([ent, top1_lp, margin], dim=1).double().cpu().numpy()
+        # one float32 exp pass on the device (this runs at every decoding step), sums in float64:
+        # with c = z - max z, log Z - max z = log sum e^c, entropy = that - sum(e^c c) / sum(e^c)
+        top2 = logits.detach().float().topk(min(2, logits.shape[-1]), dim=-1).values
+        c = logits.detach().float() - top2[:, :1]
+        e = c.exp()
+        s = e.sum(dim=-1, dtype=torch.float64)
+        log_s = s.log()
+        ent = log_s - (e * c).sum(dim=-1, dtype=torch.float64) / s
+        margin = (top2[:, 0] - top2[:, 1]).double() if top2.shape[1] > 1 else torch.zeros_like(ent)
+        return torch.stack([ent, -log_s, margin], dim=1).cpu().numpy()
     z = np.asarray(logits, dtype=np.float64)
     mx = z.max(axis=1, keepdims=True)
     logp = z - mx - np.log(np.exp(z - mx).sum(axis=1, keepdims=True))

@@ -14,7 +14,9 @@ BAD_CONFIDENCE, BAD_CORRECT, BAD_PROB = 1, 2, 3
 def kernels() -> dict[str, Any]:
     """The compiled kernels (module :mod:`tokcal.metrics._compiled`, imported on first use so that
     ``import tokcal.metrics`` does not load numba; numba caches the machine code on disk)."""
+    from .._threads import torch_aligned
     from . import _compiled
 
-    return {name: getattr(_compiled, name)
-            for name in ("binned_stats", "binned_stats_parallel", "bin_index", "grid_hist", "classwise")}
+    out = {name: getattr(_compiled, name) for name in ("binned_stats", "bin_index", "grid_hist", "classwise")}
+    out["binned_stats_parallel"] = torch_aligned(_compiled.binned_stats_parallel)
+    return out
