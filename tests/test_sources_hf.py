@@ -110,6 +110,22 @@ def test_batch_size_and_padding_side_do_not_change_the_table(gpt2, side):
         np.testing.assert_allclose(getattr(one, col), getattr(eight, col), rtol=1e-5, atol=1e-5, err_msg=col)
 
 
+def test_chunked_head_and_sketch_give_the_same_table(gpt2, monkeypatch):
+    """Chunks of 3 rows (the head applied and sketched chunk by chunk) == one chunk per batch."""
+    from tokcal.sources import _hf_common
+
+    tk = bpe_tokenizer()
+    texts = [PARAGRAPHS[i % 5][: 40 + 29 * i] for i in range(6)]
+    whole = collect_causal(gpt2, tk, texts, top_k=8, max_length=24, stride=10, batch_size=4)
+    vocab = gpt2.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(_hf_common, "_CHUNK_ELEMS_CPU", 3 * vocab)
+    chunked = collect_causal(gpt2, tk, texts, top_k=8, max_length=24, stride=10, batch_size=4)
+    for col in ("sequence_id", "position", "label", "top_ids"):
+        np.testing.assert_array_equal(getattr(whole, col), getattr(chunked, col), err_msg=col)
+    for col in ("top_logits", "label_logit", "log_normalizer", "tail"):  # matmul blocking: float32 rounding
+        np.testing.assert_allclose(getattr(whole, col), getattr(chunked, col), rtol=1e-5, atol=1e-5, err_msg=col)
+
+
 def test_bos_policy_eos_is_a_target_other_specials_are_not(tok, gpt2):
     text = "In the beginning<|endoftext|> God<pad> created"
     ids = tok(text, add_special_tokens=False)["input_ids"]

@@ -5,7 +5,8 @@ Imports torch and transformers at module top: load it only when a model is at ha
 
 Every predicted token becomes a TokenTable row. Logits are never kept for a whole batch: the
 causal path runs the model body, picks the hidden states of the target positions and applies the
-output head in chunks of ~``_CHUNK_ELEMS`` logits, each chunk sketched on its device
+output head in chunks of ~``_CHUNK_ELEMS_CPU`` (CPU) or ``_CHUNK_ELEMS_DEVICE`` logits, each chunk
+sketched on its device
 (:func:`tokcal.sketch.sketch_logits`, exact at T = 1; on CPU the chunk goes zero-copy to the numba
 kernel). Seq2seq and token classification sketch
 the selected decoder/tagger rows of one batch in the same chunks.
@@ -220,7 +221,7 @@ def collect_causal(
                     continue
                 fn = runner.rows(ids.to(dev), mask.to(dev), torch.from_numpy(np.concatenate(bi)).to(dev),
                                  torch.from_numpy(np.concatenate(ti)).to(dev))
-                sk = _concat_sketches(_sketch_rows(fn, labels, len(labels), vocab_size, k))
+                sk = _concat_sketches(_sketch_rows(fn, labels, len(labels), vocab_size, k, dev))
                 rows.add(sk, np.concatenate(seq), np.concatenate(pos), labels)
         return rows
 
@@ -315,7 +316,7 @@ def collect_seq2seq(
                 sel = logits[torch.from_numpy(b).to(dev), torch.from_numpy(t).to(dev)]
                 del logits
                 y = lab_np[b, t]
-                sk = _concat_sketches(_sketch_rows(lambda p, q, s=sel: s[p:q].float(), y, len(y), vocab_size, k))
+                sk = _concat_sketches(_sketch_rows(lambda p, q, s=sel: s[p:q].float(), y, len(y), vocab_size, k, dev))
                 rows.add(sk, np.array([block[idx[r]].seq for r in b], np.int64), t, y)
         return rows
 
@@ -432,7 +433,7 @@ def collect_token_classification(
                 logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
                 sel = logits[torch.tensor(bi, device=dev), torch.tensor(ti, device=dev)]
                 y = np.asarray(lab, np.int64)
-                sk = _concat_sketches(_sketch_rows(lambda p, q, s=sel: s[p:q].float(), y, len(y), n_labels, k))
+                sk = _concat_sketches(_sketch_rows(lambda p, q, s=sel: s[p:q].float(), y, len(y), n_labels, k, dev))
                 rows.add(sk, np.asarray(seq, np.int64), np.asarray(pos, np.int64), y)
         return rows
 
