@@ -218,3 +218,14 @@ def test_beta_zero_node_is_the_tail_count_and_mean(cases, name):
     np.put_along_axis(rest, sk.top_ids.astype(np.int64), np.nan, 1)
     np.testing.assert_allclose(sk.tail[:, 0, 0], np.log(z.shape[1] - 32), rtol=1e-6)
     np.testing.assert_allclose(sk.tail[:, 0, 1], np.nanmean(rest, axis=1), rtol=1e-4, atol=1e-4)
+
+
+def test_float64_logits_sketch_like_their_float32_rounding():
+    """The stored top-k logits are float32: a float64 row is sketched as its float32 rounding, so
+    the exact beta = 1 tail never counts a top-k logit that rounding moved across z_k."""
+    z = np.random.default_rng(0).normal(0, 3, (50, 5000))
+    a = sketch.sketch_logits(z, top_k=32)
+    b = sketch.sketch_logits(z.astype(np.float32), top_k=32)
+    np.testing.assert_array_equal(a.top_ids, b.top_ids)
+    np.testing.assert_array_equal(a.tail, b.tail)
+    np.testing.assert_array_equal(a.log_normalizer, b.log_normalizer)

@@ -160,7 +160,7 @@ def _sketch_chunk_numpy(z: np.ndarray, labels: np.ndarray, k: int, betas: np.nda
     tail = np.empty((n, len(betas), 2), np.float64)
     bad = np.zeros(n, np.uint8)
     _KERNEL(
-        np.ascontiguousarray(z), labels, k, 1.0 / _FINE_A, _FINE_SHIFT, _FINE_EDGES, betas, _FINE_VAR,
+        np.ascontiguousarray(z, dtype=np.float32), labels, k, 1.0 / _FINE_A, _FINE_SHIFT, _FINE_EDGES, betas, _FINE_VAR,
         top_ids, top_vals, log_norm, label_logit, tail, bad, _n_chunks(),
     )
     return top_ids, top_vals, log_norm, label_logit, tail, bad
@@ -226,9 +226,10 @@ def sketch_logits(
 ) -> LogitSketch:
     """Sketch full ``logits`` [N, V] (numpy array or torch tensor, any device).
 
-    Numpy input runs a parallel numba kernel; torch input is processed on its own device in
-    chunks of ``chunk_rows`` rows, so full logits never need to leave the accelerator.
-    ``labels``: gold ids [N] (-1 = unknown) or None.
+    Numpy input runs a parallel numba kernel on float32 values (float64 input is rounded chunk by
+    chunk to float32, the precision the sketch stores: its top-k then agree with the stored
+    logits); torch input is processed on its own device in chunks of ``chunk_rows`` rows, so full
+    logits never need to leave the accelerator. ``labels``: gold ids [N] (-1 = unknown) or None.
     """
     is_torch = hasattr(logits, "detach") and hasattr(logits, "device")
     shape = tuple(logits.shape)
