@@ -150,6 +150,11 @@ def test_bad_logits_are_named(logits, labels, message):
         sketch.sketch_logits(logits, labels, top_k=2)
 
 
+def test_vocabulary_beyond_the_kernel_counters_is_refused():
+    with pytest.raises(ValidationError, match="8,388,608 ids"):
+        sketch.sketch_logits(np.zeros((1, 1 << 23), np.float32), top_k=2)
+
+
 def test_bad_temperature_and_top_k():
     sk = sketch.sketch_logits(np.zeros((2, 4), np.float32), top_k=2)
     with pytest.raises(ValidationError, match="temperature"):

@@ -47,6 +47,8 @@ _LOG2_BETA_NODES = np.linspace(-3.0, 3.0, 17)
 #: to d = a * 255 ~ 82, farther offsets in the last bin (its mean stays exact).
 _FINE_A, _FINE_SHIFT, _FINE_J = 0.32, 19, 128
 _FINE_PER_OCTAVE = 1 << (23 - _FINE_SHIFT)
+#: the kernel's per-bin int64 accumulator keeps the count above bit 40 (see tokcal._sketch_kernel)
+_MAX_KERNEL_VOCAB = 1 << 23
 _FINE_EDGES = _FINE_A * (
     2.0 ** (np.arange(_FINE_J + 1) // _FINE_PER_OCTAVE) * (1 + (np.arange(_FINE_J + 1) % _FINE_PER_OCTAVE)
                                                             / _FINE_PER_OCTAVE) - 1.0)
@@ -242,6 +244,9 @@ def sketch_logits(
             raise ValidationError(f"logits: expected floating point values, got dtype {logits.dtype}")
         if logits.dtype not in (np.float32, np.float64):
             logits = logits.astype(np.float32)
+        if vocab >= _MAX_KERNEL_VOCAB:
+            raise ValidationError(f"logits: vocabulary of {vocab:,} ids; the numpy sketch kernel counts at most "
+                                  f"{_MAX_KERNEL_VOCAB - 1:,} per row (pass a torch tensor instead)")
     layout = TailLayout(kind="binned" if top_k < vocab else "empty")
     betas = np.asarray(layout.betas)
     parts = []
