@@ -2,9 +2,10 @@
 
 Per row, in parallel over rows: block maxima (vectorised) give a threshold for the top-k (ties
 broken by the lower id), then one pass computes the float32 exponentials for the exact
-log-normaliser (summed in float64) and a fine log-linear histogram (count, sum) of the tail
-offsets ``d = z_k - z``, from which the tail cumulants at the grid nodes follow. Each row chunk
-allocates its small buffers once, so nothing of size N x bins is materialised.
+log-normaliser (summed in float64) and a fine log-linear histogram (count and mean position per
+bin, packed in one int64) of the tail offsets ``d = z_k - z``, from which the tail cumulants at
+the grid nodes follow. Each row chunk allocates its small buffers once, so nothing of size
+N x bins is materialised. Sketch cost on this project's CPU: ~1-1.5 ns per logit (2 threads).
 
 Kept in its own module, imported on first use, so ``import tokcal`` does not load numba and the
 compiled code is cached on disk (``cache=True`` needs module-level functions).
@@ -58,7 +59,7 @@ _BLOCK = 32
 @numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
 def block_maxima(row, bmax):
     """``bmax[c] = max(row[c * _BLOCK:(c + 1) * _BLOCK])`` (vectorised; a NaN gives an arbitrary
-    value, harmless: such rows are flagged by the histogram's finite check)."""
+    value, harmless: such rows are flagged by the NaN in their sum of exponentials)."""
     v = row.shape[0]
     nf = v // _BLOCK
     blocks = row[:nf * _BLOCK].reshape((nf, _BLOCK))
@@ -80,6 +81,7 @@ _BUCKETS = 64
 
 @numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
 def min_max(x):
+    """(min, max) of a non-empty array, vectorised (NaNs: arbitrary result)."""
     lo = x[0]
     hi = x[0]
     for j in range(1, x.shape[0]):
@@ -123,9 +125,10 @@ def top_k_row(row, k, hv, hi, bmax, counts):
 
     The maxima of blocks of ``_BLOCK`` logits give a threshold tau <= their k-th largest
     (:func:`kth_largest_bound`): at least k logits are >= tau, so nothing below it is in the
-    top-k. Only the blocks whose maximum reaches tau (about k of them) are scanned, and their few logits >= tau are
-    insertion-sorted into the top-k (scanned in id order, so an equal value never passes an
-    earlier id). A streaming heap over the whole row would do about ``k ln(V / k)`` insertions."""
+    top-k. Only the blocks whose maximum reaches tau (about k of them) are scanned, and their
+    few logits >= tau are insertion-sorted into the top-k (scanned in id order, so an equal
+    value never passes an earlier id). A streaming heap over the whole row would do about
+    ``k ln(V / k)`` insertions."""
     v = row.shape[0]
     nb = (v + _BLOCK - 1) // _BLOCK
     tau = -np.inf
