@@ -137,7 +137,8 @@ def test_logprob_sketch_unknown_tail():
     ("logits", "labels", "message"),
     [
         (np.array([[0.0, np.nan, 1.0], [0, 1, 2]], np.float32), None, "row 0 contains NaN or inf"),
-        (np.array([[0.0, 1, 2], [0, np.inf, 1]], np.float32), None, "row 1 contains NaN or inf"),
+        (np.array([[0.0, 1, 2], [0, np.inf, 1]], np.float32), None, "row 1 contains NaN or inf (id 1 is inf)"),
+        (np.array([[0.0, 1, 2], [0, 1, -np.inf]], np.float32), None, "id 2 is -inf); a masked id needs a finite"),
         (np.zeros((2, 3), np.float32), np.array([0, 3]), "row 1 has id 3, outside [0, 3)"),
         (np.zeros((2, 3), np.float32), np.array([0]), "labels: expected shape (2,)"),
         (np.zeros((0, 3), np.float32), None, "empty"),

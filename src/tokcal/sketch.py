@@ -219,6 +219,16 @@ def _tail_nodes(cnt: np.ndarray, sm: np.ndarray, tail1: np.ndarray, betas: np.nd
     return out
 
 
+def _non_finite_message(row: Any, i: int) -> str:
+    """Name the first NaN or infinite logit of a row (numpy or torch), with a hint for -inf."""
+    r = np.asarray(row.detach().float().cpu().numpy() if hasattr(row, "detach") else row, dtype=np.float64)
+    j = int(np.flatnonzero(~np.isfinite(r))[0])
+    msg = f"logits: row {i} contains NaN or inf (id {j} is {r[j]})"
+    if r[j] == -np.inf:
+        msg += "; a masked id needs a finite logit here: a large negative value (e.g. -1e4) instead of -inf"
+    return msg
+
+
 def sketch_logits(
     logits: Any,
     labels: Any = None,
@@ -257,8 +267,8 @@ def sketch_logits(
         chunk = _sketch_chunk_torch if is_torch else _sketch_chunk_numpy
         ids, vals, lnorm, lab_logit, tail, bad = chunk(z, lab, top_k, betas)
         if bad.any():
-            i = start + first_bad_row(bad.astype(bool))
-            raise ValidationError(f"logits: row {i} contains NaN or inf")
+            i = first_bad_row(bad.astype(bool))
+            raise ValidationError(_non_finite_message(z[i], start + i))
         parts.append((ids, vals, lab_logit, lnorm.astype(np.float32), tail.astype(np.float32)))
     cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
     return LogitSketch(*cols, layout=layout, vocab_size=vocab)
