@@ -399,9 +399,10 @@ def tail_nodes(cnt, sm, tail1, betas, var, out, n_chunks):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def hermite_tail(tail, i, nodes, beta, want):
+def hermite_tail(tail, i, nodes, beta):
     """Tail cumulants at ``beta`` for row i: f, f' and f'' by cubic Hermite interpolation between
-    the nodes (linear beyond the last node). ``want`` 0: value only. Empty tail: (-inf, 0, 0)."""
+    the nodes, kept within the convexity bounds (linear beyond the last node). Empty tail:
+    (-inf, 0, 0)."""
     m = nodes.shape[0]
     if beta >= nodes[m - 1]:
         fl = np.float64(tail[i, m - 1, 0])
@@ -424,10 +425,18 @@ def hermite_tail(tail, i, nodes, beta, want):
     t2 = t * t
     t3 = t2 * t
     val = (2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * g0 + (-2 * t3 + 3 * t2) * f1 + (t3 - t2) * g1
-    if want == 0:
-        return val, 0.0, 0.0
     d1 = ((6 * t2 - 6 * t) * f0 + (3 * t2 - 4 * t + 1) * g0 + (-6 * t2 + 6 * t) * f1 + (3 * t2 - 2 * t) * g1) / h
     d2 = ((12 * t - 6) * f0 + (6 * t - 4) * g0 + (-12 * t + 6) * f1 + (6 * t - 2) * g1) / (h * h)
+    # convexity: f stays between the end tangents and the chord (tokcal.sketch._convex_clamp)
+    lo0 = f0 + g0 * t
+    lo1 = f1 - g1 * (1.0 - t)
+    chord = f0 + (f1 - f0) * t
+    if val < lo0 and lo0 >= lo1:
+        return lo0, g0 / h, 0.0
+    if val < lo1 and lo1 > lo0:
+        return lo1, g1 / h, 0.0
+    if val > chord:
+        return chord, (f1 - f0) / h, 0.0
     return val, d1, d2 if d2 > 0.0 else 0.0
 
 
@@ -442,8 +451,8 @@ def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, va
     n, k = top.shape
     for i in numba.prange(n):
         b = beta[i]
-        ft, ft1, ft2 = hermite_tail(tail, i, nodes, b, 1)
-        f2b = hermite_tail(tail, i, nodes, 2.0 * b, 0)[0]
+        ft, ft1, ft2 = hermite_tail(tail, i, nodes, b)
+        f2b = hermite_tail(tail, i, nodes, 2.0 * b)[0]
         mx = b * np.float64(top[i, 0])
         s = 0.0
         s1 = 0.0

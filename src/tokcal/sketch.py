@@ -359,6 +359,27 @@ def _beta(temperature: Any, n: int) -> np.ndarray:
     return 1.0 / t
 
 
+def _convex_clamp(val, d1, d2, t, f0, f1, s0, s1, h):
+    """Keep an interpolant of the convex f between its tangents and its chord on [x0, x1].
+
+    With value f0, f1 and slopes s0, s1 at the ends, convexity gives
+    ``max(f0 + s0 (b - x0), f1 + s1 (b - x1)) <= f(b) <= f0 + (f1 - f0) t``. A cubic Hermite can
+    leave these bounds when f bends sharply inside the interval: a few ids 100+ below the rest make
+    f'(0), their weight at beta = 0, very negative while they vanish by beta ~ 0.01. Where it
+    leaves them the active bound (a line) is used, with its slope and zero curvature.
+    """
+    lo0 = f0 + s0 * t * h
+    lo1 = f1 - s1 * (1.0 - t) * h
+    chord = f0 + (f1 - f0) * t
+    use0 = (val < lo0) & (lo0 >= lo1)
+    use1 = (val < lo1) & (lo1 > lo0)
+    high = val > chord
+    val = np.where(use0, lo0, np.where(use1, lo1, np.where(high, chord, val)))
+    d1 = np.where(use0, s0, np.where(use1, s1, np.where(high, (f1 - f0) / h, d1)))
+    d2 = np.where(use0 | use1 | high, 0.0, d2)
+    return val, d1, d2
+
+
 def tail_cumulants(sk: LogitSketch, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tail log-partition f(beta), f'(beta), f''(beta) per row by cubic Hermite interpolation.
 
@@ -387,6 +408,7 @@ def tail_cumulants(sk: LogitSketch, beta: np.ndarray) -> tuple[np.ndarray, np.nd
     val = (2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * g0 + (-2 * t3 + 3 * t2) * f1 + (t3 - t2) * g1
     d1 = ((6 * t2 - 6 * t) * f0 + (3 * t2 - 4 * t + 1) * g0 + (-6 * t2 + 6 * t) * f1 + (3 * t2 - 2 * t) * g1) / h
     d2 = ((12 * t - 6) * f0 + (6 * t - 4) * g0 + (-12 * t + 6) * f1 + (6 * t - 2) * g1) / (h * h)
+    val, d1, d2 = _convex_clamp(val, d1, d2, t, f0, f1, g0 / h, g1 / h, h)
     if beyond.any():
         last_f = sk.tail[:, -1, 0].astype(np.float64)
         last_g = sk.tail[:, -1, 1].astype(np.float64)
