@@ -138,7 +138,8 @@ def test_logprob_sketch_unknown_tail():
     [
         (np.array([[0.0, np.nan, 1.0], [0, 1, 2]], np.float32), None, "row 0 contains NaN or inf"),
         (np.array([[0.0, 1, 2], [0, np.inf, 1]], np.float32), None, "row 1 contains NaN or inf (id 1 is inf)"),
-        (np.array([[0.0, 1, 2], [0, 1, -np.inf]], np.float32), None, "id 2 is -inf); a masked id needs a finite"),
+        (np.array([[0.0, 1, 2], [0, -np.inf, -np.inf]], np.float32), None,
+         "row 1 has 1 finite logits (the rest -inf, masked ids), fewer than top_k=2"),
         (np.zeros((2, 3), np.float32), np.array([0, 3]), "row 1 has id 3, outside [0, 3)"),
         (np.zeros((2, 3), np.float32), np.array([0]), "labels: expected shape (2,)"),
         (np.zeros((0, 3), np.float32), None, "empty"),
@@ -174,9 +175,9 @@ def test_kernel_exponential_is_within_one_float32_ulp():
     exp_block(x, np.float32(0.0), e, bits)
     exact = np.exp(x.astype(np.float64))
     assert np.max(np.abs(e - exact) / exact) < 1.2e-7  # float32 epsilon
-    below = np.array([-100.0, -500.0], np.float32)
+    below = np.array([-100.0, -500.0, -np.inf], np.float32)
     exp_block(below, np.float32(0.0), e, bits)
-    assert (e[:2] > 0).all() and (e[:2] < 2e-38).all()  # clamped to a negligible normal number
+    assert (e[:3] == 0).all()  # below float32's normal range, and masked ids: exactly 0
 
 
 @settings(max_examples=80, deadline=None)
@@ -204,7 +205,7 @@ def test_top_k_and_normaliser_match_brute_force_with_ties(k, vocab, seed, levels
 
 
 @pytest.mark.parametrize("where", [0, 31, 32, 33, 500, 4095])
-@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_logit_anywhere_is_named(where, value):
     """A NaN or infinite logit at a block boundary, inside the top-k or deep in the tail."""
     z = np.random.default_rng(0).normal(0, 2, (3, 4096)).astype(np.float32)
@@ -250,3 +251,28 @@ def test_log_partition_at_high_temperatures(cases, name):
         f = sketch.tail_cumulants(sk, np.full(len(z), 1 / t))[0]  # the numpy twin of the kernel's interpolant
         via_numpy = np.logaddexp(logsumexp(sk.top_logits.astype(np.float64) / t, axis=1), f)
         np.testing.assert_allclose(via_numpy, sketch.log_partition(sk, t), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_masked_ids_at_minus_infinity_have_probability_zero(backend):
+    """-inf logits (masked ids, anywhere: block edges, whole blocks) are left out of everything:
+    the sketch equals the brute force over the finite ids, at T = 1 exactly and at other T."""
+    rng = np.random.default_rng(3)
+    z = zipf_logits(rng, 30, 6000)
+    mask = rng.random(z.shape) < 0.3
+    mask[:, 64:192] = True  # four whole blocks
+    mask[:, [0, 31, 32, 5999]] = True
+    z[mask] = -np.inf
+    labels = np.array([int(np.flatnonzero(~m)[0]) for m in mask])
+    sk = sketch.sketch_logits(torch.from_numpy(z) if backend == "torch" else z, labels, top_k=32)
+    order = np.argsort(-z, axis=1, kind="stable")[:, :32]
+    np.testing.assert_array_equal(sk.top_ids, order)
+    z64 = z.astype(np.float64)
+    np.testing.assert_allclose(sk.log_normalizer, logsumexp(z64, axis=1), rtol=2e-7, atol=1e-6)
+    rest = z64.copy()
+    np.put_along_axis(rest, order, -np.inf, 1)
+    np.testing.assert_allclose(sk.tail[:, sk.layout.betas.index(1.0), 0], logsumexp(rest, axis=1), rtol=2e-6)
+    n_tail = (~mask).sum(1) - 32
+    np.testing.assert_allclose(sk.tail[:, 0, 0], np.log(n_tail), rtol=1e-6)  # f(0): finite tail ids only
+    for t in TEMPERATURES:
+        assert np.abs(sketch.log_partition(sk, t) - logsumexp(z64 / t, axis=1)).max() < 1e-3, t

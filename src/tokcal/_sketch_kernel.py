@@ -28,14 +28,16 @@ _LO, _HALF, _ONE, _ZERO = _F(-87.0), _F(0.5), _F(1.0), _F(0.0)
 def exp_block(x, m, ebuf, bits):
     """``ebuf[j] = exp(x[j] - m)`` for j < len(x) <= len(ebuf), with x - m <= 0 (float32,
     vectorisable: no library call; 2^n is built in ``bits`` and read back as float32). Below -87
-    the value is clamped to exp(-87) ~ 1.6e-38, negligible in any sum of probabilities.
+    (and for -inf, a masked id) the value is exactly 0: float32 has no normal number below
+    exp(-87.3), and a sum of probabilities is >= 1 wherever this is used.
 
     (Hot loops here index views with the loop variable itself: numba's negative-index check on
     ``x[a + j]`` would stop LLVM from vectorising.)"""
     pw = bits.view(np.float32)
     for j in range(x.shape[0]):
         d = x[j] - m
-        if d < _LO:
+        keep = not (d < _LO)  # NaN is kept: it must reach the sums, which flag the row
+        if not keep:
             d = _LO
         n = np.floor(d * _LOG2E + _HALF)
         r = d - n * _C1 - n * _C2
@@ -46,7 +48,7 @@ def exp_block(x, m, ebuf, bits):
         p = p * r + _P4
         p = p * r + _P5
         p = p * r * r + r + _ONE
-        bits[j] = (np.int32(n) + 127) << 23
+        bits[j] = (np.int32(n) + 127) << 23 if keep else 0  # float32 bits 0: +0.0
         ebuf[j] = p
     for j in range(x.shape[0]):
         ebuf[j] *= pw[j]
@@ -79,31 +81,32 @@ def block_maxima(row, bmax):
 _BUCKETS = 64
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
-def min_max(x):
-    """(min, max) of a non-empty array, vectorised (NaNs: arbitrary result)."""
-    lo = x[0]
-    hi = x[0]
-    for j in range(1, x.shape[0]):
-        lo = x[j] if x[j] < lo else lo
-        hi = x[j] if x[j] > hi else hi
-    return lo, hi
-
-
 @numba.njit(cache=True, nogil=True)
 def kth_largest_bound(x, k, counts):
     """A value tau with at least k entries of ``x`` >= tau, at most a bucket below the k-th
-    largest: entries counted in ``_BUCKETS`` equal-width buckets over [min, max], the buckets
-    walked down from the top until they hold k, tau = the smallest entry in those buckets.
-    Branch-light, O(len(x)) (a heap costs mispredicted branches on every replacement)."""
-    lo, hi = min_max(x)
-    if not hi > lo:  # all equal (or NaN: such rows are flagged later)
+    largest: the entries above -inf counted in ``_BUCKETS`` equal-width buckets over their
+    [min, max], the buckets walked down from the top until they hold k, tau = the smallest entry
+    in those buckets. Branch-light, O(len(x)) (a heap mispredicts on every replacement). -inf
+    (fewer than k entries above -inf, or a +inf / NaN row, flagged later) lets everything pass."""
+    lo = np.inf
+    hi = -np.inf
+    n = 0
+    for j in range(x.shape[0]):
+        v = x[j]
+        if v > -np.inf:
+            lo = min(lo, v)
+            hi = max(hi, v)
+            n += 1
+    if n < k or not hi < np.inf:
+        return -np.inf
+    if not hi > lo:
         return lo
     scale = (_BUCKETS - 1e-9) / (np.float64(hi) - np.float64(lo))
     counts[:] = 0
     for j in range(x.shape[0]):
-        q = int((np.float64(x[j]) - lo) * scale)
-        counts[min(max(q, 0), _BUCKETS - 1)] += 1
+        if x[j] > -np.inf:
+            q = int((np.float64(x[j]) - lo) * scale)
+            counts[min(max(q, 0), _BUCKETS - 1)] += 1
     total = 0
     q = _BUCKETS - 1
     while q > 0:
@@ -113,8 +116,9 @@ def kth_largest_bound(x, k, counts):
         q -= 1
     tau = hi
     for j in range(x.shape[0]):
-        if int((np.float64(x[j]) - lo) * scale) >= q and x[j] < tau:
-            tau = x[j]
+        v = x[j]
+        if v > -np.inf and v < tau and int((np.float64(v) - lo) * scale) >= q:
+            tau = v
     return tau
 
 
@@ -135,9 +139,11 @@ def top_k_row(row, k, hv, hi, bmax, counts):
     if nb > k:
         block_maxima(row, bmax)
         tau = kth_largest_bound(bmax[:nb], k, counts)
+    else:
+        bmax[:nb] = np.inf  # scan every block
     size = 0
     for c in range(nb):
-        if nb > k and not (bmax[c] >= tau):
+        if not (bmax[c] >= tau):
             continue
         a = c * _BLOCK
         x = row[a:min(v, a + _BLOCK)]
@@ -241,7 +247,8 @@ def hist_moments(acc, k, row, zk, inv_a, edges, cnt, sm):
     """Count and sum of logits per fine bin (``cnt``, ``sm``) from the packed accumulators, the
     top-k taken out of bin 0. Inside a bin the mean offset is the bin's lower edge plus the mean
     position (the truncated 12 bits count half a step). The rare overflow bin gets its exact sum
-    from a second look at the row; returns False if that finds a -inf logit."""
+    from a second look at the row, which also drops the -inf logits (masked ids: probability 0
+    at every temperature, so no part of the tail)."""
     nj = acc.shape[0] - 1
     for b in range(nj + 1):
         c = acc[b] >> _COUNT_SHIFT
@@ -262,10 +269,10 @@ def hist_moments(acc, k, row, zk, inv_a, edges, cnt, sm):
             x = row[j]
             if (zkf - x) * inva + _ONE >= far:
                 if x == -np.inf:
-                    return False
-                s += x
+                    cnt[nj] -= 1.0
+                else:
+                    s += x
         sm[nj] = s
-    return True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -361,18 +368,18 @@ def sketch_rows(z, labels, k, inv_a, shift, edges, betas, var, top_ids, top_vals
             row = z[i]
             hv = top_vals[i]
             hi = top_ids[i]
-            if top_k_row(row, k, hv, hi, bmax, counts) < k or not np.isfinite(hv[0]):
-                bad[i] = 1  # a NaN hid values from the top-k, or +inf
+            if top_k_row(row, k, hv, hi, bmax, counts) < k or not np.isfinite(hv[0]) or hv[k - 1] == -np.inf:
+                bad[i] = 1  # a NaN hid values from the top-k, +inf, or fewer than k finite logits
                 continue
             mx = np.float64(hv[0])
             zk = hv[k - 1]
             acc[:] = 0
             s, below, n_at_zk = sum_exp_hist(row, mx, zk, inv_a, shift, acc, ebuf, bits, ubuf, bins, packed)
             # a NaN makes the sum NaN; -inf sits in the overflow bin
-            finite = np.isfinite(s) and np.isfinite(zk)
-            if not finite or not hist_moments(acc, k, row, zk, inv_a, edges, cnt, sm):
+            if not np.isfinite(s):  # a NaN makes the sum NaN
                 bad[i] = 1
                 continue
+            hist_moments(acc, k, row, zk, inv_a, edges, cnt, sm)
             for t in range(k):
                 if hv[t] == zk:
                     n_at_zk -= 1

@@ -184,15 +184,16 @@ def _sketch_chunk_torch(z, labels: np.ndarray, k: int, betas: np.ndarray):
     if z.dtype not in (torch.float32, torch.float64):
         z = z.float()
     dev = z.device
-    finite = torch.isfinite(z).all(dim=1)
-    bad = (~finite).to(torch.uint8).cpu().numpy()
-    if bad.any():
-        z = torch.where(finite[:, None], z, torch.zeros((), dtype=z.dtype, device=dev))
+    ok = ~(torch.isnan(z) | torch.isposinf(z)).any(dim=1)  # -inf: a masked id, probability 0
+    if not bool(ok.all()):
+        z = torch.where(ok[:, None], z, torch.zeros((), dtype=z.dtype, device=dev))
     vals, ids = z.topk(k, dim=1)
+    bad = (~ok | torch.isneginf(vals[:, -1])).to(torch.uint8).cpu().numpy()  # or fewer than k finite
     log_norm = torch.logsumexp(z.double() if dev.type == "cpu" else z, dim=1)
     masked = z.scatter(1, ids, float("-inf"))
     tail1 = torch.logsumexp(masked, dim=1) if k < z.shape[1] else torch.full_like(log_norm, float("-inf"))
     b = _fine_bins_torch((vals[:, -1:] - z).float())
+    b.masked_fill_(torch.isneginf(z), _FINE_J + 1)  # masked ids are no part of the tail
     b.scatter_(1, ids, _FINE_J + 1)  # top-k go to a discard bin
     ones = torch.ones_like(z)
     cnt = torch.zeros(z.shape[0], _FINE_J + 2, device=dev, dtype=z.dtype).scatter_add_(1, b, ones)
@@ -219,14 +220,14 @@ def _tail_nodes(cnt: np.ndarray, sm: np.ndarray, tail1: np.ndarray, betas: np.nd
     return out
 
 
-def _non_finite_message(row: Any, i: int) -> str:
-    """Name the first NaN or infinite logit of a row (numpy or torch), with a hint for -inf."""
+def _bad_row_message(row: Any, i: int, k: int) -> str:
+    """Why row ``i`` cannot be sketched: its first NaN or +inf logit, or too few finite logits."""
     r = np.asarray(row.detach().float().cpu().numpy() if hasattr(row, "detach") else row, dtype=np.float64)
-    j = int(np.flatnonzero(~np.isfinite(r))[0])
-    msg = f"logits: row {i} contains NaN or inf (id {j} is {r[j]})"
-    if r[j] == -np.inf:
-        msg += "; a masked id needs a finite logit here: a large negative value (e.g. -1e4) instead of -inf"
-    return msg
+    bad = np.flatnonzero(np.isnan(r) | np.isposinf(r))
+    if len(bad):
+        return f"logits: row {i} contains NaN or inf (id {int(bad[0])} is {r[bad[0]]})"
+    return (f"logits: row {i} has {int(np.isfinite(r).sum())} finite logits (the rest -inf, masked ids), "
+            f"fewer than top_k={k}")
 
 
 def sketch_logits(
@@ -242,6 +243,8 @@ def sketch_logits(
     chunk to float32, the precision the sketch stores: its top-k then agree with the stored
     logits); torch input is processed on its own device in chunks of ``chunk_rows`` rows, so full
     logits never need to leave the accelerator. ``labels``: gold ids [N] (-1 = unknown) or None.
+    A logit of -inf (a masked id) has probability 0 at every temperature and is no part of the
+    tail; NaN, +inf, or fewer than ``top_k`` finite logits in a row raise a ValidationError.
     """
     is_torch = hasattr(logits, "detach") and hasattr(logits, "device")
     shape = tuple(logits.shape)
@@ -268,7 +271,7 @@ def sketch_logits(
         ids, vals, lnorm, lab_logit, tail, bad = chunk(z, lab, top_k, betas)
         if bad.any():
             i = first_bad_row(bad.astype(bool))
-            raise ValidationError(_non_finite_message(z[i], start + i))
+            raise ValidationError(_bad_row_message(z[i], start + i, top_k))
         parts.append((ids, vals, lab_logit, lnorm.astype(np.float32), tail.astype(np.float32)))
     cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
     return LogitSketch(*cols, layout=layout, vocab_size=vocab)
