@@ -375,8 +375,7 @@ def sketch_rows(z, labels, k, inv_a, shift, edges, betas, var, top_ids, top_vals
             zk = hv[k - 1]
             acc[:] = 0
             s, below, n_at_zk = sum_exp_hist(row, mx, zk, inv_a, shift, acc, ebuf, bits, ubuf, bins, packed)
-            # a NaN makes the sum NaN; -inf sits in the overflow bin
-            if not np.isfinite(s):  # a NaN makes the sum NaN
+            if not np.isfinite(s):  # a NaN makes the sum NaN (-inf ids add exactly 0)
                 bad[i] = 1
                 continue
             hist_moments(acc, k, row, zk, inv_a, edges, cnt, sm)

@@ -44,7 +44,7 @@ DEFAULT_TOP_K = 32
 _LOG2_BETA_NODES = np.linspace(-3.0, 3.0, 17)
 #: Fine histogram of tail offsets d = z_k - z, log-linear in u = 1 + d / a: 2^(23 - shift) equal
 #: bins per octave of u, read off the float32 bits of u (no table, no logarithm); 8 octaves up
-#: to d = a * 255 ~ 82, farther offsets in the last bin (its mean stays exact).
+#: to d = a * 255 ~ 82, farther offsets in one more overflow bin (count and exact sum).
 _FINE_A, _FINE_SHIFT, _FINE_J = 0.32, 19, 128
 _FINE_PER_OCTAVE = 1 << (23 - _FINE_SHIFT)
 #: the kernel's per-bin int64 accumulator keeps the count above bit 40 (see tokcal._sketch_kernel)
