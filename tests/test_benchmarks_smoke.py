@@ -1,4 +1,4 @@
-"""CI runs every benchmark once at a tiny size (DESIGN §5): the scripts stay runnable and print their
+"""CI runs every benchmark once at a tiny size: the scripts stay runnable and print their
 side-by-side tables. No timing is asserted here; the measured numbers live in benchmarks/README.md."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ SMALL = {"n_tokens": 4000, "vocab_size": 300, "seq_len": 40}
 
 
 def reference_ece(table, temperature: float = 1.0, bins: int = 15, rows=None) -> float:
-    """Equal-width top-label ECE (DESIGN §3) in plain numpy."""
+    """Equal-width top-label ECE in plain numpy."""
     p = token_probs(table, temperature=temperature)
     keep = table.labeled if rows is None else table.labeled & rows
     c = np.asarray(p.confidence)[keep]

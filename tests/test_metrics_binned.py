@@ -84,7 +84,7 @@ def test_mass_ece_equals_sklearn(bins):
 
 
 def test_width_bins_equal_relplot_binning_including_edges():
-    # relplot.estimators.Binning: bucket = min(floor(c * B), B - 1) -- DESIGN's formula exactly.
+    # relplot.estimators.Binning: bucket = min(floor(c * B), B - 1) -- the documented formula exactly.
     from relplot.estimators import Binning
 
     bins = 16  # k / 16 is exact in binary, so edge values land identically

@@ -1,4 +1,4 @@
-"""The logit sketch against brute force on full logits (DESIGN §2 exactness contract)."""
+"""The logit sketch against brute force on full logits (the exactness contract)."""
 
 from __future__ import annotations
 

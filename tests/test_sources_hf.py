@@ -25,7 +25,7 @@ def gpt2(tok):
 
 
 def expected_rows(logits: torch.Tensor, labels: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """Brute force on full logits [n, V] (float64): every column of DESIGN §2 at T = 1."""
+    """Brute force on full logits [n, V] (float64): every TokenTable column at T = 1."""
     z = logits.double().numpy()
     order = np.argsort(-z, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(z, order, 1)

@@ -1,6 +1,6 @@
 """evaluate(table) -> Evaluation: overall metrics, reliability bins, slices, worst tokens, intervals.
 
-Metrics follow DESIGN §3 (binned ECE family, smooth ECE, Brier, NLL, classwise ECE, over/under split,
+Metrics (binned ECE family, smooth ECE, Brier, NLL, classwise ECE, over/under split,
 risk-coverage) over the tokens with a known label, after an optional calibrator.
 
 Confidence intervals: cluster bootstrap over ``sequence_id`` (tokens of one sequence are not
@@ -61,7 +61,7 @@ _BINNINGS = ("width", "mass")
 @dataclass
 class Evaluation:
     """The result of :func:`evaluate`; ``to_dict()`` is the JSON contract (module docstring of
-    :mod:`tokcal.evaluation` and DESIGN §6). Build one from a saved dict with :meth:`from_dict`."""
+    :mod:`tokcal.evaluation` and docs/architecture.md). Build one from a saved dict with :meth:`from_dict`."""
 
     data: dict[str, Any] = field(repr=False)
 

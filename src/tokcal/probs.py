@@ -1,4 +1,4 @@
-"""TokenProbs: the per-token probabilities every metric reads (DESIGN §3), from a sketch.
+"""TokenProbs: the per-token probabilities every metric reads, from a sketch.
 
 A calibrator's job, seen from the metrics, is to turn a TokenTable into a :class:`TokenProbs`;
 the uncalibrated model is ``token_probs(table)`` (temperature 1, exact).

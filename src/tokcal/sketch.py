@@ -13,7 +13,7 @@ A row of logits z (length V) is summarised by
 ``f`` is a cumulant generating function: smooth and convex in beta. Between grid nodes it is
 interpolated by cubic Hermite splines (value + derivative at both ends), so the log-partition at
 any temperature is ``log Z(beta) = logaddexp(logsumexp(beta * top), f(beta))``. At beta = 1 the
-stored exact normaliser is used, so every temperature-1 quantity is exact (DESIGN §2). Off the
+stored exact normaliser is used, so every temperature-1 quantity is exact. Off the
 grid nodes the error is the Hermite interpolation error (fourth derivative of f), well below
 1e-3 nats for 0.25 <= T <= 4 on Zipf-like and Gaussian logits (tests/test_sketch.py).
 
@@ -449,7 +449,7 @@ def temperature_stats(sk: LogitSketch, temperature: Any = 1.0, *, top_probs: boo
     tail's ``f'(beta)`` and ``f''(beta)``; ``sum_j p_j^2 = Z(2 beta) / Z(beta)^2``. At T = 1 the
     stored exact normaliser is used. These are the value, gradient and curvature of the
     log-partition in beta: the NLL of the gold token is ``log Z(beta) - beta z_y``, so a Newton
-    step on beta needs exactly these (DESIGN §4).
+    step on beta needs exactly these.
     """
     from ._sketch_kernel import temperature_stats as stats_kernel
     from ._threads import torch_aligned

@@ -1,4 +1,4 @@
-"""TokenTable: one row per predicted token (DESIGN §2), validated, sliceable, stored as Parquet."""
+"""TokenTable: one row per predicted token, validated, sliceable, stored as Parquet."""
 
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ class TokenTable:
         vocab: Sequence[str] | None = None,
         source: Mapping[str, Any] | None = None,
     ) -> TokenTable:
-        """Build from top-k ``logprobs`` only (API outputs); the tail is unknown (DESIGN §2)."""
+        """Build from top-k ``logprobs`` only (API outputs); the tail is unknown."""
         sk = sketch_logprobs(top_ids, top_logprobs, label_logprob, vocab_size=vocab_size)
         return cls.from_sketch(
             sk, labels, sequence_ids=sequence_ids, positions=positions, groups=groups,

@@ -1,4 +1,4 @@
-"""Calibrators that keep the sequence intact (DESIGN §4).
+"""Calibrators that keep the sequence intact.
 
 Every calibrator: ``fit(table) -> self``, ``transform_logits(logits, context=None)`` (numpy or torch),
 ``token_probs(table)`` (what :func:`tokcal.evaluate` reads), ``confidence(table)``, ``preserves_argmax``,

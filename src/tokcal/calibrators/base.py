@@ -1,4 +1,4 @@
-"""The calibrator protocol (DESIGN §4) and its JSON persistence.
+"""The calibrator protocol and its JSON persistence.
 
 Every calibrator turns a :class:`~tokcal.table.TokenTable` into calibrated per-token probabilities
 (:meth:`Calibrator.token_probs`, what :func:`tokcal.evaluate` reads) and raw logits into calibrated
@@ -52,7 +52,7 @@ class Calibrator(ABC):
 
     @abstractmethod
     def token_probs(self, table: TokenTable) -> TokenProbs:
-        """Calibrated probabilities of every row of ``table`` (DESIGN §3 quantities)."""
+        """Calibrated probabilities of every row of ``table``."""
 
     @abstractmethod
     def transform_logits(self, logits: Any, context: dict[str, Any] | None = None) -> Any:

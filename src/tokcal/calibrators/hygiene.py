@@ -2,7 +2,7 @@
 
 Tokens of one sequence are not independent, so a held-out set must not share sequences with the
 fitting set (:func:`split_by_sequence`) and intervals resample whole sequences. The numbers and their
-intervals are those of :func:`tokcal.evaluate` (cluster bootstrap, seeded; DESIGN §3), so ``tokcal fit``
+intervals are those of :func:`tokcal.evaluate` (cluster bootstrap, seeded), so ``tokcal fit``
 prints what ``tokcal evaluate`` reports for the same table and calibrator.
 """
 

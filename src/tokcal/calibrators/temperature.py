@@ -7,7 +7,7 @@ With beta = 1/T and p = softmax(beta z), the mean negative log-likelihood of the
 
 so NLL is convex in beta and Newton's method converges quadratically. All three per-row quantities
 come from :func:`tokcal.sketch.logit_moments` (the one definition of "softmax at temperature T",
-DESIGN §1), so a fit reads only the sketch: O(k + B) numbers per token, never the full logits.
+docs/architecture.md), so a fit reads only the sketch: O(k + B) numbers per token, never the full logits.
 
 The step is safeguarded: a bracket [lo, hi] on beta shrinks with the sign of the gradient; a step
 leaving it bisects instead; beta is bounded to [1/T_max, 1/T_min] (T in [0.05, 20] by default) and

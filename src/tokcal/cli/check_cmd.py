@@ -6,7 +6,7 @@ Conditions (each one reported on its own line, passing or failing):
 * ``--slice SPEC --max-slice-ece Y``: every value of each slice with at least ``--min-slice-tokens``
   tokens has a binned ECE of at most Y;
 * ``--baseline EVAL.json --max-regression Z``: the metric exceeds the baseline's by at most Z. The
-  two numbers must carry the same signature (DESIGN §3); otherwise the check refuses (exit 2).
+  two numbers must carry the same signature; otherwise the check refuses (exit 2).
 
 Bad input (unreadable table, calibrator or baseline, bad limits) exits 2 with ``error: ...``.
 """

@@ -1,6 +1,6 @@
 """Abstention: a confidence threshold that meets a target token risk, and an ``Abstainer`` that flags.
 
-Selective prediction (DESIGN §3): a token is *accepted* when its calibrated confidence c_i (top-1
+Selective prediction: a token is *accepted* when its calibrated confidence c_i (top-1
 probability) is >= a threshold tau; coverage(tau) = #{c_i >= tau} / n and selective risk(tau) =
 #{accepted and wrong} / #{accepted}. :func:`select_threshold` picks the lowest tau (largest coverage)
 whose risk on a labelled validation set meets a target:

@@ -1,4 +1,4 @@
-"""tokcal.metrics: the calibration metrics of DESIGN §3, on numpy arrays, plus mergeable accumulators.
+"""tokcal.metrics: the calibration metrics of docs/architecture.md, on numpy arrays, plus mergeable accumulators.
 
 Functional forms validate their inputs (ValidationError naming the argument and the first bad
 index), sum in float64 and are defined on one token or one class (never NaN). Each module's

@@ -1,6 +1,6 @@
 """Binned top-label calibration: ECE (l1), RMSCE (l2), MCE (max), debiased ECE, reliability bins.
 
-Definitions (DESIGN §3). Token i has confidence c_i and correctness a_i; bin b holds n_b tokens
+Definitions. Token i has confidence c_i and correctness a_i; bin b holds n_b tokens
 (sum of weights), conf_b = mean c, acc_b = mean a, w_b = n_b / n and gap_b = conf_b - acc_b.
 
 * ``binning="width"``: edges linspace(0, 1, B + 1), bin = min(floor(c B), B - 1) — so c = 1 lands in

@@ -1,4 +1,4 @@
-"""Classwise ECE over the M most frequent gold token ids (DESIGN §3).
+"""Classwise ECE over the M most frequent gold token ids.
 
 For class j: ECE_j = sum_b (n_jb / n) |mean_{i in b} p_i(j) - mean_{i in b} 1[y_i = j]|, bins of
 equal width over p_i(j) (the width convention of :mod:`.binned`), over all n labeled tokens.

@@ -1,4 +1,4 @@
-"""Proper scores (DESIGN §3), averaged over tokens (optionally weighted).
+"""Proper scores, averaged over tokens (optionally weighted).
 
 * ``brier(sum_sq, label_prob)`` = mean_i(sum_j p_ij^2 - 2 p_i(y_i) + 1): the full-distribution Brier
   score, from the sum of squared probabilities and the gold probability (both exact from a sketch).

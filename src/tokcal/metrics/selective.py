@@ -1,4 +1,4 @@
-"""Selective prediction (DESIGN §3): keep the most confident tokens, measure the error among them.
+"""Selective prediction: keep the most confident tokens, measure the error among them.
 
 Tokens are ranked by confidence, highest first; tokens with equal confidence form one group that is
 kept or dropped together. ``risk_coverage`` gives one point per group end: coverage = kept / n and

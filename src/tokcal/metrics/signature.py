@@ -1,4 +1,4 @@
-"""Metric signatures (DESIGN §3): every number carries its settings, and numbers with different
+"""Metric signatures: every number carries its settings, and numbers with different
 signatures are never compared silently.
 
 ``signature("ece", bins=15)`` -> ``ece|bins=15|binning=width|norm=l1|conf=top1|labels=teacher-forced|tokcal=0.1.0``:

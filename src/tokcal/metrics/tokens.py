@@ -1,4 +1,4 @@
-"""Per-predicted-token reliability and each token's share of the binned ECE (DESIGN §3).
+"""Per-predicted-token reliability and each token's share of the binned ECE.
 
 With width bins b, G_b = sum_{i in b} (c_i - a_i) and n tokens, ECE = sum_b |G_b| / n. Token t's
 share is ece_share_t = sum_b sign(G_b) G_tb / n, G_tb the same sum over the tokens of bin b predicted

@@ -1,4 +1,4 @@
-"""One self-contained HTML report from one or more evaluations (DESIGN §1: the report reads an Evaluation).
+"""One self-contained HTML report from one or more evaluations (the report reads an Evaluation).
 
 The file needs nothing else: the stylesheet is inlined, the diagrams are inline SVG (text drawn as
 paths, so no fonts are fetched), there is no script, and every string that comes from data (names,
