@@ -186,7 +186,7 @@ def test_bad_inputs_name_the_problem(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(SchemaError, match="bad.json: not valid JSON"):
         load_evaluation(bad)
-    with pytest.raises(ValidationError, match="no such evaluation file"):
+    with pytest.raises(SchemaError, match="no such evaluation file"):
         load_evaluation(tmp_path / "missing.json")
 
 

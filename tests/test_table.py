@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokcal import TokenTable
-from tokcal.errors import SchemaError, ValidationError
+from tokcal.errors import SchemaError, TokcalError, ValidationError
 
 
 def make(n: int = 300, vocab: int = 500, seed: int = 0, **kw) -> TokenTable:
@@ -162,7 +162,7 @@ def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TokcalError, match="t.parquet: cannot write .disk full"):
         make(seed=1).write_parquet(path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["t.parquet"]

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_write, read_json
 from ._version import __version__
 from .bootstrap import SequenceStats, basic_interval, ci_pair, gap_acc, interval
 from .errors import ValidationError
@@ -48,7 +49,7 @@ from .metrics.signature import LABELS, signature
 from .metrics.smooth import smooth_ece
 from .probs import TokenProbs, token_probs
 from .slices import parse_slices
-from .table import TokenTable, atomic_write
+from .table import TokenTable
 
 OVERALL_CI = ("ece", "ece_debiased", "signed_gap", "nll", "brier", "accuracy")
 _TINY = np.finfo(np.float64).tiny
@@ -99,20 +100,13 @@ class Evaluation:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Evaluation:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except OSError as e:
-            raise ValidationError(f"{path}: cannot read ({e.strerror})") from None
-        except json.JSONDecodeError as e:
-            raise ValidationError(f"{path}: not JSON ({e})") from None
+        return cls.from_dict(read_json(path, "evaluation file"))
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 1) -> str:
         """The JSON text; written atomically to ``path`` when given."""
         text = json.dumps(self.data, indent=indent, allow_nan=False, ensure_ascii=False)
         if path is not None:
-            p = Path(path)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(p, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         return text
 
     def print_summary(self, console: Any = None, n_worst: int = 8) -> None:

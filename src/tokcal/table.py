@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._io import atomic_write
 from ._version import __version__
 from .errors import SchemaError, ValidationError, first_bad_row
 from .sketch import DEFAULT_TOP_K, LogitSketch, TailLayout, sketch_logits, sketch_logprobs
@@ -421,7 +421,6 @@ class TokenTable:
     def write_parquet(self, path: str | os.PathLike, *, row_group_size: int = 65536) -> Path:
         """Write atomically (temp file in the same folder, then rename). Returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: pq.write_table(self.to_arrow(), tmp, compression="zstd",
                                                       row_group_size=row_group_size))
         return path
@@ -475,23 +474,3 @@ def _read_meta(raw: Mapping[bytes, bytes] | None, where: str) -> dict[str, Any]:
     if version != SCHEMA_VERSION:
         raise SchemaError(f"{where}: TokenTable schema version {version!r}; this tokcal reads {SCHEMA_VERSION}")
     return meta
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``.
-
-    A crash leaves either the old file or none, never half of one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

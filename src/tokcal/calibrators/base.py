@@ -18,10 +18,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._io import atomic_write, read_json
 from .._version import __version__
 from ..errors import SchemaError, ValidationError
 from ..probs import TokenProbs
-from ..table import TokenTable, atomic_write
+from ..table import TokenTable
 
 SCHEMA_VERSION = 1
 _FORMAT = "tokcal-calibrator"
@@ -117,7 +118,6 @@ class Calibrator(ABC):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically (temp file beside ``path``, then rename). Returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
 
         def write(tmp: str) -> None:
@@ -144,18 +144,7 @@ def load_calibrator(path: str | os.PathLike, expect: type[Calibrator] | None = N
     A missing, truncated, non-JSON or foreign file raises :class:`~tokcal.errors.SchemaError`
     naming the file.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SchemaError(f"{path}: no such calibrator file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SchemaError(f"{path}: cannot read calibrator file ({e})") from None
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SchemaError(f"{path}: not valid JSON, corrupt or truncated ({e})") from None
-    return (expect or Calibrator).from_dict(d, where=str(path))
+    return (expect or Calibrator).from_dict(read_json(path, "calibrator file"), where=str(path))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from typing import Any
 import typer
 from rich.text import Text
 
+from .._io import atomic_write
 from ..errors import TokcalError
-from ..table import atomic_write
 from . import app
-from .common import console, friendly_errors, load_model
+from .common import console, friendly_errors, load_model, refuse_overwrite
 
 _BUCKETS = ((0.3, "bold red"), (0.6, "yellow"), (0.85, "green"), (math.inf, "bold green"))
 
@@ -85,7 +85,6 @@ def html_page(anns: list[Any], title: str) -> str:
 
 def write_html(path: Path, page: str) -> None:
     """Write ``page`` atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
@@ -130,6 +129,7 @@ def annotate(
 
     if (text is None) == (file is None):
         raise TokcalError("give exactly one of --text or --file")
+    refuse_overwrite({"--html": html_out}, [model_dir, calibrator, file, abstainer])
     if file is not None:
         try:
             text = file.read_text(encoding="utf-8")
@@ -167,6 +167,7 @@ def generate(
     if not 0.0 < top_p <= 1.0 or temperature <= 0 or top_k < 0:
         raise TokcalError(f"need 0 < --top-p <= 1, --temperature > 0 and --top-k >= 0 "
                           f"(got {top_p}, {temperature}, {top_k})")
+    refuse_overwrite({"--html": html_out}, [model_dir, calibrator, abstainer])
     model, tokenizer, cal, ab = _load(model_dir, calibrator, abstainer, trust_remote_code)
     torch.manual_seed(seed)
     sampling: dict[str, Any] = {"do_sample": not greedy}

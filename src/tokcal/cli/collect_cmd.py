@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import TokcalError
 from . import app
-from .common import console, friendly_errors, load_model
+from .common import console, friendly_errors, load_model, refuse_overwrite
 
 TASKS = ("causal", "seq2seq", "token-classification")
 
@@ -81,6 +81,7 @@ def collect(
     """Collect teacher-forced token predictions of a Hugging Face model into a Parquet dataset."""
     if task not in TASKS:
         raise TokcalError(f"--task must be one of {TASKS}, got {task!r}")
+    refuse_overwrite({"--out": out}, [model_dir, *data])
     items = _read_inputs(task, data, _groups(group), paragraphs, text_field, group_field, source_field, target_field)
     model, tokenizer = load_model(model_dir, task, trust_remote_code)
     import torch
@@ -123,6 +124,7 @@ def import_logprobs(
     """Import OpenAI / vLLM top-k log-probs (tail unknown) into a TokenTable dataset."""
     from ..sources.logprobs import read_logprobs
 
+    refuse_overwrite({"--out": out}, [file, vocab])
     tokenizer = None
     if vocab is not None:
         if not vocab.is_dir():

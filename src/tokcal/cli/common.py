@@ -5,7 +5,8 @@ Torch-free at import time: transformers is imported inside :func:`load_model`.""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,38 @@ def friendly_errors(fn: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwrite(outputs: Mapping[str, Path | None], inputs: Iterable[Path | None]) -> None:
+    """TokcalError (exit 2) when an output would destroy an input, before anything is read or written.
+
+    ``outputs``: ``{option name: path}``. An output is refused when it resolves (symlinks and hard
+    links included) to an input file, to an input directory, or to a path inside an input directory
+    (a dataset, a model folder), or when two outputs are the same path."""
+    ins = [(p, Path(p).resolve()) for p in inputs if p is not None]
+    seen: dict[Path, str] = {}
+    for name, out in outputs.items():
+        if out is None:
+            continue
+        res = Path(out).resolve()
+        if res in seen:
+            raise TokcalError(f"{name} {out}: the same path as {seen[res]}; give each output its own path")
+        seen[res] = name
+        for given, inp in ins:
+            inside = inp.is_dir() and inp in res.parents
+            if _same(res, inp) or inside:
+                where = "is" if not inside else "lies inside"
+                raise TokcalError(f"{name} {out}: {where} the input {given}; writing there would destroy it "
+                                  "(choose another output path)")
 
 
 TASK_MODELS = {"causal": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import ValidationError
 from . import app
-from .common import console, friendly_errors
+from .common import console, friendly_errors, refuse_overwrite
 
 
 @app.command()
@@ -31,6 +31,8 @@ def evaluate(
     from ..evaluation import evaluate as run_evaluate
     from ..table import TokenTable
 
+    words = [Path(s.partition(":")[2]) for s in slice_ or [] if s.startswith("words:")]
+    refuse_overwrite({"--json": json_out, "--html": html_out}, [table, calibrator, *words])
     cal = None
     if calibrator is not None:
         from ..calibrators import load_calibrator

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .common import console, friendly_errors
+from .common import console, friendly_errors, refuse_overwrite
 
 METHODS = ("temperature", "group", "adaptive", "histogram", "isotonic", "beta", "selective", "conformal")
 
@@ -66,6 +66,7 @@ def fit_command(
     from ..calibrators.hygiene import HELD_OUT_METRICS
     from ..table import TokenTable
 
+    refuse_overwrite({"--output": output}, [table])
     data = TokenTable.read_parquet(table)
     cal = build_calibrator(method, by=by, alpha=alpha, threshold=threshold, score=score, inner=inner,
                            bins=bins, seed=seed)

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import ValidationError
 from . import app
-from .common import console, friendly_errors
+from .common import console, friendly_errors, refuse_overwrite
 
 
 def parse_named_paths(items: list[str]) -> dict[str, Path]:
@@ -38,7 +38,9 @@ def report(
     """Write one self-contained HTML report (no network needed) comparing EVALUATIONS."""
     from ..report import load_evaluation, save_diagrams, write_html
 
-    evs = {name: load_evaluation(path) for name, path in parse_named_paths(evaluations).items()}
+    named = parse_named_paths(evaluations)
+    refuse_overwrite({"--out": out, "--png-dir": png_dir}, named.values())
+    evs = {name: load_evaluation(path) for name, path in named.items()}
     write_html(out, evs, title=title)
     console.print(f"wrote {out}")
     if png_dir is not None:

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._io import atomic_write, read_json
 from ..errors import SchemaError, ValidationError
-from ..table import atomic_write
 
 Method = Literal["bound", "empirical"]
 
@@ -239,8 +239,4 @@ class Abstainer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Abstainer:
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise SchemaError(f"{path}: cannot read abstainer ({e})") from None
-        return cls.from_dict(d, where=str(path))
+        return cls.from_dict(read_json(path, "abstainer file"), where=str(path))

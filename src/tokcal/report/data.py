@@ -7,15 +7,14 @@ the parts the report draws are there, naming the evaluation and the missing key 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write, read_json
 from ..errors import SchemaError, ValidationError
-from ..table import atomic_write
 
 REQUIRED_KEYS = ("signature", "overall", "bins")
 
@@ -49,29 +48,13 @@ def as_dicts(evaluations: Any) -> dict[str, dict[str, Any]]:
 
 def load_evaluation(path: str | os.PathLike) -> dict[str, Any]:
     """Read the JSON that ``tokcal evaluate --json`` wrote (``Evaluation.to_dict()``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValidationError(f"{path}: no such evaluation file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SchemaError(f"{path}: not valid JSON ({e})") from None
-    return as_dict(data, name=str(path))
+    return as_dict(read_json(path, "evaluation file"), name=str(path))
 
 
 def write_file(path: str | os.PathLike, write: Any) -> Path:
-    """``atomic_write(path, write)`` with the permissions a new file normally gets (0666 less the umask;
-    the temp file behind an atomic write starts private, 0600). Creates the parent folder."""
+    """``atomic_write(path, write)``, returning the path (parent created, permissions kept)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-
-    def write_public(tmp: str) -> None:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)
-
-    atomic_write(path, write_public)
+    atomic_write(path, write)
     return path
 
 

@@ -23,8 +23,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write, read_json
 from ..errors import TokcalError
-from ..table import TokenTable, atomic_write
+from ..table import TokenTable
 
 MANIFEST = "manifest.json"
 FORMAT = "tokcal-dataset"
@@ -42,10 +43,7 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return None
-    try:
-        m = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TokcalError(f"{path}: corrupt manifest ({e})") from None
+    m = read_json(path, "dataset manifest")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise TokcalError(f"{path}: not a tokcal dataset manifest")
     if m.get("version") != VERSION:
