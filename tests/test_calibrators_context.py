@@ -10,7 +10,8 @@ from tokcal import TokenTable, synthetic
 from tokcal.calibrators import AdaptiveTemperature, GroupTemperature, Temperature
 from tokcal.calibrators.adaptive import logit_features, table_logit_features
 from tokcal.probs import token_probs
-from tokcal.slices import TOKEN_TYPES, TokenTypeSlice, token_type, vocab_convention
+from tokcal.slices import TokenTypeSlice
+from tokcal.vocab import TOKEN_TYPES
 
 DOMAINS = {"news": 0.5, "chat": 1.0, "code": 2.0}
 
@@ -61,9 +62,8 @@ def test_token_type_groups_are_the_type_slice():
     by_slice = np.asarray(sl.labels)[sl.codes(t)]
     np.testing.assert_array_equal(cal._table_groups(t), by_slice)
     assert cal.counts == {k: int(v) for k, v in zip(*np.unique(by_slice, return_counts=True), strict=True)}
-    conv = vocab_convention(t.vocab)
     z = synthetic.make_logits(5, 300, seed=2)
-    types = [token_type(t.vocab[i], conv) for i in z.argmax(axis=1)]
+    types = [t.vocabulary.token_type(i) for i in z.argmax(axis=1)]
     expect = np.array([cal.temperatures.get(x, cal.global_temperature) for x in types])
     np.testing.assert_allclose(cal.transform_logits(z), z / expect[:, None], rtol=1e-6)
     back = GroupTemperature.from_dict(cal.to_dict())

@@ -16,8 +16,6 @@ from tokcal.slices import (
     default_slices,
     parse_slice,
     parse_slices,
-    token_type,
-    vocab_convention,
 )
 from tokcal.synthetic import make_table
 
@@ -27,36 +25,14 @@ def table():
     return make_table(1500, 120, domains={"a": 0.8, "b": 1.2}, seq_len=40, seed=3)
 
 
-@pytest.mark.parametrize("s,conv,expected", [
-    ("Ġthe", "marker", "word-initial"), ("▁the", "marker", "word-initial"), ("ing", "marker", "continuation"),
-    ("'s", "marker", "continuation"), ("the", "wordpiece", "word-initial"), ("##ing", "wordpiece", "continuation"),
-    ("the", "none", "word-initial"), (".", "marker", "punctuation"), ("Ġ(", "marker", "punctuation"),
-    ("...", "marker", "punctuation"), ("$", "marker", "punctuation"), ("##", "wordpiece", "punctuation"),
-    ("7", "marker", "digits"), ("Ġ1999", "marker", "digits"), ("\n", "marker", "whitespace"),
-    ("Ċ", "marker", "whitespace"), ("ĊĊ", "marker", "whitespace"), ("Ġ", "marker", "whitespace"),
-    ("▁", "marker", "whitespace"), ("\t", "marker", "whitespace"), ("<0x0A>", "marker", "whitespace"),
-    ("<0x41>", "marker", "continuation"), ("<pad>", "marker", "special"), ("[CLS]", "wordpiece", "special"),
-    ("<|im_start|>", "marker", "special"), ("<eos>", "marker", "eos"), ("</s>", "marker", "eos"),
-    ("<|endoftext|>", "marker", "eos"), ("[SEP]", "wordpiece", "eos"), ("<", "marker", "punctuation"),
-    ("", "marker", "other"),
-])
-def test_token_type_of_known_strings(s, conv, expected):
-    assert token_type(s, conv) == expected
-
-
-def test_vocab_convention():
-    assert vocab_convention(["[CLS]", "the", "##ing"]) == "wordpiece"
-    assert vocab_convention(["<s>", "Ġthe", "ing"]) == "marker"
-    assert vocab_convention(["the", "ing"]) == "none"
-
-
 def test_type_slice_on_gold_and_predicted(table):
     sl = TokenTypeSlice()
     codes = sl.codes(table)
-    expected = [token_type(table.vocab[y], "marker") for y in table.label]
-    assert [sl.labels[c] for c in codes] == expected
+    voc = table.vocabulary
+    assert voc.convention == "byte-level"  # make_vocab spells word starts with Ġ
+    assert [sl.labels[c] for c in codes] == [voc.token_type(y) for y in table.label]
     pred = parse_slice("type:predicted").codes(table)
-    assert [sl.labels[c] for c in pred] == [token_type(table.vocab[y], "marker") for y in table.predicted]
+    assert [sl.labels[c] for c in pred] == [voc.token_type(y) for y in table.predicted]
 
 
 def test_frequency_buckets_from_counts(table):
@@ -90,7 +66,7 @@ def test_unknown_gold_labels_get_minus_one(table):
                    tail=table.tail, layout=table.layout, vocab_size=table.vocab_size, vocab=table.vocab)
     for spec in ("freq", "type", "words:" + "x"):
         if spec.startswith("words"):
-            sl = WordListSlice(words=["Ġthe"])
+            sl = WordListSlice(words=["the"])
         else:
             sl = parse_slice(spec)
         codes = sl.codes(t)
@@ -113,7 +89,7 @@ def test_word_list_from_file(tmp_path, table):
     sl = parse_slice(f"words:{f}")
     assert sl.name == "words:challenge" and sl.labels == ["listed", "other"]
     codes = sl.codes(table)
-    listed = {i for i, s in enumerate(table.vocab) if s.replace("Ġ", "").strip().lower() in {"the", "7"}}
+    listed = {i for i, s in enumerate(table.vocabulary.pieces) if s.replace("Ġ", "").strip().lower() in {"the", "7"}}
     np.testing.assert_array_equal(codes == 0, np.isin(table.label, list(listed)))
     assert WordListSlice(words=[3]).codes(table).tolist() == np.where(table.label == 3, 0, 1).tolist()
 

@@ -65,7 +65,7 @@ def test_make_table_is_deterministic():
         np.testing.assert_array_equal(getattr(t1, col), getattr(t2, col))
     assert t1.n_sequences == 24
     np.testing.assert_array_equal(t1.position[:26], np.r_[np.arange(25), 0])
-    assert t1.source["beta_star"] == 1.0 and t1.vocab == make_vocab(200)
+    assert t1.source["beta_star"] == 1.0 and list(t1.vocabulary.pieces) == make_vocab(200)
     assert not np.array_equal(make_table(600, 200, seed=8).label, t1.label)
 
 

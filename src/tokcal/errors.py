@@ -19,6 +19,10 @@ class ConvergenceError(TokcalError):
     """An optimiser could not reach a solution inside its bounds."""
 
 
+class TokcalWarning(UserWarning):
+    """A result tokcal computed but cannot fully stand behind (an assumption it had to make)."""
+
+
 def first_bad_row(mask) -> int:
     """Index of the first True in a boolean mask (callers check ``mask.any()`` first)."""
     import numpy as np

@@ -310,14 +310,6 @@ def _per_value_sums(st: SequenceStats, k: int) -> tuple[np.ndarray, np.ndarray]:
 # -- worst tokens, curves, passage ---------------------------------------------------------------
 
 
-def display_piece(s: str) -> str:
-    """A vocabulary string as text: GPT-2 ``Ġ``/``Ċ`` and SentencePiece ``▁`` become spaces/newlines,
-    a WordPiece ``##`` continuation is glued on."""
-    if s.startswith("##") and len(s) > 2:
-        return s[2:]
-    return s.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n").replace("ĉ", "\t")
-
-
 def _worst_tokens(table: TokenTable, keep: np.ndarray, p: TokenProbs, c: np.ndarray, a: np.ndarray,
                   bins: int, worst: int) -> list[dict[str, Any]]:
     """Predicted ids with the largest n_t |conf_t - acc_t| (their share of sum_t n_t |gap_t| / n)."""
@@ -345,16 +337,23 @@ def _worst_tokens(table: TokenTable, keep: np.ndarray, p: TokenProbs, c: np.ndar
             i = rank[r]
             start = max(np.searchsorted(sorted_seq, table.sequence_id[r], side="left"), i - 8)
             prev = table.label[order[start:i]]
-            text = "".join(display_piece(s) for s in table.token_strings(prev[prev >= 0]))
+            text = _decode(table, prev[prev >= 0])
             gold = table.token_strings([table.label[r]])[0]
             tok = table.token_strings([t])[0]
-            note = "" if table.label[r] == t else f" (gold: {display_piece(gold)!r})"
-            contexts.append(f"{text}[[{display_piece(tok)}]]{note}")
+            note = "" if table.label[r] == t else f" (gold: {gold!r})"
+            contexts.append(f"{text}[[{tok}]]{note}")
         out.append({"id": int(t), "token": table.token_strings([t])[0], "n": int(cnt[t]),
                     "confidence": float(sc[t] / cnt[t]), "accuracy": float(sa[t] / cnt[t]),
                     "gap": float((sc[t] - sa[t]) / cnt[t]),
                     "ece_share": float(contrib[t] / total) if total > 0 else 0.0, "contexts": contexts})
     return out
+
+
+def _decode(table: TokenTable, ids: np.ndarray) -> str:
+    """Text of a run of ids (:meth:`tokcal.vocab.Vocabulary.decode`); ``<id>`` pieces without a vocabulary."""
+    if table.vocabulary is None:
+        return "".join(table.token_strings(ids))
+    return table.vocabulary.decode(ids)
 
 
 def _risk_coverage(c: np.ndarray, a: np.ndarray, area: float, points: int = 101) -> dict[str, Any]:
@@ -379,7 +378,7 @@ def _passage(table: TokenTable, probs: TokenProbs, max_tokens: int = 200) -> lis
     rows = rows[np.argsort(table.position[rows], kind="stable")][:max_tokens]
     strings = table.token_strings(np.where(table.label[rows] >= 0, table.label[rows], table.predicted[rows]))
     p = probs.select(rows)
-    return [{"token": display_piece(s), "label_prob": _num(lp), "confidence": float(c), "correct": bool(ok)}
+    return [{"token": s, "label_prob": _num(lp), "confidence": float(c), "correct": bool(ok)}
             for s, lp, c, ok in zip(strings, p.label_prob, p.confidence, p.correct, strict=True)]
 
 

@@ -10,18 +10,18 @@ Slices (and their CLI specs, parsed by :func:`parse_slice`):
 * ``freq`` / ``freq:predicted`` -- frequency bucket of the gold / predicted token, by its rank in
   counts the user passes or counted (gold labels) on a reference table, default the evaluated
   table: ``top-100``, ``100-1k``, ``1k-10k``, ``10k+``, ``unseen`` (count 0).
-* ``type`` / ``type:predicted`` -- token type from the vocabulary string (:func:`token_type`).
+* ``type`` / ``type:predicted`` -- token type of the id under its tokenizer's convention
+  (:data:`tokcal.vocab.TOKEN_TYPES`, rules in :mod:`tokcal.vocab`).
 * ``group:NAME`` -- a group column of the table (domain, split, ...).
 * ``position`` -- position bucket of the predicted token in its sequence: ``0``, ``1-3``,
   ``4-15``, ``16-63``, ``64-255``, ``256+``.
 * ``words:FILE`` -- a challenge list (one token or word per line; ``#`` comments): gold tokens whose
-  string, with sub-word markers removed and lower-cased, is listed (``listed`` vs ``other``).
+  display text, stripped and lower-cased, is listed (``listed`` vs ``other``).
 """
 
 from __future__ import annotations
 
 import os
-import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,13 +32,8 @@ import numpy as np
 
 from .errors import ValidationError
 from .table import TokenTable
+from .vocab import TOKEN_TYPES
 
-TOKEN_TYPES = ("word-initial", "continuation", "punctuation", "digits", "whitespace", "special", "eos", "other")
-EOS_STRINGS = frozenset({"<eos>", "</s>", "<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<|end|>", "[SEP]",
-                         "<|end_of_text|>", "<end_of_turn>"})
-_WORD_MARKERS = ("Ġ", "▁")  # GPT-2 byte-level BPE, SentencePiece
-_CONT_MARKER = "##"  # WordPiece
-_WS_BYTES = {"Ċ": "\n", "ĉ": "\t", "č": "\r"}  # GPT-2 byte-level spellings of whitespace
 FREQ_EDGES = (100, 1000, 10000)
 POSITION_EDGES = (1, 4, 16, 64, 256)
 
@@ -127,74 +122,10 @@ def _short(n: int) -> str:
     return str(n)
 
 
-def _is_punct(ch: str) -> bool:
-    return unicodedata.category(ch)[0] in "PS"
-
-
-def vocab_convention(vocab: Sequence[str]) -> str:
-    """Sub-word convention of a vocabulary: ``"wordpiece"`` (``##`` continuations),
-    ``"marker"`` (word-initial ``Ġ``/``▁``) or ``"none"``."""
-    if any(s.startswith(_CONT_MARKER) and len(s) > 2 for s in vocab):
-        return "wordpiece"
-    if any(s[:1] in _WORD_MARKERS for s in vocab):
-        return "marker"
-    return "none"
-
-
-def token_type(s: str, convention: str = "marker") -> str:
-    """Type of one vocabulary string (one of :data:`TOKEN_TYPES`).
-
-    End-of-sequence strings (``<eos>``, ``</s>``, ``<|endoftext|>``, ``[SEP]``, ...) -> ``eos``;
-    other ``<...>``, ``<|...|>``, ``[UPPER]`` -> ``special`` (SentencePiece byte pieces ``<0x0A>`` are
-    read as their byte); only whitespace (also GPT-2's ``Ċ``/``Ġ``) -> ``whitespace``; any letter ->
-    ``word-initial`` or ``continuation`` by the convention (``Ġ``/``▁`` mark a word start; with
-    WordPiece ``##`` marks a continuation; with no convention a piece counts as word-initial);
-    else digits -> ``digits``; else punctuation/symbols -> ``punctuation``; else ``other``.
-    """
-    if s in EOS_STRINGS:
-        return "eos"
-    if len(s) == 6 and s.startswith("<0x") and s.endswith(">"):
-        try:
-            s = chr(int(s[3:5], 16))
-        except ValueError:
-            return "special"
-    elif (s.startswith("<") and s.endswith(">") and len(s) > 2 and " " not in s) or \
-            (s.startswith("[") and s.endswith("]") and s[1:-1].isupper()):
-        return "special"
-    body = "".join(_WS_BYTES.get(ch, ch) for ch in s)
-    marked = body[:1] in _WORD_MARKERS
-    cont = convention == "wordpiece" and body.startswith(_CONT_MARKER) and len(body) > 2
-    if marked:
-        body = body[1:]
-    elif cont:
-        body = body[2:]
-    if body == "" or body.isspace():
-        return "whitespace" if (body or marked) else "other"
-    if any(ch.isalpha() for ch in body):
-        if convention == "wordpiece":
-            return "continuation" if cont else "word-initial"
-        if convention == "marker":
-            return "word-initial" if marked else "continuation"
-        return "word-initial"
-    core = body.strip()
-    if core.isdigit():
-        return "digits"
-    if all(_is_punct(ch) or ch.isspace() for ch in core):
-        return "punctuation"
-    return "other"
-
-
-def vocab_token_types(vocab: Sequence[str]) -> np.ndarray:
-    """int32 [V]: index into :data:`TOKEN_TYPES` of :func:`token_type` of every vocabulary string, under
-    the vocabulary's convention (:func:`vocab_convention`)."""
-    conv = vocab_convention(vocab)
-    index = {t: i for i, t in enumerate(TOKEN_TYPES)}
-    return np.fromiter((index[token_type(s, conv)] for s in vocab), np.int32, len(vocab))
-
-
 @dataclass
 class TokenTypeSlice(Slice):
-    """Token type (:func:`token_type`) of the gold or predicted token; needs the table's vocabulary."""
+    """Token type (:meth:`tokcal.vocab.Vocabulary.token_types`) of the gold or predicted token; needs
+    the table's vocabulary."""
 
     name: str = "type"
     labels: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
@@ -204,9 +135,9 @@ class TokenTypeSlice(Slice):
         _check_on(self.on)
 
     def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
-        if table.vocab is None:
+        if table.vocabulary is None:
             raise ValidationError(f"slice '{self.name}': the table has no vocabulary (id -> string)")
-        return _lookup(vocab_token_types(table.vocab), _target_ids(table, probs, self.on))
+        return _lookup(table.vocabulary.token_types(), _target_ids(table, probs, self.on))
 
 
 @dataclass
@@ -242,13 +173,9 @@ class PositionSlice(Slice):
         return np.searchsorted(np.asarray(self.edges), table.position, side="right").astype(np.int32)
 
 
-def normalize_piece(s: str) -> str:
-    """A token string without sub-word markers or surrounding whitespace, lower-cased."""
-    s = "".join(_WS_BYTES.get(ch, ch) for ch in s)
-    if s[:1] in _WORD_MARKERS:
-        s = s[1:]
-    elif s.startswith(_CONT_MARKER) and len(s) > 2:
-        s = s[2:]
+def normalize_word(s: str) -> str:
+    """A listed word as matched against :meth:`tokcal.vocab.Vocabulary.normalized`: without surrounding
+    whitespace, lower-cased."""
     return s.strip().lower()
 
 
@@ -256,7 +183,7 @@ def normalize_piece(s: str) -> str:
 class WordListSlice(Slice):
     """Gold (or predicted) tokens on a challenge list (``listed``) vs the rest (``other``).
 
-    ``words`` are strings (matched after :func:`normalize_piece` on both sides) or integer ids.
+    ``words`` are strings (matched, stripped and lower-cased, against each id's display text) or integer ids.
     """
 
     name: str = "words"
@@ -271,16 +198,17 @@ class WordListSlice(Slice):
 
     def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
         ids = {int(w) for w in self.words if isinstance(w, (int, np.integer))}
-        strings = {normalize_piece(str(w)) for w in self.words if not isinstance(w, (int, np.integer))}
+        strings = {normalize_word(str(w)) for w in self.words if not isinstance(w, (int, np.integer))}
         listed = np.zeros(table.vocab_size, bool)
         bad = [i for i in ids if not 0 <= i < table.vocab_size]
         if bad:
             raise ValidationError(f"slice '{self.name}': token id {bad[0]} outside [0, {table.vocab_size})")
         listed[list(ids)] = True
         if strings:
-            if table.vocab is None:
+            if table.vocabulary is None:
                 raise ValidationError(f"slice '{self.name}': word list needs the table's vocabulary")
-            listed |= np.fromiter((normalize_piece(s) in strings for s in table.vocab), bool, len(table.vocab))
+            norm = table.vocabulary.normalized()
+            listed |= np.fromiter((s in strings for s in norm), bool, len(norm))
         return _lookup(np.where(listed, 0, 1).astype(np.int32), _target_ids(table, probs, self.on))
 
     @classmethod
@@ -338,7 +266,7 @@ def _check_spec(spec: str, on: str) -> str:
 def default_slices(table: TokenTable) -> list[Slice]:
     """``freq``, ``freq:predicted``, ``type`` (with a vocabulary), ``position`` and every group column."""
     out: list[Slice] = [FrequencySlice(), FrequencySlice(name="freq:predicted", on="predicted")]
-    if table.vocab is not None:
+    if table.vocabulary is not None:
         out.append(TokenTypeSlice())
     out.append(PositionSlice())
     out += [GroupSlice(name=f"group:{g}", group=g) for g in table.groups]

@@ -17,8 +17,12 @@ from ._io import atomic_write
 from ._version import __version__
 from .errors import SchemaError, ValidationError, first_bad_row
 from .sketch import DEFAULT_TOP_K, LogitSketch, TailLayout, sketch_logits, sketch_logprobs
+from .vocab import Vocabulary
 
-SCHEMA_VERSION = 1
+#: 2: the metadata holds the vocabulary's raw pieces and convention (``"vocabulary"``, see
+#: :mod:`tokcal.vocab`); version 1 files (decoded strings under ``"vocab"``) are still read.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 _META_KEY = b"tokcal"
 _REQUIRED = (
     "sequence_id", "position", "label", "top_ids", "top_logits",
@@ -64,8 +68,11 @@ class TokenTable:
 
     Build one with :meth:`from_logits` (full logits), :meth:`from_logprobs` (API top-k
     log-probs) or :meth:`read_parquet`. Columns are numpy arrays; rows with ``label == -1`` are
-    kept (for annotation) but excluded from every metric.
+    kept (for annotation) but excluded from every metric. ``vocabulary`` (:class:`tokcal.vocab.Vocabulary`)
+    holds the raw pieces and their convention; ``vocab`` is its display strings.
     """
+
+    vocabulary: Vocabulary | None
 
     def __init__(
         self,
@@ -82,7 +89,7 @@ class TokenTable:
         vocab_size: int,
         groups: Mapping[str, Any] | None = None,
         features: Any = None,
-        vocab: Sequence[str] | None = None,
+        vocab: Sequence[str] | Vocabulary | None = None,
         source: Mapping[str, Any] | None = None,
         validate: bool = True,
     ) -> None:
@@ -101,10 +108,23 @@ class TokenTable:
             str(k): GroupColumn.from_values(str(k), v, n) for k, v in (groups or {}).items()
         }
         self.features = None if features is None else np.asarray(features, dtype=np.float32)
-        self.vocab = None if vocab is None else list(vocab)
+        self.vocab = vocab
         self.source = dict(source or {})
         if validate:
             self.validate()
+
+    @property
+    def vocab(self) -> list[str] | None:
+        """Display string of every id (:meth:`tokcal.vocab.Vocabulary.display`), or None."""
+        return None if self.vocabulary is None else self.vocabulary.display_strings()
+
+    @vocab.setter
+    def vocab(self, value: Sequence[str] | Vocabulary | None) -> None:
+        """A :class:`~tokcal.vocab.Vocabulary`, or id -> string (its convention detected from the strings)."""
+        if value is None or isinstance(value, Vocabulary):
+            self.vocabulary = value
+        else:
+            self.vocabulary = Vocabulary.from_pieces(list(value))
 
     # -- construction --------------------------------------------------------------------------
 
@@ -118,7 +138,7 @@ class TokenTable:
         positions: Any = None,
         groups: Mapping[str, Any] | None = None,
         features: Any = None,
-        vocab: Sequence[str] | None = None,
+        vocab: Sequence[str] | Vocabulary | None = None,
         source: Mapping[str, Any] | None = None,
     ) -> TokenTable:
         n = len(sk)
@@ -143,7 +163,7 @@ class TokenTable:
         top_k: int = DEFAULT_TOP_K,
         groups: Mapping[str, Any] | None = None,
         features: Any = None,
-        vocab: Sequence[str] | None = None,
+        vocab: Sequence[str] | Vocabulary | None = None,
         source: Mapping[str, Any] | None = None,
     ) -> TokenTable:
         """Sketch full ``logits`` [N, V] (numpy or torch) with gold ``labels`` [N] (-1 = unknown).
@@ -168,7 +188,7 @@ class TokenTable:
         sequence_ids: Any = None,
         positions: Any = None,
         groups: Mapping[str, Any] | None = None,
-        vocab: Sequence[str] | None = None,
+        vocab: Sequence[str] | Vocabulary | None = None,
         source: Mapping[str, Any] | None = None,
     ) -> TokenTable:
         """Build from top-k ``logprobs`` only (API outputs); the tail is unknown."""
@@ -221,8 +241,8 @@ class TokenTable:
             raise ValidationError(f"features: expected shape ({n}, F), got {self.features.shape}")
         if self.features is not None:
             self._check(~np.isfinite(self.features).all(1), "features", "is not finite", self.features)
-        if self.vocab is not None and len(self.vocab) != self.vocab_size:
-            raise ValidationError(f"vocab: {len(self.vocab)} strings for vocab_size={self.vocab_size}")
+        if self.vocabulary is not None and self.vocabulary.size != self.vocab_size:
+            raise ValidationError(f"vocab: {self.vocabulary.size} strings for vocab_size={self.vocab_size}")
 
     @staticmethod
     def _check(mask: np.ndarray, column: str, what: str, values: np.ndarray) -> None:
@@ -273,11 +293,11 @@ class TokenTable:
         return self.groups[name]
 
     def token_strings(self, ids: Any) -> list[str]:
-        """Vocabulary strings of ``ids`` (``<id>`` where the table has no vocabulary)."""
+        """Display strings of ``ids`` (``<id>`` where the table has no vocabulary)."""
         ids = np.asarray(ids).ravel()
-        if self.vocab is None:
+        if self.vocabulary is None:
             return [f"<{int(i)}>" for i in ids]
-        return [self.vocab[int(i)] if 0 <= i < len(self.vocab) else f"<{int(i)}>" for i in ids]
+        return [self.vocabulary.display(int(i)) for i in ids]
 
     # -- selection and concatenation -----------------------------------------------------------
 
@@ -293,7 +313,7 @@ class TokenTable:
             top_ids=self.top_ids[idx], top_logits=self.top_logits[idx], label_logit=self.label_logit[idx],
             log_normalizer=self.log_normalizer[idx], tail=self.tail[idx], layout=self.layout,
             vocab_size=self.vocab_size, groups={k: g.take(idx) for k, g in self.groups.items()},
-            features=None if self.features is None else self.features[idx], vocab=self.vocab,
+            features=None if self.features is None else self.features[idx], vocab=self.vocabulary,
             source=self.source, validate=False,
         ).checked_nonempty()
 
@@ -347,7 +367,7 @@ class TokenTable:
             log_normalizer=cat("log_normalizer"), tail=cat("tail"), layout=first.layout,
             vocab_size=first.vocab_size, groups=groups,
             features=None if first.features is None else cat("features"),
-            vocab=first.vocab, source=first.source, validate=False,
+            vocab=first.vocabulary, source=first.source, validate=False,
         )
 
     # -- Arrow / Parquet -----------------------------------------------------------------------
@@ -355,7 +375,8 @@ class TokenTable:
     def metadata(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION, "tokcal_version": __version__, "vocab_size": self.vocab_size,
-            "k": self.k, "tail_layout": self.layout.to_dict(), "source": self.source, "vocab": self.vocab,
+            "k": self.k, "tail_layout": self.layout.to_dict(), "source": self.source,
+            "vocabulary": None if self.vocabulary is None else self.vocabulary.to_dict(),
         }
 
     def to_arrow(self) -> pa.Table:
@@ -413,7 +434,7 @@ class TokenTable:
                 log_normalizer=plain("log_normalizer", np.float32), tail=tail,
                 layout=TailLayout.from_dict(meta["tail_layout"]), vocab_size=meta["vocab_size"],
                 groups=groups, features=fixed("features", np.float32) if "features" in table.column_names else None,
-                vocab=meta.get("vocab"), source=meta.get("source"),
+                vocab=_vocabulary(meta, where), source=meta.get("source"),
             )
         except ValidationError as e:
             raise ValidationError(f"{where}: {e}") from None
@@ -470,7 +491,37 @@ def _read_meta(raw: Mapping[bytes, bytes] | None, where: str) -> dict[str, Any]:
         meta = json.loads(raw[_META_KEY])
     except json.JSONDecodeError as e:
         raise SchemaError(f"{where}: corrupt tokcal metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise SchemaError(f"{where}: tokcal metadata is not a JSON object")
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise SchemaError(f"{where}: TokenTable schema version {version!r}; this tokcal reads {SCHEMA_VERSION}")
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise SchemaError(f"{where}: TokenTable schema version {version!r}; this tokcal reads "
+                          f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
     return meta
+
+
+def _vocabulary(meta: Mapping[str, Any], where: str) -> Vocabulary | None:
+    """The table's vocabulary: raw pieces + convention (version 2), or version 1's decoded strings
+    (convention ``"text"`` when their leading spaces mark word starts, see :func:`tokcal.vocab.detect_convention`).
+
+    The batches and parts of one dataset share one object (and its derived arrays) while their
+    metadata is equal."""
+    key = json.dumps([meta.get("vocabulary"), meta.get("vocab")], sort_keys=True)
+    hit = _VOCAB_CACHE.get(key)
+    if hit is not None:
+        return hit
+    if meta.get("vocabulary") is not None:
+        vocabulary = Vocabulary.from_dict(meta["vocabulary"], where)
+    else:
+        old = meta.get("vocab")
+        if old is None:
+            return None
+        if not isinstance(old, list) or not all(isinstance(x, str) for x in old):
+            raise SchemaError(f"{where}: metadata 'vocab' must be a list of strings")
+        vocabulary = Vocabulary.from_pieces(old)
+    _VOCAB_CACHE.clear()  # keep only the latest: bounded memory
+    _VOCAB_CACHE[key] = vocabulary
+    return vocabulary
+
+
+_VOCAB_CACHE: dict[str, Vocabulary] = {}

@@ -15,30 +15,29 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import ValidationError
-from ..slices import TOKEN_TYPES, vocab_token_types
 from ..table import TokenTable
+from ..vocab import TOKEN_TYPES, Vocabulary
 from .base import as_rows, is_tensor, labeled_rows
 from .temperature import DEFAULT_BOUNDS, CalibrationWarning, TemperatureFamily, cluster_se, fit_beta, nll_terms
 
 TOKEN_TYPE = "token_type"
-#: one letter per token type (:data:`tokcal.slices.TOKEN_TYPES`), stored per vocabulary id in the JSON
+#: one letter per token type (:data:`tokcal.vocab.TOKEN_TYPES`), stored per vocabulary id in the JSON
 TYPE_CODES = {"w": "word-initial", "c": "continuation", "p": "punctuation", "d": "digits", "n": "whitespace",
               "s": "special", "e": "eos", "o": "other"}
 #: category names of calibrators saved before the token types were unified with tokcal.slices
 _LEGACY_NAMES = {"word": "word-initial", "punct": "punctuation", "number": "digits"}
 
 
-def type_code_string(vocab: Sequence[str]) -> str:
-    """One letter of :data:`TYPE_CODES` per vocabulary string: :func:`tokcal.slices.token_type` under the
-    vocabulary's sub-word convention (the same types as the ``type`` slice)."""
+def type_code_string(vocab: Vocabulary) -> str:
+    """One letter of :data:`TYPE_CODES` per id: :meth:`tokcal.vocab.Vocabulary.token_types` (the same
+    types as the ``type`` slice)."""
     letters = [{v: k for k, v in TYPE_CODES.items()}[t] for t in TOKEN_TYPES]
-    return "".join(letters[i] for i in vocab_token_types(vocab))
+    return "".join(letters[i] for i in vocab.token_types())
 
 
 class GroupTemperature(TemperatureFamily):
@@ -77,10 +76,10 @@ class GroupTemperature(TemperatureFamily):
         if self.by == TOKEN_TYPE:
             codes = self.type_codes
             if codes is None:
-                if table.vocab is None:
+                if table.vocabulary is None:
                     raise ValidationError("GroupTemperature(by='token_type'): the table has no vocabulary "
                                           "strings and no 'token_type' group column")
-                codes = type_code_string(table.vocab)
+                codes = type_code_string(table.vocabulary)
             return _types_of(codes, table.predicted)
         raise ValidationError(f"GroupTemperature: no group column '{self.by}'; this table has {sorted(table.groups)}")
 
@@ -106,8 +105,8 @@ class GroupTemperature(TemperatureFamily):
 
     def fit(self, table: TokenTable, **_: Any) -> GroupTemperature:
         lab = labeled_rows(table, "GroupTemperature.fit")
-        if self.by == TOKEN_TYPE and self.by not in lab.groups and lab.vocab is not None:
-            self.type_codes = type_code_string(lab.vocab)
+        if self.by == TOKEN_TYPE and self.by not in lab.groups and lab.vocabulary is not None:
+            self.type_codes = type_code_string(lab.vocabulary)
         values = self._table_groups(lab)
         sk = lab.sketch
         beta0, info0 = fit_beta(sk, self.bounds, seed=self.seed, what="GroupTemperature (global)")

@@ -1,5 +1,5 @@
 """Plumbing shared by the Hugging Face collectors of :mod:`tokcal.sources.hf`: input items and
-groups, blocks of documents, streaming to a dataset directory, device and vocabulary helpers, and
+groups, blocks of documents, streaming to a dataset directory, device helpers, and
 chunked sketching of logits on their device. Imports torch: load it only with a model at hand."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from ..errors import TokcalError
 from ..sketch import LogitSketch, sketch_logits
 from ..table import TokenTable
+from ..vocab import Vocabulary
 from .dataset import DatasetWriter
 
 #: logits per sketched chunk. On CPU 512 MiB of float32: the output head's weights are re-read
@@ -88,7 +89,7 @@ class _Rows:
         self.label.append(label)
 
 
-def _table(rows: _Rows, block: list[_Item], vocab: list[str], source: dict[str, Any]) -> TokenTable | None:
+def _table(rows: _Rows, block: list[_Item], vocab: Vocabulary, source: dict[str, Any]) -> TokenTable | None:
     if not rows.sketches:
         return None
     seq, pos, lab = (np.concatenate(x) for x in (rows.seq, rows.pos, rows.label))
@@ -116,7 +117,7 @@ def _blocks(items: list[_Item], cost: Callable[[_Item], int], budget: int) -> li
 
 
 def _drive(items: list[_Item], predict: Callable[[list[_Item]], _Rows], cost: Callable[[_Item], int],
-           budget: int, vocab: list[str], source: dict[str, Any], settings: dict[str, Any],
+           budget: int, vocab: Vocabulary, source: dict[str, Any], settings: dict[str, Any],
            out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None) -> TokenTable | Path:
     writer = DatasetWriter(out_dir, settings, part_rows=part_rows) if out_dir is not None else None
     todo = [it for it in items if writer is None or not writer.is_done(it.id, it.hash, it.seq)]
@@ -150,22 +151,6 @@ def _device(model: Any, device: Any) -> torch.device:
         return device
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def _vocab_strings(tokenizer: Any, size: int) -> list[str]:
-    """id -> readable string (decoded, so byte-level 'Ġthe' reads ' the'); ``<id>`` past the tokenizer."""
-    n = min(size, len(tokenizer))
-    toks = tokenizer.convert_ids_to_tokens(list(range(n)))
-    out = []
-    for i, t in enumerate(toks):
-        if t is None:
-            out.append(f"<{i}>")
-            continue
-        try:
-            out.append(tokenizer.convert_tokens_to_string([t]))
-        except Exception:  # noqa: BLE001 - some tokenizers cannot render a lone token; keep the raw piece
-            out.append(str(t))
-    return out + [f"<{i}>" for i in range(n, size)]
 
 
 def _non_target_ids(tokenizer: Any) -> np.ndarray:

@@ -47,6 +47,7 @@ import torch
 from ..errors import TokcalError
 from ..sketch import DEFAULT_TOP_K
 from ..table import TokenTable
+from ..vocab import Vocabulary
 from ._hf_common import (
     Progress,
     _check_top_k,
@@ -61,7 +62,6 @@ from ._hf_common import (
     _pad_id,
     _Rows,
     _sketch_rows,
-    _vocab_strings,
 )
 from .dataset import DEFAULT_PART_ROWS
 from .readers import Document, Pair, TaggedSentence
@@ -225,7 +225,7 @@ def collect_causal(
                 rows.add(sk, np.concatenate(seq), np.concatenate(pos), labels)
         return rows
 
-    vocab = _vocab_strings(tokenizer, vocab_size)
+    vocab = Vocabulary.from_tokenizer(tokenizer, size=vocab_size)
     return _drive(items, predict, lambda it: len(it.data) // 3 + 1,
                   budget=block_tokens or max(4096, 4 * batch_size * L), vocab=vocab, source=source,
                   settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress)
@@ -320,7 +320,7 @@ def collect_seq2seq(
                 rows.add(sk, np.array([block[idx[r]].seq for r in b], np.int64), t, y)
         return rows
 
-    vocab = _vocab_strings(tokenizer, vocab_size)
+    vocab = Vocabulary.from_tokenizer(tokenizer, size=vocab_size)
     return _drive(items, predict, lambda it: (len(it.data[0]) + len(it.data[1])) // 3 + 1,
                   budget=block_tokens or max(4096, 16 * batch_size * 64), vocab=vocab, source=source, settings=settings,
                   out_dir=out_dir, part_rows=part_rows, progress=progress)
@@ -377,7 +377,8 @@ def collect_token_classification(
     n_labels = int(cfg.num_labels)
     label2id = {str(k): int(v) for k, v in (getattr(cfg, "label2id", None) or {}).items()}
     id2label = {int(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()}
-    vocab = [id2label.get(i, f"LABEL_{i}") for i in range(n_labels)]
+    vocab = Vocabulary([id2label.get(i, f"LABEL_{i}") for i in range(n_labels)], "none", special_ids=(),
+                       eos_ids=(), name="model.config.id2label")
     L = max_length or _context_length(model, tokenizer) or 512
     dev = _device(model, device)
     k = min(top_k, n_labels)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,29 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TokcalError
+from ..errors import TokcalError, TokcalWarning
 from ..table import TokenTable
+from ..vocab import Vocabulary as TokenizerVocabulary
 from .align import align_labels
 from .readers import iter_jsonl
 
 FORMATS = ("openai-chat", "openai-completions", "vllm")
 SENTINEL = -9999.0
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (byte-level BPE pieces)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
-_BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
 
 
 def _parse_bytes_token(s: str) -> bytes | None:
@@ -89,30 +75,21 @@ class Vocabulary:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> Vocabulary:
-        n = len(tokenizer)
-        pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
-        byte_level = all(p is None or all(ch in _BYTE_DECODER for ch in p) for p in pieces[:2000])
-        strings = []
-        v = cls(size=n, strings=[])
-        for i, p in enumerate(pieces):
-            if p is None:
-                strings.append(f"<{i}>")
-                continue
-            try:
-                s = tokenizer.convert_tokens_to_string([p])
-            except Exception:  # noqa: BLE001 - keep the raw piece when a lone token cannot be rendered
-                s = p
-            strings.append(s)
-            v._by_str.setdefault(p, i)
-            if byte_level and all(ch in _BYTE_DECODER for ch in p):
-                b = bytes(_BYTE_DECODER[ch] for ch in p)
-                v._by_bytes.setdefault(b, i)
-        for i, s in enumerate(strings):
+        voc = TokenizerVocabulary.from_tokenizer(tokenizer)
+        v = cls(size=voc.size, strings=voc.display_strings())
+        v.vocabulary = voc
+        for i, p in enumerate(voc.pieces):
+            if p is not None:
+                v._by_str.setdefault(p, i)
+                b = voc.piece_bytes(i)
+                if b is not None and voc.convention != "wordpiece":
+                    v._by_bytes.setdefault(b, i)
+        for i, s in enumerate(v._strings):
             v._by_str.setdefault(s, i)
-        v._strings = strings
-        v.name = str(getattr(tokenizer, "name_or_path", "") or "tokenizer")
+        v.name = voc.name or "tokenizer"
         return v
 
+    vocabulary: TokenizerVocabulary | None = None
     name = "from file"
 
     def id_of(self, token: Any, token_bytes: Any, where: str) -> int:
@@ -155,6 +132,18 @@ class Vocabulary:
 
     def strings(self) -> list[str]:
         return self._strings + [f"<{i}>" for i in range(len(self._strings), self.size)]
+
+    def table_vocabulary(self, size: int) -> TokenizerVocabulary:
+        """The table's :class:`tokcal.vocab.Vocabulary`: the tokenizer's raw pieces, or the API's token
+        strings (decoded text, ``"text"`` convention) with no piece for ids never seen."""
+        if self.vocabulary is not None and self.vocabulary.size == size:
+            return self.vocabulary
+        if self.vocabulary is not None:
+            v = self.vocabulary
+            return TokenizerVocabulary([*v.pieces, *[None] * (size - v.size)], v.convention,
+                                       special_ids=v.special_ids, eos_ids=v.eos_ids, name=v.name)
+        pieces = [None if s == f"<{i}>" else s for i, s in enumerate(self._strings)]
+        return TokenizerVocabulary([*pieces, *[None] * (size - len(pieces))], "text", name=self.name)
 
 
 @dataclass
@@ -401,6 +390,15 @@ def _build(seqs, vocab: Vocabulary, vocab_size: int | None, tokens_are_reference
         if vocab_size < V:
             raise TokcalError(f"vocab_size={vocab_size} is smaller than the {V} token ids in use")
         V = vocab_size
+        v_from = "given"
+    elif vocab.growing:
+        v_from = "distinct tokens seen"
+        warnings.warn(f"{meta['file']}: no tokenizer and no vocab_size, so the vocabulary size is taken as the "
+                      f"{V} distinct tokens seen; the uniform tail, imputed log-probs and Brier scores assume it. "
+                      "Pass the model's vocab_size (CLI: --vocab-size) or its tokenizer (--vocab)",
+                      TokcalWarning, stacklevel=3)
+    else:
+        v_from = "tokenizer"
     rows: list[tuple[int, int, _Position, int]] = []
     label_kinds = set()
     for s, (lineno, kind, positions, ref) in enumerate(seqs):
@@ -454,9 +452,9 @@ def _build(seqs, vocab: Vocabulary, vocab_size: int | None, tokens_are_reference
     kinds = sorted(label_kinds)
     source = {**meta, "task": "api-logprobs", "top_k": k, "tail": "unknown (uniform remainder)",
               "labels": kinds[0] if len(kinds) == 1 else "mixed: " + ",".join(kinds),
-              "label_logprob_imputed": imputed, "vocab": vocab.name, "vocab_size": V}
+              "label_logprob_imputed": imputed, "vocab": vocab.name, "vocab_size": V, "vocab_size_from": v_from}
     return TokenTable.from_logprobs(
         top_ids, top_lp, np.array([y for *_, y in rows], np.int64), label_lp, vocab_size=V,
         sequence_ids=np.array([s for s, *_ in rows], np.int64), positions=np.array([j for _, j, *_ in rows]),
-        vocab=vocab.strings() + [f"<{i}>" for i in range(vocab.size, V)], source=source,
+        vocab=vocab.table_vocabulary(V), source=source,
     )
