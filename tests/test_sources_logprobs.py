@@ -167,3 +167,17 @@ def test_readers_and_bad_lines(tmp_path):
     conll.write_text("God NNP B-PER\nsaid O\n")
     with pytest.raises(TokcalError, match=r"c\.conll:2: expected 3 columns"):
         read_conll(conll)
+
+
+def test_vocab_size_from_tokens_seen_warns_and_is_recorded():
+    """Without a tokenizer or vocab_size, V is the number of distinct tokens seen: said, and kept."""
+    from tokcal.errors import TokcalWarning
+
+    with pytest.warns(TokcalWarning, match=r"vllm\.jsonl: no tokenizer and no vocab_size.* 23 distinct tokens"):
+        t = read_logprobs(FIX / "vllm.jsonl")
+    assert t.vocab_size == 23 and t.source["vocab_size_from"] == "distinct tokens seen"
+    assert read_logprobs(FIX / "vllm.jsonl", vocab_size=50).source["vocab_size_from"] == "given"
+    tok = bpe_tokenizer(vocab_size=600)
+    t = read_logprobs(FIX / "openai_chat.jsonl", tokenizer=tok)
+    assert t.source["vocab_size_from"] == "tokenizer"
+    assert t.vocabulary.convention == "byte-level" and t.vocabulary.pieces[t.top_ids[1, 0]] == "Ġthe"
