@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import TokcalError
+from ..errors import TokcalError, TokcalWarning
 from ..sketch import LogitSketch, sketch_logits
 from ..table import TokenTable
 from ..vocab import Vocabulary
@@ -119,6 +120,29 @@ def _blocks(items: list[_Item], cost: Callable[[_Item], int], budget: int) -> li
 def _drive(items: list[_Item], predict: Callable[[list[_Item]], _Rows], cost: Callable[[_Item], int],
            budget: int, vocab: Vocabulary, source: dict[str, Any], settings: dict[str, Any],
            out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None) -> TokenTable | Path:
+    fresh = out_dir is not None and not Path(out_dir).exists()
+    try:
+        return _drive_blocks(items, predict, cost, budget, vocab, source, settings, out_dir, part_rows, progress)
+    except BaseException:
+        if fresh:
+            _remove_if_unfinished(Path(out_dir))
+        raise
+
+
+def _remove_if_unfinished(out_dir: Path) -> None:
+    """Remove a dataset directory this run created if no part was finished: nothing half-made stays."""
+    if not out_dir.is_dir() or any(out_dir.glob("*.parquet")):
+        return
+    names = {p.name for p in out_dir.iterdir()}
+    if names <= {"manifest.json"} or all(n == "manifest.json" or n.endswith(".tmp") for n in names):
+        for p in out_dir.iterdir():
+            p.unlink()
+        out_dir.rmdir()
+
+
+def _drive_blocks(items: list[_Item], predict: Callable[[list[_Item]], _Rows], cost: Callable[[_Item], int],
+                  budget: int, vocab: Vocabulary, source: dict[str, Any], settings: dict[str, Any],
+                  out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None) -> TokenTable | Path:
     writer = DatasetWriter(out_dir, settings, part_rows=part_rows) if out_dir is not None else None
     todo = [it for it in items if writer is None or not writer.is_done(it.id, it.hash, it.seq)]
     if progress is not None and len(todo) < len(items):
@@ -207,11 +231,36 @@ def _check_top_k(top_k: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _context_length(model: Any, tokenizer: Any) -> int | None:
+_POSITION_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
+
+
+def _model_positions(model: Any) -> tuple[int, str] | None:
+    """``(positions, config field)``: how many positions the model's config says it has, if it says."""
     cfg = getattr(model, "config", None)
-    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+    for name in _POSITION_FIELDS:
         v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v, name
+    return None
+
+
+def _context_length(model: Any, tokenizer: Any) -> int | None:
+    """The model's context: its config's positions, else the tokenizer's ``model_max_length``."""
+    pos = _model_positions(model)
+    if pos is not None:
+        return pos[0]
     v = getattr(tokenizer, "model_max_length", None)
     return v if isinstance(v, int) and 0 < v < 1_000_000 else None
+
+
+def _clamp_to_context(model: Any, length: int, what: str) -> tuple[int, int | None]:
+    """``(length, asked)``: ``length`` clamped to the model's positions, with a :class:`TokcalWarning`
+    when it was longer (``asked``: the length asked for, else None). Past its positions a model
+    either fails (learned position embeddings: an index error) or predicts from positions it never
+    saw in training, so tokcal never runs it there."""
+    pos = _model_positions(model)
+    if pos is None or length <= pos[0]:
+        return length, None
+    warnings.warn(f"{what}={length} is longer than the model's context of {pos[0]} positions "
+                  f"(config.{pos[1]}); using {what}={pos[0]}", TokcalWarning, stacklevel=3)
+    return pos[0], length

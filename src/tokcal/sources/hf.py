@@ -16,6 +16,14 @@ tokens ``[w*stride, w*stride + max_length)``; it predicts only the tokens after 
 window's end, so every token is predicted exactly once, each with at least
 ``max_length - stride`` tokens of context (``1 <= stride < max_length``; default ``max_length // 2``).
 
+**Context length.** A ``max_length`` (or ``max_target_length``) beyond the positions the model's
+config declares (``n_positions``, ``max_position_embeddings``, ``n_ctx``, ``seq_length``) is clamped
+to them with a :class:`~tokcal.errors.TokcalWarning`; a given ``stride`` is scaled by the same factor,
+so the windows overlap by the same share. The table's source records ``max_length`` (used) and
+``max_length_asked``. Since tokcal windows long texts itself, the tokenizer is called with
+``verbose=False`` (transformers' "sequence length is longer than the maximum" warning does not apply).
+A dataset directory this call created is removed again if it stops before finishing any part.
+
 **BOS and special tokens (causal).** ``prepend_bos=None`` keeps the tokenizer's own behaviour
 (``tokenizer(text)``: GPT-2 adds nothing, Llama prepends ``<s>``); ``True`` tokenizes without
 special tokens and prepends ``tokenizer.bos_token_id`` (so the first text token is predicted);
@@ -51,6 +59,7 @@ from ..vocab import Vocabulary
 from ._hf_common import (
     Progress,
     _check_top_k,
+    _clamp_to_context,
     _concat_sketches,
     _context_length,
     _device,
@@ -161,6 +170,11 @@ def collect_causal(
         raise TokcalError("cannot tell the model's context length; pass max_length")
     if L < 2:
         raise TokcalError(f"max_length must be >= 2, got {L}")
+    if stride is not None:
+        sliding_windows(0, L, stride)  # validates the stride asked for, against the length asked for
+    L, asked = _clamp_to_context(model, L, "max_length")
+    if stride is not None and asked is not None:
+        stride = max(1, stride * L // asked)  # the same overlap, as a share of the window
     S = stride if stride is not None else max(1, L // 2)
     sliding_windows(0, L, S)  # validates stride
     if prepend_bos and getattr(tokenizer, "bos_token_id", None) is None:
@@ -180,14 +194,17 @@ def collect_causal(
     info = _model_info(model, tokenizer)
     source = {**info, "task": "causal-lm", "top_k": k, "labels": "teacher-forced", "max_length": L,
               "stride": S, "bos": bos, "append_eos": bool(append_eos)}
+    if asked is not None:
+        source["max_length_asked"] = asked
     settings = {**source, "vocab_size": vocab_size}
 
     def encode(block: list[_Item]) -> list[list[int]]:
         texts_ = [it.data for it in block]
+        # verbose=False: tokcal windows long texts itself, so the "longer than the maximum" warning is moot
         if prepend_bos is None:
-            ids = tokenizer(texts_)["input_ids"]
+            ids = tokenizer(texts_, verbose=False)["input_ids"]
         else:
-            ids = tokenizer(texts_, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(texts_, add_special_tokens=False, verbose=False)["input_ids"]
             ids = [[tokenizer.bos_token_id, *x] for x in ids] if prepend_bos else ids
         return [[*x, tokenizer.eos_token_id] for x in ids] if append_eos else ids
 
@@ -276,8 +293,8 @@ def collect_seq2seq(
     _check_top_k(top_k)
     items = _items(pairs, Pair, doc_ids, groups,
                    lambda x: (x.source, x.target) if isinstance(x, Pair) else (str(x[0]), str(x[1])))
-    L = max_length or _context_length(model, tokenizer) or 512
-    LT = max_target_length or L
+    L, asked = _clamp_to_context(model, max_length or _context_length(model, tokenizer) or 512, "max_length")
+    LT, asked_t = _clamp_to_context(model, max_target_length or L, "max_target_length")
     dev = _device(model, device)
     head = model.get_output_embeddings()
     vocab_size = int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
@@ -286,6 +303,8 @@ def collect_seq2seq(
     pad = _pad_id(tokenizer)
     source = {**_model_info(model, tokenizer), "task": "seq2seq", "top_k": k, "labels": "teacher-forced",
               "max_length": L, "max_target_length": LT}
+    source.update({key: v for key, v in (("max_length_asked", asked), ("max_target_length_asked", asked_t))
+                   if v is not None})
     settings = {**source, "vocab_size": vocab_size}
 
     def predict(block: list[_Item]) -> _Rows:
@@ -379,12 +398,14 @@ def collect_token_classification(
     id2label = {int(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()}
     vocab = Vocabulary([id2label.get(i, f"LABEL_{i}") for i in range(n_labels)], "none", special_ids=(),
                        eos_ids=(), name="model.config.id2label")
-    L = max_length or _context_length(model, tokenizer) or 512
+    L, asked = _clamp_to_context(model, max_length or _context_length(model, tokenizer) or 512, "max_length")
     dev = _device(model, device)
     k = min(top_k, n_labels)
     pad = _pad_id(tokenizer)
     source = {**_model_info(model, tokenizer), "task": "token-classification", "top_k": k,
               "labels": "teacher-forced", "max_length": L, "label_position": "first-subtoken"}
+    if asked is not None:
+        source["max_length_asked"] = asked
     settings = {**source, "vocab_size": n_labels, "label2id": label2id}
     truncated = [0]
 
