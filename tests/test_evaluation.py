@@ -9,16 +9,17 @@ import pytest
 
 import tokcal
 from tokcal import TokcalError, TokenTable
+from tokcal.bootstrap import ResamplingWarning
 from tokcal.evaluation import Evaluation, evaluate
 from tokcal.probs import token_probs
 from tokcal.synthetic import make_logits, make_table, make_vocab, sample_labels
 
-KEYS = ["signature", "settings", "overall", "signatures", "bins", "slices", "worst_tokens", "risk_coverage",
-        "confidence_histogram", "passage"]
-OVERALL = ["n", "n_sequences", "accuracy", "confidence", "ece", "ece_debiased", "smooth_ece", "mce", "rmsce",
+KEYS = ["schema_version", "signature", "settings", "overall", "signatures", "bins", "slices", "worst_tokens",
+        "risk_coverage", "confidence_histogram", "passage"]
+OVERALL = ["n", "n_sequences", "n_units", "accuracy", "confidence", "ece", "ece_debiased", "smooth_ece", "mce", "rmsce",
            "brier", "top_label_brier", "nll", "signed_gap", "over_share", "under_share", "aurc", "classwise_ece",
            "ci"]
-SLICE_ROW = ["value", "n", "n_sequences", "accuracy", "confidence", "ece", "ece_ci", "signed_gap", "gap_ci",
+SLICE_ROW = ["value", "n", "n_sequences", "n_units", "accuracy", "confidence", "ece", "ece_ci", "signed_gap", "gap_ci",
              "nll", "brier", "significant"]
 
 
@@ -152,7 +153,9 @@ def test_json_shape_round_trip_and_no_nan(tmp_path, full):
     d = ev.to_dict()
     assert list(d) == KEYS and list(d["overall"]) == OVERALL
     assert set(d["overall"]["ci"]) == {"ece", "ece_debiased", "signed_gap", "nll", "brier", "accuracy"}
-    assert set(d["settings"]) == {"bins", "binning", "bootstrap", "seed", "calibrator", "tokcal", "labels"}
+    assert set(d["settings"]) == {"bins", "binning", "bootstrap", "seed", "calibrator", "tokcal", "labels",
+                                  "resampling"}
+    assert d["schema_version"] == 2 and d["settings"]["resampling"]["unit"] == "sequence"
     assert all(list(r) == SLICE_ROW for rows in d["slices"].values() for r in rows)
     assert list(d["bins"][0]) == ["lo", "hi", "n", "confidence", "accuracy", "gap", "acc_ci"]
     assert list(d["worst_tokens"][0]) == ["id", "token", "n", "confidence", "accuracy", "gap", "ece_share",
@@ -227,7 +230,8 @@ def test_one_token_and_one_class_slices_are_defined():
     text = Evaluation(d).to_json()
     assert "NaN" not in text
     one = TokenTable.from_logits(z[:1], [0], top_k=2)
-    o = evaluate(one, slices=[], bootstrap=10).overall
+    with pytest.warns(ResamplingWarning, match="1 resampling unit"):
+        o = evaluate(one, slices=[], bootstrap=10).overall
     assert o["n"] == 1 and o["ece_debiased"] == 0.0 and o["ece"] == pytest.approx(1 - c, rel=1e-6)
 
 

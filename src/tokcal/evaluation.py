@@ -3,12 +3,15 @@
 Metrics (binned ECE family, smooth ECE, Brier, NLL, classwise ECE, over/under split,
 risk-coverage) over the tokens with a known label, after an optional calibrator.
 
-Confidence intervals: cluster bootstrap over ``sequence_id`` (tokens of one sequence are not
-independent). Each resample draws the S sequences with replacement (multinomial counts w_rs), and
-every statistic is a function of weighted sums. So the per-(sequence, slice value, bin) sufficient
-statistics (token count, sum of confidences, sum of correct, and per-sequence NLL/Brier sums) are
-computed once, and the sums of all R resamples are one matrix product ``W [R, S] @ X [S, M]``
-(sequences in chunks, so memory stays at O(chunk * M + R * M)). The interval is the percentile 95 %
+Confidence intervals: a bootstrap over resampling units -- whole sequences, or fixed contiguous
+blocks of tokens inside sequences when the sequences are few or one of them holds most tokens (the
+rule, block length and references are in :mod:`tokcal.bootstrap`; ``settings["resampling"]`` and the
+``ci`` signature record the unit). Each resample draws the U units with replacement (multinomial
+counts w_ru), and every statistic is a function of weighted sums. So the per-(unit, slice value, bin)
+sufficient statistics (token count, sum of confidences, sum of correct, and per-unit NLL/Brier sums)
+are computed once, and the sums of all R resamples are one matrix product ``W [R, U] @ X [U, M]``
+(units in chunks, so memory stays at O(chunk * M + R * M)). With fewer than 2 units there is no
+interval (null) and a :class:`~tokcal.bootstrap.ResamplingWarning` says why. The interval is the percentile 95 %
 interval (2.5 %, 97.5 %) of the resampled values, seeded -- except for the calibration errors
 (ECE, debiased ECE, per-slice ECE): resampled calibration errors are biased upward (a resample
 duplicates sequences and adds noise to every bin gap, and |gap| is convex), so their percentile
@@ -18,7 +21,16 @@ reflects that bias, clipped at 0 and widened to hold the point estimate. With ``
 those of the full data, held fixed across resamples.
 
 A slice value is ``significant`` when its signed-gap interval excludes 0 and it spans at least two
-sequences (with one sequence the cluster bootstrap cannot see any variation).
+resampling units (within one unit the bootstrap cannot see any variation).
+
+The replicate values of the headline metrics (:data:`OVERALL_CI`) are kept on the result as
+``Evaluation.replicates`` (metric -> float [R], NaN where a resample leaves a metric undefined; not
+in the JSON): the same units and seed give the same resamples, so two evaluations of one table (before
+and after a calibrator) can be compared replicate by replicate.
+
+Schema: ``to_dict()["schema_version"]`` is :data:`SCHEMA_VERSION`. Version 1 (files written before the
+key existed) always resampled sequences; :meth:`Evaluation.from_dict` reads it and fills in
+``settings["resampling"]``, ``overall["n_units"]`` and the slice rows' ``n_units`` accordingly.
 
 JSON conventions: a number that is undefined (a slice value without tokens in a bin, an interval
 when ``bootstrap=0`` or when every resample misses the slice value) is ``null``; the JSON never
@@ -32,6 +44,7 @@ import copy
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +53,18 @@ import numpy as np
 
 from ._io import atomic_write, read_json
 from ._version import __version__
-from .bootstrap import SequenceStats, basic_interval, ci_pair, gap_acc, interval
-from .errors import ValidationError
+from .bootstrap import (
+    ResamplingUnits,
+    ResamplingWarning,
+    UnitStats,
+    basic_interval,
+    ci_pair,
+    few_units_message,
+    gap_acc,
+    interval,
+    resampling_units,
+)
+from .errors import SchemaError, ValidationError
 from .metrics.binned import ReliabilityBins, ece_shares, mass_edges, stats_metrics, width_edges
 from .metrics.classwise import classwise_ece
 from .metrics.selective import aurc, risk_coverage
@@ -52,6 +75,8 @@ from .slices import parse_slices
 from .table import TokenTable
 
 OVERALL_CI = ("ece", "ece_debiased", "signed_gap", "nll", "brier", "accuracy")
+#: version of the ``to_dict()`` layout; 1 = files without the key (sequence units only)
+SCHEMA_VERSION = 2
 _TINY = np.finfo(np.float64).tiny
 _BINNINGS = ("width", "mass")
 
@@ -65,8 +90,11 @@ class Evaluation:
     :mod:`tokcal.evaluation` and docs/architecture.md). Build one from a saved dict with :meth:`from_dict`."""
 
     data: dict[str, Any] = field(repr=False)
+    #: metric -> float [R] bootstrap replicate values of :data:`OVERALL_CI` (None: no bootstrap, or a
+    #: loaded file); not part of the JSON
+    replicates: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
-    _KEYS = ("signature", "settings", "overall", "signatures", "bins", "slices", "worst_tokens",
+    _KEYS = ("schema_version", "signature", "settings", "overall", "signatures", "bins", "slices", "worst_tokens",
              "risk_coverage", "confidence_histogram", "passage")
 
     def __repr__(self) -> str:
@@ -89,18 +117,25 @@ class Evaluation:
         """A deep copy of the JSON-safe result (no NaN: undefined numbers are None)."""
         return copy.deepcopy(self.data)
 
+    @property
+    def schema_version(self) -> int:
+        return int(self.data["schema_version"])
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Evaluation:
+    def from_dict(cls, d: dict[str, Any], where: str = "Evaluation.from_dict") -> Evaluation:
+        """From ``to_dict()`` output of this or an older schema version (module docstring); a newer
+        version raises :class:`~tokcal.SchemaError`."""
         if not isinstance(d, dict):
-            raise ValidationError(f"Evaluation.from_dict: expected a dict, got {type(d).__name__}")
+            raise ValidationError(f"{where}: expected a dict, got {type(d).__name__}")
+        d = upgrade_dict(d, where)
         missing = [k for k in cls._KEYS if k not in d]
         if missing:
-            raise ValidationError(f"Evaluation.from_dict: missing key(s) {missing}")
-        return cls(copy.deepcopy(d))
+            raise ValidationError(f"{where}: missing key(s) {missing}")
+        return cls(d)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Evaluation:
-        return cls.from_dict(read_json(path, "evaluation file"))
+        return cls.from_dict(read_json(path, "evaluation file"), where=str(path))
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 1) -> str:
         """The JSON text; written atomically to ``path`` when given."""
@@ -112,6 +147,44 @@ class Evaluation:
     def print_summary(self, console: Any = None, n_worst: int = 8) -> None:
         """Overall metrics with intervals, the most miscalibrated slice values and tokens (rich)."""
         _print_summary(self.data, console, n_worst)
+
+
+def upgrade_dict(d: dict[str, Any], where: str = "evaluation") -> dict[str, Any]:
+    """A deep copy of an evaluation dict in the current schema (:data:`SCHEMA_VERSION`).
+
+    Version 1 (no ``schema_version`` key) resampled whole sequences: the unit entries are filled in
+    from ``n_sequences``. A version newer than this tokcal's raises :class:`~tokcal.SchemaError`.
+    """
+    version = d.get("schema_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        raise SchemaError(f"{where}: evaluation schema_version {version!r}; this tokcal ({__version__}) reads "
+                          f"1 to {SCHEMA_VERSION} (a newer tokcal wrote it?)")
+    out = copy.deepcopy(d)
+    if version == 1:
+        out = {"schema_version": SCHEMA_VERSION, **out}
+        overall = out.get("overall")
+        if isinstance(overall, dict):
+            n_seq = overall.get("n_sequences")
+            out["overall"] = _insert_after(overall, "n_sequences", "n_units", n_seq)
+            settings = out.get("settings")
+            if isinstance(settings, dict) and "resampling" not in settings:
+                settings["resampling"] = {"unit": "sequence", "block_length": None, "n_units": n_seq,
+                                          "n_sequences": n_seq, "reason": "schema version 1: sequences"}
+        for rows in (out.get("slices") or {}).values() if isinstance(out.get("slices"), dict) else ():
+            for i, r in enumerate(rows if isinstance(rows, list) else ()):
+                if isinstance(r, dict) and "n_units" not in r:
+                    rows[i] = _insert_after(r, "n_sequences", "n_units", r.get("n_sequences"))
+    return out
+
+
+def _insert_after(d: dict[str, Any], after: str, key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out[k] = v
+        if k == after:
+            out[key] = value
+    out.setdefault(key, value)
+    return out
 
 
 # -- evaluate -----------------------------------------------------------------------------------
@@ -127,6 +200,8 @@ def evaluate(
     seed: int = 0,
     worst: int = 20,
     classwise_top: int = 100,
+    unit: str = "auto",
+    block_length: int | None = None,
 ) -> Evaluation:
     """Evaluate the calibration of ``table`` (optionally after ``calibrator``).
 
@@ -135,7 +210,9 @@ def evaluate(
     slices -- frequency of gold and predicted token, token type, position, every group column).
     ``bins``/``binning``: the reliability bins (``"width"`` or ``"mass"``). ``bootstrap``: number of
     cluster-bootstrap resamples (0: no intervals). ``worst``: how many worst tokens to list.
-    ``classwise_top``: the M most frequent gold ids of the classwise ECE.
+    ``classwise_top``: the M most frequent gold ids of the classwise ECE. ``unit``: the resampling
+    unit, ``"auto"`` (the rule of :mod:`tokcal.bootstrap`), ``"sequence"`` or ``"block"``;
+    ``block_length``: B for blocks (default: the source's ``max_length``, else 256).
     """
     if not isinstance(table, TokenTable):
         raise ValidationError(f"evaluate: expected a TokenTable, got {type(table).__name__}")
@@ -159,21 +236,26 @@ def evaluate(
     py = np.clip(np.asarray(p.label_prob, dtype=np.float64), 0.0, 1.0)
     nll_tok = -np.log(np.maximum(py, _TINY))
     brier_tok = np.asarray(p.sum_sq, dtype=np.float64) - 2.0 * py + 1.0
-    seq_idx = np.unique(table.sequence_id[keep], return_inverse=True)[1].ravel()
+    units = resampling_units(table, keep, unit=unit, block_length=block_length)
     edges = width_edges(bins) if binning == "width" else mass_edges(c, bins)
     tok_bin = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, bins - 1)
 
-    blocks = [np.zeros(c.shape[0], np.int64), *slice_codes]
+    parts = [np.zeros(c.shape[0], np.int64), *slice_codes]
     sizes = [1, *(len(s.labels) for s in sl)]
-    stats = SequenceStats(seq_idx, tok_bin, bins, blocks, sizes, c, a, nll_tok, brier_tok)
+    stats = UnitStats(units, tok_bin, bins, parts, sizes, c, a, nll_tok, brier_tok)
+    if bootstrap and units.n_units < 2:
+        warnings.warn(few_units_message(units), ResamplingWarning, stacklevel=2)
     boot = stats.bootstrap(bootstrap, seed)
 
     settings = {"bins": bins, "binning": binning, "bootstrap": bootstrap, "seed": seed,
-                "calibrator": _calibrator_dict(calibrator), "tokcal": __version__, "labels": LABELS}
-    sig = _signatures(bins, binning, bootstrap, seed, classwise_top)
+                "calibrator": _calibrator_dict(calibrator), "tokcal": __version__, "labels": LABELS,
+                "resampling": units.to_dict()}
+    sig = _signatures(bins, binning, bootstrap, seed, classwise_top, units)
     n = c.shape[0]
-    overall = _overall(stats, boot, c, a, p, nll_tok, brier_tok, bins, classwise_top, table.vocab_size)
+    replicates = overall_replicates(stats, boot)
+    overall = _overall(stats, replicates, c, a, p, nll_tok, brier_tok, bins, classwise_top, table.vocab_size)
     data = {
+        "schema_version": SCHEMA_VERSION,
         "signature": sig["ece"],
         "settings": settings,
         "overall": overall,
@@ -186,7 +268,7 @@ def evaluate(
         "passage": _passage(table, probs),
     }
     assert data["overall"]["n"] == n
-    return Evaluation(_json_safe(data))
+    return Evaluation(_json_safe(data), replicates)
 
 
 def _probs(table: TokenTable, calibrator: Any) -> TokenProbs:
@@ -210,15 +292,35 @@ def _calibrator_dict(calibrator: Any) -> dict[str, Any] | None:
     return json.loads(json.dumps(_json_safe(d), allow_nan=False, default=str))
 
 
-def _overall(st: SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.ndarray, p: TokenProbs,
+def overall_replicates(st: UnitStats, sums: np.ndarray | None) -> dict[str, np.ndarray] | None:
+    """metric -> float [R] value of each :data:`OVERALL_CI` metric on each resample (``sums``: the
+    [R, n_cols] output of :meth:`UnitStats.bootstrap`; None -> None). NaN where a resample leaves the
+    metric undefined."""
+    if sums is None:
+        return None
+    bc, bconf, bacc = st.part(sums, 0)
+    bn, bmc, bma = gap_acc(bc[:, 0], bconf[:, 0], bacc[:, 0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "ece": stats_metrics(bc[:, 0], bconf[:, 0], bacc[:, 0], "l1"),
+            "ece_debiased": stats_metrics(bc[:, 0], bconf[:, 0], bacc[:, 0], "l1", True),
+            "signed_gap": bmc - bma,
+            "nll": sums[:, -2] / bn,
+            "brier": sums[:, -1] / bn,
+            "accuracy": bma,
+        }
+
+
+def _overall(st: UnitStats, values: dict[str, np.ndarray] | None, c: np.ndarray, a: np.ndarray, p: TokenProbs,
              nll: np.ndarray, brier: np.ndarray, bins: int, classwise_top: int, vocab_size: int) -> dict[str, Any]:
-    count, conf, acc = st.block(st.total, 0)
+    count, conf, acc = st.part(st.total, 0)
     n = c.shape[0]
     ece = stats_metrics(count, conf, acc, "l1")[0]
     over_share, under_share = ece_shares(conf[0], acc[0], n)
     out: dict[str, Any] = {
         "n": int(n),
-        "n_sequences": int(st.n_seq),
+        "n_sequences": int(st.units.n_sequences),
+        "n_units": int(st.n_units),
         "accuracy": float(a.mean()),
         "confidence": float(c.mean()),
         "ece": float(ece),
@@ -237,20 +339,9 @@ def _overall(st: SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.nd
                                             label_prob=p.label_prob, vocab_size=vocab_size)),
     }
     ci: dict[str, list[float | None]] = {}
-    if boot is None:
+    if values is None:
         ci = {k: [None, None] for k in OVERALL_CI}
     else:
-        bc, bconf, bacc = st.block(boot, 0)
-        bn, bmc, bma = gap_acc(bc[:, 0], bconf[:, 0], bacc[:, 0])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = {
-                "ece": stats_metrics(bc[:, 0], bconf[:, 0], bacc[:, 0], "l1"),
-                "ece_debiased": stats_metrics(bc[:, 0], bconf[:, 0], bacc[:, 0], "l1", True),
-                "signed_gap": bmc - bma,
-                "nll": boot[:, -2] / bn,
-                "brier": boot[:, -1] / bn,
-                "accuracy": bma,
-            }
         ci = {k: ci_pair(interval(values[k])) for k in OVERALL_CI}
         for k in ("ece", "ece_debiased"):
             ci[k] = basic_interval(ci[k], out[k])
@@ -258,25 +349,28 @@ def _overall(st: SequenceStats, boot: np.ndarray | None, c: np.ndarray, a: np.nd
     return out
 
 
-def _bins_list(st: SequenceStats, boot: np.ndarray | None, edges: np.ndarray) -> list[dict[str, Any]]:
+def _bins_list(st: UnitStats, boot: np.ndarray | None, edges: np.ndarray) -> list[dict[str, Any]]:
     """:meth:`ReliabilityBins.to_list` with the bootstrap percentile interval of each bin's accuracy
-    (Wilson's interval when ``bootstrap=0``)."""
-    rb = ReliabilityBins(edges, *(x[0] for x in st.block(st.total, 0)))
+    (Wilson's interval when ``bootstrap=0``; none with fewer than 2 units)."""
+    rb = ReliabilityBins(edges, *(x[0] for x in st.part(st.total, 0)))
+    if boot is None and st.n_units < 2:  # one unit: no interval (Wilson's would assume independent tokens)
+        nan = np.full(rb.count.shape, np.nan)
+        return rb.to_list(acc_ci=(nan, nan))
     if boot is None:
         return rb.to_list()
-    bc, _, bacc = st.block(boot, 0)
+    bc, _, bacc = st.part(boot, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = interval(bacc[:, 0] / bc[:, 0])
     return rb.to_list(acc_ci=(q[0], q[1]))
 
 
-def _slice_rows(st: SequenceStats, boot: np.ndarray | None, k: int, labels: list[str]) -> list[dict[str, Any]]:
-    count, conf, acc = st.block(st.total, k)
+def _slice_rows(st: UnitStats, boot: np.ndarray | None, k: int, labels: list[str]) -> list[dict[str, Any]]:
+    count, conf, acc = st.part(st.total, k)
     n, mc, ma = gap_acc(count, conf, acc)
     ece = stats_metrics(count, conf, acc, "l1")
     value_nll, value_brier = _per_value_sums(st, k)
     if boot is not None:
-        bc, bconf, bacc = st.block(boot, k)
+        bc, bconf, bacc = st.part(boot, k)
         bn, bmc, bma = gap_acc(bc, bconf, bacc)
         q_ece = interval(stats_metrics(bc, bconf, bacc, "l1"))
         q_gap = interval(bmc - bma)
@@ -289,17 +383,18 @@ def _slice_rows(st: SequenceStats, boot: np.ndarray | None, k: int, labels: list
         gap_ci = ci_pair(q_gap, v)
         rows.append({
             "value": label, "n": int(round(n[v])), "n_sequences": int(st.value_seqs[k][v]),
+            "n_units": int(st.value_units[k][v]),
             "accuracy": float(ma[v]), "confidence": float(mc[v]), "ece": float(ece[v]),
             "ece_ci": basic_interval(ci_pair(q_ece, v), ece[v]),
             "signed_gap": float(mc[v] - ma[v]), "gap_ci": gap_ci,
             "nll": float(value_nll[v] / n[v]), "brier": float(value_brier[v] / n[v]),
-            "significant": bool(st.value_seqs[k][v] >= 2 and gap_ci[0] is not None
+            "significant": bool(st.value_units[k][v] >= 2 and gap_ci[0] is not None
                                 and (gap_ci[0] > 0 or gap_ci[1] < 0)),
         })
     return rows
 
 
-def _per_value_sums(st: SequenceStats, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _per_value_sums(st: UnitStats, k: int) -> tuple[np.ndarray, np.ndarray]:
     cell = st.cells[k]
     m = cell >= 0
     value = (cell[m] - st.offsets[k]) // st.bins
@@ -385,13 +480,14 @@ def _passage(table: TokenTable, probs: TokenProbs, max_tokens: int = 200) -> lis
 # -- signatures and JSON safety -------------------------------------------------------------------
 
 
-def _signatures(bins: int, binning: str, bootstrap: int, seed: int, classwise_top: int) -> dict[str, str]:
+def _signatures(bins: int, binning: str, bootstrap: int, seed: int, classwise_top: int,
+                units: ResamplingUnits) -> dict[str, str]:
     """One signature per overall metric and one for the intervals, all by :func:`tokcal.metrics.signature`."""
     binned = {"bins": bins, "binning": binning}
     sig = {k: signature(k, **binned) for k in ("ece", "ece_debiased", "mce", "rmsce")}
     sig.update({k: signature(k) for k in ("smooth_ece", "brier", "top_label_brier", "nll", "aurc")})
     sig["classwise_ece"] = signature("classwise_ece", bins=bins, top_m=classwise_top)
-    sig["ci"] = signature("ci", resamples=bootstrap, seed=seed)
+    sig["ci"] = signature("ci", resamples=bootstrap, seed=seed, **units.signature_settings())
     return sig
 
 
@@ -431,14 +527,17 @@ def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:
 
     console = console or Console()
     o = d["overall"]
-    t = Table(title=f"tokcal evaluation: {o['n']} tokens, {o['n_sequences']} sequences", title_justify="left")
+    res = (d.get("settings") or {}).get("resampling") or {}
+    unit = (f", bootstrap over {res.get('n_units')} blocks of {res.get('block_length')} positions"
+            if res.get("unit") == "block" else "")
+    t = Table(title=f"tokcal evaluation: {o['n']} tokens, {o['n_sequences']} sequences{unit}", title_justify="left")
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("95% interval", justify="right")
     for key in ("accuracy", "confidence", "ece", "ece_debiased", "smooth_ece", "mce", "rmsce", "signed_gap",
                 "nll", "brier", "top_label_brier", "classwise_ece", "aurc"):
         ci = o["ci"].get(key)
-        t.add_row(key, _fmt(o[key]), "" if ci is None or ci[0] is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]")
+        t.add_row(key, _fmt(o[key]), "" if ci is None else "n/a" if ci[0] is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]")
     console.print(t)
     direction = "over-confident" if (o["signed_gap"] or 0) > 0 else "under-confident"
     console.print(f"signed gap {o['signed_gap']:+.4f} ({direction}); ECE share over {o['over_share']:.0%}, "
@@ -453,7 +552,7 @@ def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:
             ci = r["gap_ci"]
             s.add_row(name, r["value"], str(r["n"]), f"{r['accuracy']:.3f}", f"{r['confidence']:.3f}",
                       f"{r['signed_gap']:+.3f}" + ("*" if r["significant"] else ""),
-                      "" if ci[0] is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]", f"{r['ece']:.3f}")
+                      "n/a" if ci[0] is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]", f"{r['ece']:.3f}")
         console.print(s)
     if d["worst_tokens"]:
         w = Table(title="worst predicted tokens (share of per-token gap)", title_justify="left")

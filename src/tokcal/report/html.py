@@ -52,11 +52,13 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 
 def with_ci(value: Any, ci: Any, digits: int = 4) -> str:
-    """``value`` and, below it, its interval ``[lo, hi]`` when there is one."""
+    """``value`` and, below it, its interval ``[lo, hi]``, or "n/a" where the interval is undefined."""
     iv = interval(ci)
     out = e(fmt(value, digits))
     if iv is not None:
         out += f'<br><span class="ci">[{fmt(iv[0], digits)}, {fmt(iv[1], digits)}]</span>'
+    elif isinstance(ci, (list, tuple)):
+        out += '<br><span class="ci">n/a</span>'
     return out
 
 

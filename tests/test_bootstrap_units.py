@@ -1,0 +1,156 @@
+"""Resampling units (tokcal.bootstrap): the rule, the blocks against brute force, few units, replicates,
+and the Evaluation schema version."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from tokcal import SchemaError, TokenTable
+from tokcal.bootstrap import (
+    DEFAULT_BLOCK_LENGTH,
+    ResamplingWarning,
+    choose_unit,
+    replicate_weights,
+    resampling_units,
+    unit_keys,
+    units_from_arrays,
+)
+from tokcal.calibrators import Temperature
+from tokcal.evaluation import SCHEMA_VERSION, Evaluation, evaluate
+from tokcal.synthetic import make_logits, make_table, sample_labels
+
+
+def _table(seq, pos, *, source=None, seed=0):
+    n = len(seq)
+    z = make_logits(n, 40, seed=seed)
+    y = sample_labels(z, 0.8, seed=seed + 1)
+    return TokenTable.from_logits(z, y, sequence_ids=seq, positions=pos, top_k=8, source=source)
+
+
+def test_rule_sequences_or_blocks():
+    assert choose_unit(np.full(30, 100))[0] == "sequence"
+    assert choose_unit(np.full(29, 100))[0] == "block"
+    dominant = np.r_[np.full(40, 10), 500]          # one of 41 sequences holds 500 / 900 tokens
+    kind, reason = choose_unit(dominant)
+    assert kind == "block" and "56%" in reason
+    assert choose_unit(np.r_[np.full(40, 10), 300])[0] == "sequence"   # 300 / 700 = 43 %
+    assert choose_unit(np.full(100, 5), unit="block")[0] == "block"
+    with pytest.raises(Exception, match="resampling unit"):
+        choose_unit([1, 2], unit="tokens")
+
+
+def test_blocks_equal_brute_force_and_never_cross_a_sequence():
+    rng = np.random.default_rng(0)
+    seq = np.repeat([7, 3, 11], [1000, 130, 40])            # unsorted ids, one long sequence
+    pos = np.concatenate([np.arange(1000), np.arange(5, 135), np.arange(40)])
+    perm = rng.permutation(seq.size)                        # row order must not matter
+    seq, pos = seq[perm], pos[perm]
+    u = units_from_arrays(seq, pos, block_length=64)
+    assert u.kind == "block" and u.block_length == 64 and u.n_sequences == 3
+    # brute force: a dict over (sequence id, position // B) in sorted key order
+    keys = sorted({(int(s), int(p) // 64) for s, p in zip(seq, pos, strict=True)})
+    index = {k: i for i, k in enumerate(keys)}
+    assert u.ids.tolist() == [index[(int(s), int(p) // 64)] for s, p in zip(seq, pos, strict=True)]
+    assert u.n_units == len(keys) == math.ceil(1000 / 64) + 3 + 1   # 130 tokens at 5..134 touch 3 blocks
+    sorted_seq = np.unique(seq)
+    assert [sorted_seq[u.sequence_of_unit[i]] for i in range(u.n_units)] == [k[0] for k in keys]
+    for i in range(u.n_units):                               # contiguous, at most B positions, one sequence
+        m = u.ids == i
+        assert np.unique(seq[m]).size == 1 and pos[m].max() - pos[m].min() < 64
+        assert np.array_equal(np.sort(pos[m]), np.arange(pos[m].min(), pos[m].max() + 1))
+    assert np.array_equal(unit_keys(seq, pos, "block", 64), np.stack([seq, pos // 64], 1))
+    # short sequences only: the blocks are the sequences, reported as such
+    short = units_from_arrays(np.repeat(np.arange(5), 20), np.tile(np.arange(20), 5))
+    assert short.kind == "sequence" and short.n_units == 5 and "no sequence spans" in short.reason
+
+
+def test_block_length_is_the_collection_window():
+    n = 3000
+    t = _table(np.zeros(n, np.int64), np.arange(n), source={"max_length": 512})
+    assert resampling_units(t).block_length == 512
+    plain = _table(np.zeros(n, np.int64), np.arange(n))
+    assert resampling_units(plain).block_length == DEFAULT_BLOCK_LENGTH
+    d = evaluate(t, slices=["position"], bootstrap=50).to_dict()
+    res = d["settings"]["resampling"]
+    assert res["unit"] == "block" and res["block_length"] == 512 and res["n_units"] == math.ceil(n / 512)
+    assert d["overall"]["n_units"] == 6 and d["overall"]["n_sequences"] == 1
+    assert "|unit=block|" in d["signatures"]["ci"] and "|block_length=512|" in d["signatures"]["ci"]
+    lo, hi = d["overall"]["ci"]["accuracy"]
+    assert lo < d["overall"]["accuracy"] < hi                # a real interval, not zero width
+    # position slice 256+ lies in all 6 blocks (256..511 is in block 0), 64-255 in block 0 alone
+    rows = {r["value"]: r for r in d["slices"]["position"]}
+    assert rows["256+"]["n_units"] == 6 and rows["64-255"]["n_units"] == 1
+    assert rows["64-255"]["n_sequences"] == 1 and not rows["64-255"]["significant"]
+    # asked for explicitly
+    assert evaluate(t, slices=[], bootstrap=0, block_length=100).to_dict()["overall"]["n_units"] == 30
+    seqs = evaluate(t, slices=[], bootstrap=0, unit="sequence").to_dict()
+    assert seqs["overall"]["n_units"] == 1 and seqs["signatures"]["ci"].count("unit=sequence") == 1
+
+
+def test_fewer_than_two_units_give_no_interval_and_a_warning():
+    t = _table(np.zeros(150, np.int64), np.arange(150))        # one sequence, one block of 256
+    msg = r"1 resampling unit \(1 sequence, 150 tokens; .*one block of 256\).*block_length below 150"
+    with pytest.warns(ResamplingWarning, match=msg):
+        ev = evaluate(t, slices=["position"], bootstrap=50)
+    d = json.loads(ev.to_json())
+    assert all(v == [None, None] for v in d["overall"]["ci"].values())
+    assert all(b["acc_ci"] == [None, None] for b in d["bins"])
+    assert all(r["gap_ci"] == [None, None] and r["ece_ci"] == [None, None] and not r["significant"]
+               for r in d["slices"]["position"])
+    assert ev.replicates is None
+    out = io.StringIO()
+    ev.print_summary(Console(file=out, width=160))
+    assert "n/a" in out.getvalue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(t, slices=[], bootstrap=0)                     # no bootstrap asked: no warning
+        ok = evaluate(t, slices=[], bootstrap=30, block_length=50)   # 3 blocks
+    assert ok.overall["n_units"] == 3 and ok.overall["ci"]["accuracy"][0] is not None
+
+
+def test_replicates_are_reproducible_paired_and_equal_brute_force():
+    t = make_table(3000, 60, beta_star=0.7, seq_len=100, seed=5)     # 30 sequences
+    a = evaluate(t, slices=[], bootstrap=64, seed=9)
+    cal = Temperature().fit(t)
+    b = evaluate(t, calibrator=cal, slices=[], bootstrap=64, seed=9)
+    assert set(a.replicates) == set(a.overall["ci"])
+    # same units + seed = same resamples: the argmax-preserving calibrator leaves accuracy replicates equal
+    np.testing.assert_array_equal(a.replicates["accuracy"], b.replicates["accuracy"])
+    assert not np.allclose(a.replicates["nll"], b.replicates["nll"])
+    # brute force from the weights: sum_u w_ru * correct_u / sum_u w_ru * n_u
+    w = replicate_weights(30, 64, 9).astype(np.float64)
+    n_u = np.bincount(t.sequence_id, minlength=30)
+    acc_u = np.bincount(t.sequence_id, t.correct.astype(float), minlength=30)
+    np.testing.assert_allclose(a.replicates["accuracy"], (w @ acc_u) / (w @ n_u), rtol=1e-6)
+    lo, hi = np.percentile((w @ acc_u) / (w @ n_u), [2.5, 97.5])
+    assert a.overall["ci"]["accuracy"] == pytest.approx([lo, hi], rel=1e-6)
+    assert np.array_equal(replicate_weights(30, 64, 9), replicate_weights(30, 64, 9))
+    assert (replicate_weights(30, 64, 9).sum(1) == 30).all()
+
+
+def test_schema_version_and_old_files_still_load(tmp_path):
+    t = make_table(1200, 50, seq_len=40, seed=1)
+    d = evaluate(t, slices=["group:domain"] if "domain" in t.groups else ["position"], bootstrap=20).to_dict()
+    assert d["schema_version"] == SCHEMA_VERSION == 2 and list(d)[0] == "schema_version"
+    old = json.loads(json.dumps(d))
+    del old["schema_version"], old["settings"]["resampling"], old["overall"]["n_units"]
+    for rows in old["slices"].values():
+        for r in rows:
+            del r["n_units"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    back = Evaluation.from_json(tmp_path / "old.json")
+    assert back.schema_version == SCHEMA_VERSION
+    assert back["settings"]["resampling"]["unit"] == "sequence" and back.overall["n_units"] == 30
+    assert list(back.overall) == list(d["overall"])
+    assert all(r["n_units"] == r["n_sequences"] for rows in back["slices"].values() for r in rows)
+    future = {**d, "schema_version": 3}
+    (tmp_path / "future.json").write_text(json.dumps(future))
+    with pytest.raises(SchemaError, match=r"future.json: evaluation schema_version 3"):
+        Evaluation.from_json(tmp_path / "future.json")
