@@ -21,8 +21,8 @@ The rule looks only at the labelled tokens per sequence (:func:`choose_unit`), s
 mergeable counts before streaming; a token's unit depends only on its own ``sequence_id`` and
 ``position`` (:func:`unit_keys`). Units are numbered densely in order of (sequence id, block index).
 
-**Resamples.** Resample r gives unit u the weight ``w_ru``, multinomial with n = U and equal cell
-probabilities (U units drawn with replacement). The weights depend only on (U, R, seed)
+**Resamples.** Resample r gives unit u the weight ``w_ru``, the number of times u is drawn when U
+units are drawn uniformly with replacement (multinomial counts). The weights depend only on (U, R, seed)
 (:func:`replicate_weights`), so two evaluations with the same units and seed -- e.g. a table before and
 after a calibrator -- see the same resamples, and their replicate values can be paired. Per-(unit,
 slice value, bin) sufficient statistics are computed once and all R resamples are one matrix product
@@ -195,11 +195,27 @@ def few_units_message(units: ResamplingUnits, what: str = "evaluate") -> str:
             f"document its own sequence_id{shorter}")
 
 
+_DRAWS_PER_CALL = 1 << 20  # unit draws per call of the generator in :func:`replicate_weights`
+
+
 def replicate_weights(n_units: int, resamples: int, seed: int) -> np.ndarray:
-    """float32 [resamples, n_units]: how often resample r draws unit u (multinomial, n = n_units, equal
-    probabilities). Depends only on the three arguments: the same units and seed give the same resamples."""
+    """float32 [resamples, n_units]: how often resample r draws unit u.
+
+    Each resample draws ``n_units`` units uniformly with replacement (multinomial counts with equal
+    probabilities). The draws come from one ``np.random.default_rng(seed)``, ``k = max(1, 2^20 //
+    n_units)`` resamples per call ``rng.integers(0, n_units, (k, n_units), dtype=np.int32)``, in order. So the weights
+    depend only on (n_units, seed) and the number of resamples, and fewer resamples are a prefix of more:
+    the same units and seed give the same resamples.
+    """
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=resamples).astype(np.float32)
+    w = np.empty((resamples, n_units), np.float32)
+    k = max(1, _DRAWS_PER_CALL // n_units)
+    for r0 in range(0, resamples, k):
+        rows = min(k, resamples - r0)
+        draws = rng.integers(0, n_units, (k, n_units), dtype=np.int32)[:rows].astype(np.int64)
+        draws += (np.arange(rows) * n_units)[:, None]
+        w[r0:r0 + rows] = np.bincount(draws.ravel(), minlength=rows * n_units).reshape(rows, n_units)
+    return w
 
 
 # -- sufficient statistics per unit --------------------------------------------------------------
