@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ValidationError
+from .errors import TokcalWarning, ValidationError
 
 _CHUNK_CELLS = 1 << 22  # dense entries of one chunk of the unit statistics
 MIN_SEQUENCES = 30  #: fewer sequences than this: blocks
@@ -54,7 +54,7 @@ DEFAULT_BLOCK_LENGTH = 256  #: block length when the table's source records no `
 UNITS = ("auto", "sequence", "block")
 
 
-class ResamplingWarning(UserWarning):
+class ResamplingWarning(TokcalWarning):
     """The bootstrap cannot give an interval (fewer than 2 units), or a split fell back to blocks."""
 
 
