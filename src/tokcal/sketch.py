@@ -49,12 +49,18 @@ _FINE_A, _FINE_SHIFT, _FINE_J = 0.32, 19, 128
 _FINE_PER_OCTAVE = 1 << (23 - _FINE_SHIFT)
 #: the kernel's per-bin int64 accumulator keeps the count above bit 40 (see tokcal._sketch_kernel)
 _MAX_KERNEL_VOCAB = 1 << 23
+#: the largest vocabulary a TokenTable holds (the numpy kernel's counters, also bounding O(V) buffers)
+MAX_VOCAB_SIZE = _MAX_KERNEL_VOCAB - 1
 _FINE_EDGES = _FINE_A * (
     2.0 ** (np.arange(_FINE_J + 1) // _FINE_PER_OCTAVE) * (1 + (np.arange(_FINE_J + 1) % _FINE_PER_OCTAVE)
                                                             / _FINE_PER_OCTAVE) - 1.0)
 #: per-bin variance of the Gaussian clusters (uniform density in a bin), 0 for the overflow bin of
 #: offsets beyond the last edge (kept exactly, as count and sum)
 _FINE_VAR = np.append(np.diff(_FINE_EDGES) ** 2 / 12.0, 0.0)
+
+
+#: the tail summaries a TokenTable can hold (see :class:`TailLayout`)
+TAIL_KINDS = ("binned", "uniform-remainder", "empty")
 
 
 @dataclass(frozen=True)
@@ -71,12 +77,24 @@ class TailLayout:
         default_factory=lambda: (0.0, *(float(2.0**e) for e in _LOG2_BETA_NODES))
     )
 
+    def __post_init__(self) -> None:
+        if self.kind not in TAIL_KINDS:
+            raise ValidationError(f"tail layout: unknown kind {self.kind!r} (known: {', '.join(TAIL_KINDS)})")
+        b = np.asarray(self.betas, dtype=np.float64)
+        if b.ndim != 1 or b.size < 2 or b[0] != 0.0 or not np.isfinite(b).all() or (np.diff(b) <= 0).any():
+            raise ValidationError(f"tail layout: betas must be finite, strictly ascending and start at 0 "
+                                  f"(at least 2 nodes), got {list(self.betas)[:20]!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "betas": list(self.betas)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TailLayout:
-        return cls(kind=str(d["kind"]), betas=tuple(float(b) for b in d["betas"]))
+    def from_dict(cls, d: Any) -> TailLayout:
+        """The layout stored by :meth:`to_dict`; :class:`ValidationError` on anything else."""
+        if not isinstance(d, dict) or not isinstance(d.get("kind"), str) or not isinstance(d.get("betas"), list) \
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in d["betas"]):
+            raise ValidationError(f"tail layout: expected {{'kind': str, 'betas': [numbers]}}, got {str(d)[:200]}")
+        return cls(kind=d["kind"], betas=tuple(float(x) for x in d["betas"]))
 
     @property
     def n_nodes(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -13,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._io import atomic_write
+from ._io import atomic_write, parse_json
 from ._version import __version__
-from .errors import SchemaError, ValidationError, first_bad_row
-from .sketch import DEFAULT_TOP_K, LogitSketch, TailLayout, sketch_logits, sketch_logprobs
+from .errors import SchemaError, TokcalError, ValidationError, first_bad_row
+from .sketch import DEFAULT_TOP_K, MAX_VOCAB_SIZE, LogitSketch, TailLayout, sketch_logits, sketch_logprobs
 from .vocab import Vocabulary
 
 #: 2: the metadata holds the vocabulary's raw pieces and convention (``"vocabulary"``, see
@@ -24,10 +25,15 @@ from .vocab import Vocabulary
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 _META_KEY = b"tokcal"
-_REQUIRED = (
-    "sequence_id", "position", "label", "top_ids", "top_logits",
-    "label_logit", "log_normalizer", "tail_logz", "tail_mean",
-)
+#: sha256 (hex) of the bytes stored under ``_META_KEY``: the footer metadata has no Parquet checksum
+_DIGEST_KEY = b"tokcal.sha256"
+#: every TokenTable file is written with these: zstd pages, each with its CRC32 (verified on read)
+PARQUET_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
+_PLAIN = {"sequence_id": pa.int64(), "position": pa.int32(), "label": pa.int32(), "label_logit": pa.float32(),
+          "log_normalizer": pa.float32()}
+_LISTS = {"top_ids": pa.int32(), "top_logits": pa.float32(), "tail_logz": pa.float32(), "tail_mean": pa.float32(),
+          "features": pa.float32()}
+_REQUIRED = (*_PLAIN, "top_ids", "top_logits", "tail_logz", "tail_mean")
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,9 @@ class TokenTable:
         ):
             if arr.shape != shape:
                 raise ValidationError(f"{name}: expected shape {shape}, got {arr.shape}")
+        if not 1 <= self.vocab_size <= MAX_VOCAB_SIZE:
+            raise ValidationError(f"vocab_size={self.vocab_size} outside [1, {MAX_VOCAB_SIZE:,}] (2^23 - 1, the most "
+                                  "ids a TokenTable holds)")
         if not 1 <= k <= self.vocab_size:
             raise ValidationError(f"top_ids: k={k} must be in [1, vocab_size={self.vocab_size}]")
         if self.layout.kind == "empty" and k != self.vocab_size:
@@ -226,6 +235,9 @@ class TokenTable:
                     f"outside [0, {self.vocab_size}) and not -1", self.label)
         self._check((self.top_ids < 0).any(1) | (self.top_ids >= self.vocab_size).any(1), "top_ids",
                     f"has an id outside [0, {self.vocab_size})", self.top_ids)
+        if k > 1:
+            srt = np.sort(self.top_ids, axis=1)
+            self._check((srt[:, 1:] == srt[:, :-1]).any(1), "top_ids", "repeats an id", self.top_ids)
         self._check(~np.isfinite(self.top_logits).all(1), "top_logits", "is not finite", self.top_logits)
         self._check((np.diff(self.top_logits, axis=1) > 0).any(1), "top_logits", "is not sorted descending",
                     self.top_logits)
@@ -399,51 +411,41 @@ class TokenTable:
             cols["features"] = fixed(self.features, self.features.shape[1], pa.float32())
         table = pa.table(cols)
         assert table.num_rows == n
-        return table.replace_schema_metadata({_META_KEY: json.dumps(self.metadata()).encode()})
+        meta = json.dumps(self.metadata(), allow_nan=False).encode()
+        return table.replace_schema_metadata({_META_KEY: meta, _DIGEST_KEY: hashlib.sha256(meta).hexdigest().encode()})
 
     @classmethod
     def from_arrow(cls, table: pa.Table, where: str = "table") -> TokenTable:
+        """The TokenTable stored in ``table`` (as :meth:`to_arrow` builds it). Column types, nulls and the
+        metadata are checked here (:class:`SchemaError` naming ``where``), values by :meth:`validate`."""
         meta = _read_meta(table.schema.metadata, where)
         missing = [c for c in _REQUIRED if c not in table.column_names]
         if missing:
             raise SchemaError(f"{where}: missing column(s) {missing}")
-        n = table.num_rows
-
-        def fixed(name: str, dtype: Any) -> np.ndarray:
-            col = table.column(name).combine_chunks()
-            flat = col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-            return flat.reshape(n, -1) if n else flat.reshape(0, col.type.list_size)
-
-        def plain(name: str, dtype: Any) -> np.ndarray:
-            return table.column(name).to_numpy().astype(dtype, copy=False)
-
+        cols = {name: _column(table, name, where) for name in (*_REQUIRED, "features") if name in table.column_names}
+        if cols["top_ids"].shape[1] != meta["k"]:
+            raise SchemaError(f"{where}: top_ids has {cols['top_ids'].shape[1]} ids per row, the metadata says "
+                              f"k={meta['k']}")
         groups = {}
         for name in table.column_names:
             if name.startswith("group:"):
-                col = table.column(name).combine_chunks()
-                if not pa.types.is_dictionary(col.type):
-                    col = col.dictionary_encode()
-                codes = col.indices.to_numpy(zero_copy_only=False).astype(np.int32)
-                groups[name[6:]] = GroupColumn(codes, tuple(str(c) for c in col.dictionary.to_pylist()))
-        tail = np.stack([fixed("tail_logz", np.float32), fixed("tail_mean", np.float32)], axis=-1)
+                groups[name[6:]] = _group_column(table, name, where)
         try:
-            return cls(
-                sequence_id=plain("sequence_id", np.int64), position=plain("position", np.int32),
-                label=plain("label", np.int32), top_ids=fixed("top_ids", np.int32),
-                top_logits=fixed("top_logits", np.float32), label_logit=plain("label_logit", np.float32),
-                log_normalizer=plain("log_normalizer", np.float32), tail=tail,
-                layout=TailLayout.from_dict(meta["tail_layout"]), vocab_size=meta["vocab_size"],
-                groups=groups, features=fixed("features", np.float32) if "features" in table.column_names else None,
-                vocab=_vocabulary(meta, where), source=meta.get("source"),
-            )
+            layout = TailLayout.from_dict(meta["tail_layout"])
+            logz, mean = cols.pop("tail_logz"), cols.pop("tail_mean")
+            if logz.shape != mean.shape:
+                raise ValidationError(f"tail_logz has {logz.shape[1]} nodes, tail_mean {mean.shape[1]}")
+            tail = np.stack([logz, mean], axis=-1)
+            return cls(**cols, tail=tail, layout=layout, vocab_size=meta["vocab_size"], groups=groups,
+                       vocab=_vocabulary(meta, where), source=meta.get("source"))
         except ValidationError as e:
             raise ValidationError(f"{where}: {e}") from None
 
     def write_parquet(self, path: str | os.PathLike, *, row_group_size: int = 65536) -> Path:
         """Write atomically (temp file in the same folder, then rename). Returns the path."""
         path = Path(path)
-        atomic_write(path, lambda tmp: pq.write_table(self.to_arrow(), tmp, compression="zstd",
-                                                      row_group_size=row_group_size))
+        atomic_write(path, lambda tmp: pq.write_table(self.to_arrow(), tmp, row_group_size=row_group_size,
+                                                      **PARQUET_WRITE_OPTIONS))
         return path
 
     @classmethod
@@ -458,7 +460,7 @@ class TokenTable:
         (``None``: one table per file). Memory stays bounded by the batch size."""
         for file in parquet_files(path):
             try:
-                pf = pq.ParquetFile(file)
+                pf = pq.ParquetFile(file, page_checksum_verification=True)
                 meta_raw = pf.schema_arrow.metadata
                 _read_meta(meta_raw, str(file))
                 if batch_rows is None:
@@ -467,7 +469,9 @@ class TokenTable:
                 for batch in pf.iter_batches(batch_size=batch_rows):
                     tbl = pa.Table.from_batches([batch]).replace_schema_metadata(meta_raw)
                     yield cls.from_arrow(tbl, str(file))
-            except (pa.ArrowInvalid, OSError) as e:
+            except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+                if isinstance(e, TokcalError):
+                    raise
                 raise SchemaError(f"{file}: not a readable Parquet file ({e})") from None
 
 
@@ -484,19 +488,75 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
+def _first_null(arr: pa.Array) -> int:
+    return first_bad_row(arr.is_null().to_numpy(zero_copy_only=False))
+
+
+def _column(table: pa.Table, name: str, where: str) -> np.ndarray:
+    """Column ``name`` as numpy, of the type :meth:`TokenTable.to_arrow` writes; SchemaError on a type it
+    cannot be read as without loss, or on a null (tokcal never writes one)."""
+    col = table.column(name)
+    if name in _LISTS:
+        if not pa.types.is_fixed_size_list(col.type):
+            raise SchemaError(f"{where}: column {name!r} has type {col.type}, expected fixed_size_list<{_LISTS[name]}>")
+        target: pa.DataType = pa.list_(_LISTS[name], col.type.list_size)
+    else:
+        target = _PLAIN[name]
+    try:
+        arr = col.cast(target, safe=True).combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise SchemaError(f"{where}: column {name!r} of type {col.type} cannot be read as {target} ({e})") from None
+    if arr.null_count:
+        raise SchemaError(f"{where}: column {name!r}: row {_first_null(arr)} is null")
+    if name not in _LISTS:
+        return arr.to_numpy(zero_copy_only=False)
+    width = target.list_size
+    values = arr.flatten()
+    if values.null_count:
+        raise SchemaError(f"{where}: column {name!r}: row {_first_null(values) // max(width, 1)} holds a null")
+    return values.to_numpy(zero_copy_only=False).reshape(len(arr), width)
+
+
+def _group_column(table: pa.Table, name: str, where: str) -> GroupColumn:
+    col = table.column(name).combine_chunks()
+    if not pa.types.is_dictionary(col.type):
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            raise SchemaError(f"{where}: column {name!r} has type {col.type}, expected dictionary<string>")
+        col = col.dictionary_encode()
+    if col.null_count:
+        raise SchemaError(f"{where}: column {name!r}: row {_first_null(col)} is null")
+    cats = col.dictionary.to_pylist()
+    if not all(isinstance(c, str) for c in cats) or len(set(cats)) != len(cats):
+        raise SchemaError(f"{where}: column {name!r}: its categories must be distinct strings")
+    return GroupColumn(col.indices.to_numpy(zero_copy_only=False).astype(np.int32), tuple(cats))
+
+
 def _read_meta(raw: Mapping[bytes, bytes] | None, where: str) -> dict[str, Any]:
+    """The tokcal metadata of a Parquet file, its digest verified (files written before the digest
+    existed have none) and its shape checked; SchemaError naming ``where`` otherwise."""
     if not raw or _META_KEY not in raw:
         raise SchemaError(f"{where}: not a tokcal TokenTable (no 'tokcal' metadata)")
+    digest = raw.get(_DIGEST_KEY)
+    if digest is not None and hashlib.sha256(raw[_META_KEY]).hexdigest().encode() != digest:
+        raise SchemaError(f"{where}: the tokcal metadata does not match its checksum (the file is damaged)")
     try:
-        meta = json.loads(raw[_META_KEY])
-    except json.JSONDecodeError as e:
-        raise SchemaError(f"{where}: corrupt tokcal metadata ({e})") from None
+        meta = parse_json(raw[_META_KEY], f"{where}: tokcal metadata")
+    except SchemaError as e:
+        raise SchemaError(f"{e} (the file is damaged)") from None
     if not isinstance(meta, dict):
-        raise SchemaError(f"{where}: tokcal metadata is not a JSON object")
+        raise SchemaError(f"{where}: corrupt tokcal metadata (a JSON {type(meta).__name__}, expected an object)")
     version = meta.get("schema_version")
     if version not in READABLE_SCHEMA_VERSIONS:
         raise SchemaError(f"{where}: TokenTable schema version {version!r}; this tokcal reads "
                           f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
+    for key, ok in (("vocab_size", lambda v: type(v) is int), ("k", lambda v: type(v) is int),
+                    ("tail_layout", lambda v: isinstance(v, dict)),
+                    ("source", lambda v: v is None or isinstance(v, dict))):
+        if key not in meta and key == "source":
+            continue
+        if key not in meta or not ok(meta[key]):
+            got = repr(meta.get(key))[:80] if key in meta else "missing"
+            raise SchemaError(f"{where}: corrupt tokcal metadata: {key!r} is {got}")
     return meta
 
 
