@@ -154,7 +154,7 @@ def test_json_shape_round_trip_and_no_nan(tmp_path, full):
     assert list(d) == KEYS and list(d["overall"]) == OVERALL
     assert set(d["overall"]["ci"]) == {"ece", "ece_debiased", "signed_gap", "nll", "brier", "accuracy"}
     assert set(d["settings"]) == {"bins", "binning", "bootstrap", "seed", "calibrator", "tokcal", "labels",
-                                  "resampling"}
+                                  "resampling", "slices"}
     assert d["schema_version"] == 2 and d["settings"]["resampling"]["unit"] == "sequence"
     assert all(list(r) == SLICE_ROW for rows in d["slices"].values() for r in rows)
     assert list(d["bins"][0]) == ["lo", "hi", "n", "confidence", "accuracy", "gap", "acc_ci"]

@@ -202,6 +202,7 @@ def evaluate(
     classwise_top: int = 100,
     unit: str = "auto",
     block_length: int | None = None,
+    freq_ref: Any = None,
 ) -> Evaluation:
     """Evaluate the calibration of ``table`` (optionally after ``calibrator``).
 
@@ -212,7 +213,10 @@ def evaluate(
     cluster-bootstrap resamples (0: no intervals). ``worst``: how many worst tokens to list.
     ``classwise_top``: the M most frequent gold ids of the classwise ECE. ``unit``: the resampling
     unit, ``"auto"`` (the rule of :mod:`tokcal.bootstrap`), ``"sequence"`` or ``"block"``;
-    ``block_length``: B for blocks (default: the source's ``max_length``, else 256).
+    ``block_length``: B for blocks (default: the source's ``max_length``, else 256). ``freq_ref``: the
+    reference frequency of the ``freq`` slices (anything :func:`tokcal.frequency.load_reference` takes: a counts
+    JSON path, counts, a TokenTable or its path, a text corpus; None: the documented default).
+    ``settings["slices"]`` records each slice's definition (the frequency reference) and signature.
     """
     if not isinstance(table, TokenTable):
         raise ValidationError(f"evaluate: expected a TokenTable, got {type(table).__name__}")
@@ -227,7 +231,7 @@ def evaluate(
     keep = table.labeled
     if not keep.any():
         raise ValidationError("evaluate: no token has a known label (all labels are -1)")
-    sl = parse_slices(slices, table)
+    sl = parse_slices(slices, table, reference=freq_ref)
     slice_codes = [np.asarray(s.codes(table, probs), dtype=np.int64)[keep] for s in sl]
 
     p = probs.select(keep) if not keep.all() else probs
@@ -249,7 +253,8 @@ def evaluate(
 
     settings = {"bins": bins, "binning": binning, "bootstrap": bootstrap, "seed": seed,
                 "calibrator": _calibrator_dict(calibrator), "tokcal": __version__, "labels": LABELS,
-                "resampling": units.to_dict()}
+                "resampling": units.to_dict(),
+                "slices": {s.name: {**s.settings(), "signature": s.signature()} for s in sl}}
     sig = _signatures(bins, binning, bootstrap, seed, classwise_top, units)
     n = c.shape[0]
     replicates = overall_replicates(stats, boot)
@@ -523,6 +528,7 @@ def _fmt(x: Any) -> str:
 def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:
     """Rich tables: overall metrics with intervals, worst slice values, worst tokens."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -554,6 +560,12 @@ def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:
                       f"{r['signed_gap']:+.3f}" + ("*" if r["significant"] else ""),
                       "n/a" if ci[0] is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]", f"{r['ece']:.3f}")
         console.print(s)
+        from .report.data import slice_definition
+
+        for name in d["slices"]:
+            note = slice_definition(d, name)
+            if note is not None:
+                console.print(f"[dim]{name}: {escape(note)}[/]", highlight=False)
     if d["worst_tokens"]:
         w = Table(title="worst predicted tokens (share of per-token gap)", title_justify="left")
         for col in ("token", "n", "accuracy", "confidence", "gap", "share"):

@@ -3,13 +3,16 @@
 A :class:`Slice` has a ``name``, a list of category ``labels`` and ``codes(table, probs)`` ->
 int32 [N] with ``labels[codes[i]]`` the category of token i, or -1 where the token belongs to
 none (only: a slice on the *gold* token where the label is unknown; those rows are excluded
-from metrics anyway). On the labelled tokens every slice is therefore a partition.
+from metrics anyway). On the labelled tokens every slice is therefore a partition. ``settings()`` says how a slice
+defined its categories (for a frequency slice: which reference) and ``signature()`` turns that into a
+signature string; :func:`tokcal.evaluate` records both.
 
 Slices (and their CLI specs, parsed by :func:`parse_slice`):
 
-* ``freq`` / ``freq:predicted`` -- frequency bucket of the gold / predicted token, by its rank in
-  counts the user passes or counted (gold labels) on a reference table, default the evaluated
-  table: ``top-100``, ``100-1k``, ``1k-10k``, ``10k+``, ``unseen`` (count 0).
+* ``freq`` / ``freq:predicted`` -- frequency bucket of the gold / predicted token, by its rank in a
+  reference frequency (:mod:`tokcal.frequency`: a counts file, a reference table or text corpus; by
+  default the id order of a byte-level BPE vocabulary, else the evaluated table with a warning):
+  ``top-100``, ``100-1k``, ``1k-10k``, ``10k+``, ``unseen`` (count 0).
 * ``type`` / ``type:predicted`` -- token type of the id under its tokenizer's convention
   (:data:`tokcal.vocab.TOKEN_TYPES`, rules in :mod:`tokcal.vocab`).
 * ``group:NAME`` -- a group column of the table (domain, split, ...).
@@ -31,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from .errors import ValidationError
+from .frequency import FrequencyReference, load_reference
+from .metrics.signature import signature
 from .table import TokenTable
-from .vocab import TOKEN_TYPES
+from .vocab import TOKEN_TYPE_RULES, TOKEN_TYPES
 
 FREQ_EDGES = (100, 1000, 10000)
 POSITION_EDGES = (1, 4, 16, 64, 256)
@@ -67,52 +72,68 @@ class Slice(ABC):
     def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
         """Integer code per token (-1: in no category)."""
 
+    def settings(self) -> dict[str, Any]:
+        """How the categories were defined (JSON-able); recorded by :func:`tokcal.evaluate`."""
+        return {"kind": self.name.partition(":")[0]}
+
+    def signature(self) -> str:
+        """The slice definition as a signature (:func:`tokcal.metrics.signature`)."""
+        st = {k: v for k, v in self.settings().items() if k != "kind" and isinstance(v, (str, int, float, bool))}
+        return signature(f"slice:{self.settings()['kind']}", **st)
+
 
 @dataclass
 class FrequencySlice(Slice):
-    """Bucket of the gold or predicted token by its frequency rank (0 = most frequent).
+    """Bucket of the gold or predicted token by its rank in a reference frequency (0 = most frequent).
 
-    ``counts`` [V] gives the frequency of each id; else gold labels are counted on ``reference``
-    (a TokenTable), else on the evaluated table. Ranks ``< edges[0]`` -> ``top-100`` etc.; ids with
-    count 0 are ``unseen``.
+    ``reference``: anything :func:`tokcal.frequency.load_reference` takes -- a
+    :class:`~tokcal.frequency.FrequencyReference`, counts [V], a reference TokenTable, a path (counts
+    JSON, Parquet, text corpus) -- or None: the id-order proxy for byte-level BPE vocabularies, else the
+    evaluated table (with a warning). ``counts`` [V] is the same as ``reference=counts``. Ranks
+    ``< edges[0]`` -> ``top-100`` etc.; ids the reference never saw are ``unseen``. After
+    :meth:`codes`, ``used`` is the reference that ranked the ids (it goes into :meth:`settings`).
     """
 
     name: str = "freq"
     labels: list[str] = field(default_factory=list)
     on: str = "gold"
     counts: Any = None
-    reference: TokenTable | None = None
+    reference: Any = None
     edges: tuple[int, ...] = FREQ_EDGES
+    used: FrequencyReference | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_on(self.on)
         if list(self.edges) != sorted(set(self.edges)) or not self.edges or self.edges[0] < 1:
             raise ValidationError(f"freq slice: edges must be increasing positive ranks, got {self.edges}")
+        if self.counts is not None and self.reference is not None:
+            raise ValidationError("freq slice: give counts or reference, not both")
         names = [f"top-{_short(self.edges[0])}"]
         names += [f"{_short(a)}-{_short(b)}" for a, b in zip(self.edges[:-1], self.edges[1:], strict=True)]
         self.labels = [*names, f"{_short(self.edges[-1])}+", "unseen"]
 
-    def id_counts(self, table: TokenTable) -> np.ndarray:
-        if self.counts is not None:
-            c = np.asarray(self.counts, dtype=np.float64)
-            if c.shape != (table.vocab_size,) or not np.isfinite(c).all() or (c < 0).any():
-                raise ValidationError(f"freq slice: counts must be {table.vocab_size} finite values >= 0, "
-                                      f"got shape {c.shape}")
-            return c
-        ref = self.reference if self.reference is not None else table
-        if ref.vocab_size != table.vocab_size:
-            raise ValidationError(f"freq slice: reference vocab_size {ref.vocab_size} != table's {table.vocab_size}")
-        lab = ref.label[ref.label >= 0]
-        return np.bincount(lab, minlength=table.vocab_size).astype(np.float64)
+    def resolve(self, table: TokenTable) -> FrequencyReference:
+        """The reference for ``table`` (see the class docstring)."""
+        spec = self.counts if self.counts is not None else self.reference
+        if isinstance(spec, FrequencyReference):
+            spec.check_vocab_size(table.vocab_size)
+            return spec
+        return load_reference(spec, table)
 
     def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
-        c = self.id_counts(table)
-        order = np.argsort(-c, kind="stable")
-        rank = np.empty(c.size, np.int64)
-        rank[order] = np.arange(c.size)
-        per_id = np.searchsorted(np.asarray(self.edges), rank, side="right")
-        per_id = np.where(c > 0, per_id, len(self.edges) + 1).astype(np.int32)
+        ref = self.resolve(table)
+        self.used = ref
+        per_id = np.searchsorted(np.asarray(self.edges), ref.ranks(), side="right")
+        per_id = np.where(ref.seen, per_id, len(self.edges) + 1).astype(np.int32)
         return _lookup(per_id, _target_ids(table, probs, self.on))
+
+    def settings(self) -> dict[str, Any]:
+        ref = self.used.describe() if self.used is not None else None
+        return {"kind": "freq", "on": self.on, "edges": list(self.edges), "reference": ref}
+
+    def signature(self) -> str:
+        return signature("slice:freq", on=self.on, edges=",".join(map(str, self.edges)),
+                         ref=self.used.tag() if self.used is not None else "unresolved")
 
 
 def _short(n: int) -> str:
@@ -130,6 +151,7 @@ class TokenTypeSlice(Slice):
     name: str = "type"
     labels: list[str] = field(default_factory=lambda: list(TOKEN_TYPES))
     on: str = "gold"
+    convention: str | None = field(default=None, repr=False)  # of the last table (settings)
 
     def __post_init__(self) -> None:
         _check_on(self.on)
@@ -137,7 +159,11 @@ class TokenTypeSlice(Slice):
     def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
         if table.vocabulary is None:
             raise ValidationError(f"slice '{self.name}': the table has no vocabulary (id -> string)")
+        self.convention = table.vocabulary.convention
         return _lookup(table.vocabulary.token_types(), _target_ids(table, probs, self.on))
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "type", "on": self.on, "convention": self.convention, "rules": TOKEN_TYPE_RULES}
 
 
 @dataclass
@@ -152,6 +178,9 @@ class GroupSlice(Slice):
         g = table.group(self.group)
         self.labels = list(g.categories)
         return g.codes.astype(np.int32)
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "group", "group": self.group}
 
 
 @dataclass
@@ -171,6 +200,9 @@ class PositionSlice(Slice):
 
     def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
         return np.searchsorted(np.asarray(self.edges), table.position, side="right").astype(np.int32)
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "position", "edges": ",".join(map(str, self.edges))}
 
 
 def normalize_word(s: str) -> str:
@@ -211,6 +243,9 @@ class WordListSlice(Slice):
             listed |= np.fromiter((s in strings for s in norm), bool, len(norm))
         return _lookup(np.where(listed, 0, 1).astype(np.int32), _target_ids(table, probs, self.on))
 
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "words", "on": self.on, "n_words": len(self.words)}
+
     @classmethod
     def from_file(cls, path: str | os.PathLike, on: str = "gold") -> WordListSlice:
         p = Path(path)
@@ -226,10 +261,10 @@ class WordListSlice(Slice):
         return cls(name=f"words:{p.stem}", words=words, on=on)
 
 
-def parse_slice(spec: str | Slice, *, reference: TokenTable | None = None, counts: Any = None) -> Slice:
+def parse_slice(spec: str | Slice, *, reference: Any = None, counts: Any = None) -> Slice:
     """A :class:`Slice` from a CLI spec (see the module docstring); a Slice passes through.
 
-    ``reference``/``counts`` feed the frequency slices.
+    ``reference``/``counts`` feed the frequency slices (:class:`FrequencySlice`).
     """
     if isinstance(spec, Slice):
         return spec
@@ -263,9 +298,14 @@ def _check_spec(spec: str, on: str) -> str:
     return on
 
 
-def default_slices(table: TokenTable) -> list[Slice]:
-    """``freq``, ``freq:predicted``, ``type`` (with a vocabulary), ``position`` and every group column."""
-    out: list[Slice] = [FrequencySlice(), FrequencySlice(name="freq:predicted", on="predicted")]
+def default_slices(table: TokenTable, *, reference: Any = None, counts: Any = None) -> list[Slice]:
+    """``freq``, ``freq:predicted``, ``type`` (with a vocabulary), ``position`` and every group column.
+
+    ``reference``/``counts``: the frequency reference of both freq slices (resolved once)."""
+    ref = reference if counts is None else counts
+    ref = load_reference(ref, table) if not isinstance(ref, FrequencyReference) else ref
+    out: list[Slice] = [FrequencySlice(reference=ref), FrequencySlice(name="freq:predicted", on="predicted",
+                                                                      reference=ref)]
     if table.vocabulary is not None:
         out.append(TokenTypeSlice())
     out.append(PositionSlice())
@@ -274,8 +314,14 @@ def default_slices(table: TokenTable) -> list[Slice]:
 
 
 def parse_slices(specs: Iterable[str | Slice] | None, table: TokenTable, **kw: Any) -> list[Slice]:
-    """Parse many specs (``None``: :func:`default_slices`); names must be unique."""
-    out = default_slices(table) if specs is None else [parse_slice(s, **kw) for s in specs]
+    """Parse many specs (``None``: :func:`default_slices`); names must be unique. ``reference`` /
+    ``counts`` (keywords) feed the frequency slices; the reference is resolved once for all of them."""
+    if specs is not None and (kw.get("reference") is not None or kw.get("counts") is not None):
+        specs = list(specs)
+        if any(isinstance(s, str) and s.strip().startswith("freq") for s in specs):
+            ref = kw["counts"] if kw.get("counts") is not None else kw["reference"]
+            kw = {"reference": ref if isinstance(ref, FrequencyReference) else load_reference(ref, table)}
+    out = default_slices(table, **kw) if specs is None else [parse_slice(s, **kw) for s in specs]
     names = [s.name for s in out]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

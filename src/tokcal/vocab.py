@@ -53,8 +53,8 @@ CONVENTIONS = ("byte-level", "sentencepiece", "wordpiece", "bytes", "text", "non
 TOKEN_TYPES = ("word-initial", "continuation", "punctuation", "digits", "whitespace", "special", "eos", "other")
 EOS_STRINGS = frozenset({"<eos>", "</s>", "<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<|end|>", "[SEP]",
                          "<|end_of_text|>", "<end_of_turn>"})
-#: version of the rules above; the ``type`` slice's definition version follows it
-TYPE_RULES_VERSION = 2
+#: name of the rules above (recorded in the ``type`` slice's settings and signature)
+TOKEN_TYPE_RULES = "tokcal-vocab-2"
 _TYPE_INDEX = {t: i for i, t in enumerate(TOKEN_TYPES)}
 _SP_SPACE = "▁"
 _WP_CONT = "##"

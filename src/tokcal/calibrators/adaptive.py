@@ -7,7 +7,8 @@ distribution at T = 1 plus context:
 
 * entropy H (nats), top-1 log-prob, top-1 minus top-2 logit (the margin),
 * ``log(1 + position)``,
-* ``floor(log2(1 + count))`` of the predicted id in the fitting table's gold labels (frequency bucket),
+* ``floor(log2(1 + count))`` of the predicted id in the fitting table's gold labels, or in a reference
+  frequency (``fit(table, freq_reference=...)``, :mod:`tokcal.frequency`) (frequency bucket),
 * one-hots of the chosen group columns, and the table's ``features`` columns (optional).
 
 Objective: mean NLL + (l2 / 2) |w|^2, minimised by L-BFGS (scipy) with the analytic gradient
@@ -173,7 +174,9 @@ class AdaptiveTemperature(TemperatureFamily):
 
     # -- fitting -------------------------------------------------------------------------------
 
-    def fit(self, table: TokenTable, **_: Any) -> AdaptiveTemperature:
+    def fit(self, table: TokenTable, *, freq_reference: Any = None, **_: Any) -> AdaptiveTemperature:
+        """Fit on ``table``; ``freq_reference`` (anything :func:`tokcal.frequency.load_reference` takes
+        except None) gives the counts of the frequency feature instead of the table's gold labels."""
         lab = labeled_rows(table, "AdaptiveTemperature.fit")
         for name in self.groups:
             self.categories[name] = list(lab.group(name).categories)
@@ -181,8 +184,19 @@ class AdaptiveTemperature(TemperatureFamily):
         self.n_user_features = int(lab.features.shape[1]) if (lab.features is not None and use) else 0
         if use is True and lab.features is None:
             raise ValidationError("AdaptiveTemperature(use_features=True): the table has no features column")
-        ids, counts = np.unique(lab.label, return_counts=True)
-        self.freq_ids, self.freq_counts = ids.astype(np.int64), counts.astype(np.float64)
+        if freq_reference is not None:
+            from ..frequency import load_reference
+
+            ref = load_reference(freq_reference, table)
+            if ref.counts is None:
+                raise ValidationError(f"AdaptiveTemperature: the frequency reference {ref.name} has no counts")
+            ids = np.flatnonzero(ref.counts > 0)
+            self.freq_ids, self.freq_counts = ids.astype(np.int64), ref.counts[ids]
+            freq_note = f"{ref.tag()} ({ref.name})"
+        else:
+            freq_note = "fitting table"
+            ids, counts = np.unique(lab.label, return_counts=True)
+            self.freq_ids, self.freq_counts = ids.astype(np.int64), counts.astype(np.float64)
         self.feature_names = [*BASE_FEATURES, *(f"{g}={c}" for g in self.groups for c in self.categories[g]),
                               *(f"feature{j}" for j in range(self.n_user_features))]
         raw = self.table_features(lab)
@@ -212,7 +226,7 @@ class AdaptiveTemperature(TemperatureFamily):
             raise ConvergenceError(f"AdaptiveTemperature: L-BFGS did not converge ({res.message})")
         self.weights, self.bias = res.x[:f].copy(), float(res.x[f])
         self.fit_info = {"n": n, "iterations": int(res.nit), "nll": float(res.fun), "message": str(res.message),
-                         "global_temperature": 1.0 / beta0}
+                         "global_temperature": 1.0 / beta0, "freq_reference": freq_note}
         return self
 
     def coefficients(self) -> dict[str, float]:

@@ -126,12 +126,14 @@ def check(
     binning: str | None = typer.Option(None, "--binning", help="width or mass (default: the baseline's, else width)."),
     bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap resamples for the intervals shown."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    freq_ref: Path | None = typer.Option(None, "--freq-ref", help="Reference frequency for freq slices (as "
+                                         "tokcal evaluate --freq-ref)."),
 ) -> None:
     """Exit 1, with one reason per failing condition, when TABLE is worse calibrated than allowed."""
     import tokcal
 
     from ..report.data import as_dict, load_evaluation
-    from ..slices import parse_slice
+    from ..slices import parse_slices
 
     if metric not in METRICS:
         raise ValidationError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -151,8 +153,8 @@ def check(
     bins = bins if bins is not None else int(settings.get("bins") or 15)
     binning = binning if binning is not None else str(settings.get("binning") or "width")
 
-    parsed = [parse_slice(spec) for spec in slices]
     t = tokcal.TokenTable.read_parquet(table)
+    parsed = parse_slices(slices, t, reference=freq_ref) if slices else []
     cal = tokcal.load_calibrator(calibrator) if calibrator is not None else None
     ev = as_dict(tokcal.evaluate(t, calibrator=cal, slices=parsed, bins=bins, binning=binning,
                                  bootstrap=bootstrap, seed=seed), name=str(table))

@@ -24,6 +24,10 @@ def evaluate(
     binning: Annotated[str, typer.Option(help="width or mass.")] = "width",
     bootstrap: Annotated[int, typer.Option(help="Cluster-bootstrap resamples (0: no intervals).")] = 200,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    freq_ref: Annotated[Path | None, typer.Option(
+        "--freq-ref", help="Reference frequency for the freq slices: a counts JSON {\"counts\": [...]}, a "
+        "TokenTable (Parquet file or directory) or a text corpus. Default: id order for byte-level BPE, "
+        "else the table itself (with a warning).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write Evaluation.to_dict() as JSON here.")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write an HTML report here.")] = None,
 ) -> None:
@@ -40,7 +44,7 @@ def evaluate(
         cal = load_calibrator(calibrator)
     tbl = TokenTable.read_parquet(table)
     ev = run_evaluate(tbl, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
-                      bootstrap=bootstrap, seed=seed)
+                      bootstrap=bootstrap, seed=seed, freq_ref=freq_ref)
     ev.print_summary(console)
     if json_out is not None:
         ev.to_json(json_out)

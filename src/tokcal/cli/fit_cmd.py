@@ -60,10 +60,14 @@ def fit_command(
     bins: int = typer.Option(15, "--bins", help="ECE bins (and histogram-binning bins)."),
     bootstrap: int = typer.Option(200, "--bootstrap", help="Cluster-bootstrap replicates for the intervals."),
     seed: int = typer.Option(0, "--seed"),
+    freq_ref: Path | None = typer.Option(None, "--freq-ref", help="adaptive: reference frequency of its "
+                                         "frequency feature (as tokcal evaluate --freq-ref); default: the "
+                                         "fitting table's counts."),
 ) -> None:
     """Fit a calibrator; print held-out ECE/NLL/Brier before and after; write it as JSON."""
     from ..calibrators import held_out_metrics, split_by_sequence
     from ..calibrators.hygiene import HELD_OUT_METRICS
+    from ..errors import ValidationError
     from ..table import TokenTable
 
     refuse_overwrite({"--output": output}, [table])
@@ -74,7 +78,12 @@ def fit_command(
         train, test = split_by_sequence(data, holdout, seed)
     else:
         train, test = data, None
-    cal.fit(train)
+    if freq_ref is not None and method != "adaptive":
+        raise ValidationError(f"--freq-ref: --method {method} uses no token frequency (only adaptive does)")
+    if freq_ref is not None:
+        cal.fit(train, freq_reference=freq_ref)
+    else:
+        cal.fit(train)
     cal.save(output)
     console.print(f"fitted [bold]{method}[/] on {int(train.labeled.sum())} tokens "
                   f"({train.n_sequences} sequences): {cal!r}", highlight=False)

@@ -65,12 +65,15 @@ def load_model(assets: Path | str = ASSETS_DIR) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def training_counts(assets: Path | str = ASSETS_DIR) -> np.ndarray | None:
-    """Per-id token counts of the model's training stream (``token_counts.json``), if shipped."""
+def training_counts(assets: Path | str = ASSETS_DIR) -> Any:
+    """The frequency reference of the model's training stream (``token_counts.json``, a counts file of
+    :mod:`tokcal.frequency`), if shipped."""
+    from ..frequency import FrequencyReference
+
     path = Path(assets) / "token_counts.json"
     if not path.is_file():
         return None
-    return np.asarray(json.loads(path.read_text())["counts"], dtype=np.int64)
+    return FrequencyReference.from_json(path)
 
 
 def demo_texts(n_in_domain: int, n_shift: int) -> tuple[list[str], list[str]]:
@@ -122,7 +125,7 @@ def run_demo(out: Path | str = "demo-output", *, n_in_domain: int = 400, n_shift
     seconds["fit"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    slices = parse_slices(SLICES, test, counts=training_counts(assets))
+    slices = parse_slices(SLICES, test, reference=training_counts(assets))
     evaluations: dict[str, dict[str, Any]] = {}
     for name, cal in {"uncalibrated": None, **calibrators}.items():
         say(f"evaluating {name} ...")

@@ -75,3 +75,24 @@ def interval(ci: Any) -> tuple[float, float] | None:
         return None
     lo, hi = number(ci[0]), number(ci[1])
     return None if lo is None or hi is None else (lo, hi)
+
+
+def slice_definition(ev: Mapping[str, Any], slice_name: str) -> str | None:
+    """One line saying how slice ``slice_name`` was defined (a frequency slice: its reference), or None."""
+    st = ((ev.get("settings") or {}).get("slices") or {}).get(slice_name)
+    if not isinstance(st, Mapping):
+        return None
+    ref = st.get("reference")
+    if st.get("kind") == "freq" and isinstance(ref, Mapping):
+        what = {"counts": "counts file", "table": "reference table", "text": "text corpus",
+                "id-order": "proxy: id order (BPE merge rank)",
+                "evaluated-table": "the evaluated table itself (no reference given)"}.get(str(ref.get("kind")),
+                                                                                       str(ref.get("kind")))
+        n = ref.get("n_tokens")
+        name = ref.get("name")
+        extra = ", ".join(x for x in (str(name) if name and ref.get("kind") in ("counts", "table", "text") else "",
+                                      f"{n:,} tokens" if isinstance(n, int) else "") if x)
+        return f"frequency reference: {what}" + (f" ({extra})" if extra else "")
+    if st.get("kind") == "type":
+        return f"token types under the {st.get('convention')} convention ({st.get('rules')})"
+    return None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from .data import as_dicts, interval, number, write_file
+from .data import as_dicts, interval, number, slice_definition, write_file
 from .plots import DIAGRAMS, _pyplot, draw, figure_svg
 
 _CAPTIONS = {
@@ -172,7 +172,9 @@ def slices_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
                         e(fmt(r.get("accuracy"))), e(fmt(r.get("confidence"))),
                         with_ci(r.get("ece"), r.get("ece_ci")), with_ci(r.get("signed_gap"), r.get("gap_ci")),
                         e(fmt(r.get("nll"))), e(fmt(r.get("brier"))), badge]))
-        parts.append(f'<h3>{e(sname)}</h3>' + _table(headers, rows, text_cols=2))
+        notes = {slice_definition(ev, sname) for ev in evs.values()} - {None}
+        note = "".join(f'<p class="note">{e(n)}</p>' for n in sorted(notes))
+        parts.append(f'<h3>{e(sname)}</h3>' + note + _table(headers, rows, text_cols=2))
     return "".join(parts) + "</section>"
 
 
