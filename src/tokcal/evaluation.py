@@ -528,8 +528,8 @@ def _fmt(x: Any) -> str:
 def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:
     """Rich tables: overall metrics with intervals, worst slice values, worst tokens."""
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     o = d["overall"]
@@ -556,7 +556,7 @@ def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:
             s.add_column(col, justify="left" if col in ("slice", "value") else "right", no_wrap=True)
         for name, r in rows[:n_worst]:
             ci = r["gap_ci"]
-            s.add_row(name, r["value"], str(r["n"]), f"{r['accuracy']:.3f}", f"{r['confidence']:.3f}",
+            s.add_row(Text(name), Text(str(r["value"])), str(r["n"]), f"{r['accuracy']:.3f}", f"{r['confidence']:.3f}",
                       f"{r['signed_gap']:+.3f}" + ("*" if r["significant"] else ""),
                       "n/a" if ci[0] is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]", f"{r['ece']:.3f}")
         console.print(s)
@@ -565,13 +565,13 @@ def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:
         for name in d["slices"]:
             note = slice_definition(d, name)
             if note is not None:
-                console.print(f"[dim]{name}: {escape(note)}[/]", highlight=False)
+                console.print(Text(f"{name}: {note}", style="dim"), highlight=False)
     if d["worst_tokens"]:
         w = Table(title="worst predicted tokens (share of per-token gap)", title_justify="left")
         for col in ("token", "n", "accuracy", "confidence", "gap", "share"):
             w.add_column(col, justify="left" if col == "token" else "right")
         for r in d["worst_tokens"][:n_worst]:
-            w.add_row(repr(r["token"]), str(r["n"]), _fmt(r["accuracy"]), _fmt(r["confidence"]),
+            w.add_row(Text(repr(r["token"])), str(r["n"]), _fmt(r["accuracy"]), _fmt(r["confidence"]),
                       f"{r['gap']:+.4f}", f"{r['ece_share']:.1%}")
         console.print(w)
-    console.print(f"[dim]{d['signature']}[/]", highlight=False)
+    console.print(Text(str(d["signature"]), style="dim"), highlight=False)

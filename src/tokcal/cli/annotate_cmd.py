@@ -106,7 +106,7 @@ def _show(anns: list[Any], html_out: Path | None, title: str) -> None:
     for ann in anns:
         console.print(rich_text(ann))
         if ann.review_spans:
-            console.print(f"[dim]{len(ann.review_spans)} span(s) flagged for review[/]")
+            console.print(Text(f"{len(ann.review_spans)} span(s) flagged for review", style="dim"))
     console.print(_legend())
     if html_out is not None:
         write_html(html_out, html_page(anns, title))

@@ -16,8 +16,10 @@ from rich.text import Text
 
 from ..errors import TokcalError
 
-console = Console()
-err_console = Console(stderr=True)
+# Data (token strings, group values, paths) is printed as it is: no rich markup or emoji codes in it
+# are interpreted. Styles come from rich Text objects.
+console = Console(markup=False, emoji=False)
+err_console = Console(stderr=True, markup=False, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

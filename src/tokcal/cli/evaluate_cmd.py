@@ -45,15 +45,16 @@ def evaluate(
     tbl = TokenTable.read_parquet(table)
     ev = run_evaluate(tbl, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
                       bootstrap=bootstrap, seed=seed, freq_ref=freq_ref)
-    ev.print_summary(console)
     if json_out is not None:
         ev.to_json(json_out)
-        console.print(f"wrote {json_out}", highlight=False)
     if html_out is not None:
         from ..report import write_html
 
         write_html(html_out, {tbl.source.get("model", "model"): ev})
-        console.print(f"wrote {html_out}", highlight=False)
+    ev.print_summary(console)
+    for path in (json_out, html_out):
+        if path is not None:
+            console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from . import app
 from .common import console, friendly_errors, refuse_overwrite
@@ -85,8 +86,8 @@ def fit_command(
     else:
         cal.fit(train)
     cal.save(output)
-    console.print(f"fitted [bold]{method}[/] on {int(train.labeled.sum())} tokens "
-                  f"({train.n_sequences} sequences): {cal!r}", highlight=False)
+    console.print(Text.assemble("fitted ", (method, "bold"), f" on {int(train.labeled.sum())} tokens "
+                                f"({train.n_sequences} sequences): {cal!r}"), highlight=False)
     if test is None:
         console.print(f"wrote {output}")
         return

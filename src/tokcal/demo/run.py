@@ -204,6 +204,7 @@ def summary_table(result: DemoResult) -> Any:
     """A rich Table: ECE with its 95 % interval per domain (columns), before and after each calibrator
     (rows); the lowest ECE of each column in bold green."""
     from rich.table import Table
+    from rich.text import Text
 
     by_domain = ece_by_domain(result.evaluations)
     n = {**result.n_tokens, "all": sum(result.n_tokens.values())}
@@ -217,7 +218,7 @@ def summary_table(result: DemoResult) -> Any:
         cells = []
         for domain, row in by_domain.items():
             value, ci = row[name]
-            cells.append(("[bold green]" if value == best[domain] else "") + _fmt(value, ci))
+            cells.append(Text(_fmt(value, ci), style="bold green" if value == best[domain] else ""))
         tbl.add_row(name.replace("_", " "), *cells)
     return tbl
 

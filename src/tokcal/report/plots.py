@@ -37,9 +37,16 @@ def _colors(n: int) -> list[Any]:
     return [cycle[i % len(cycle)] for i in range(n)]
 
 
+def plain_text(s: str) -> str:
+    """``s`` drawn literally by matplotlib: ``$`` escaped so no mathtext is parsed, and a leading ``_``
+    (which would hide a legend entry) guarded by a zero-width space."""
+    s = str(s).replace("$", r"\$")
+    return "\u200b" + s if s.startswith("_") else s
+
+
 def _label(name: str, what: str, value: Any) -> str:
     v = number(value)
-    return f"{name} ({what} {v:.4f})" if v is not None else name
+    return plain_text(f"{name} ({what} {v:.4f})" if v is not None else name)
 
 
 def _style(ax: Any, xlabel: str | None, ylabel: str, title: str | None = None, legend: bool = True) -> None:
@@ -52,7 +59,7 @@ def _style(ax: Any, xlabel: str | None, ylabel: str, title: str | None = None, l
     if legend:
         ax.legend(loc="best", fontsize=8, frameon=False)
     if title:
-        ax.set_title(title)
+        ax.set_title(plain_text(title))
 
 
 def reliability_diagram(evaluations: Any, title: str | None = "Reliability") -> Any:
