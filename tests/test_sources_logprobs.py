@@ -173,9 +173,12 @@ def test_vocab_size_from_tokens_seen_warns_and_is_recorded():
     """Without a tokenizer or vocab_size, V is the number of distinct tokens seen: said, and kept."""
     from tokcal.errors import TokcalWarning
 
-    with pytest.warns(TokcalWarning, match=r"vllm\.jsonl: no tokenizer and no vocab_size.* 23 distinct tokens"):
+    with pytest.warns(TokcalWarning, match=r"vllm\.jsonl: no tokenizer and no vocab_size.*: 23 ids"):
         t = read_logprobs(FIX / "vllm.jsonl")
-    assert t.vocab_size == 23 and t.source["vocab_size_from"] == "distinct tokens seen"
+    assert t.vocab_size == 23 and t.source["vocab_size_from"] == "largest server id + 1"
+    with pytest.warns(TokcalWarning, match=r"chat\.jsonl: no tokenizer and no vocab_size.*: 9 ids"):
+        t = read_logprobs(FIX / "openai_chat.jsonl")
+    assert t.vocab_size == 9 and t.source["vocab_size_from"] == "distinct tokens seen"
     assert read_logprobs(FIX / "vllm.jsonl", vocab_size=50).source["vocab_size_from"] == "given"
     tok = bpe_tokenizer(vocab_size=600)
     t = read_logprobs(FIX / "openai_chat.jsonl", tokenizer=tok)

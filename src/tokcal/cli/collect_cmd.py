@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from ..errors import TokcalError
 from . import app
-from .common import console, friendly_errors, load_model, refuse_overwrite
+from .common import console, err_console, friendly_errors, load_model, refuse_overwrite
 
 TASKS = ("causal", "seq2seq", "token-classification")
 
@@ -113,29 +114,43 @@ def collect(
 @app.command("import-logprobs")
 @friendly_errors
 def import_logprobs(
-    file: Path = typer.Argument(..., help="JSONL of API responses (one per line)."),
+    file: Path = typer.Argument(..., help="Log of server responses: JSON lines, saved server-sent events, "
+                                          "one JSON document or a JSON array."),
     out: Path = typer.Option(..., "-o", "--out", help="Dataset directory to write."),
-    format: str = typer.Option("auto", "--format", help="auto | openai-chat | openai-completions | vllm"),
-    vocab: Path | None = typer.Option(None, "--vocab", help="Tokenizer folder mapping token strings to ids."),
+    format: str = typer.Option("auto", "--format", help="auto | openai-chat | openai-completions | vllm | tgi | "
+                                                        "llama.cpp | ollama"),
+    vocab: str | None = typer.Option(None, "--vocab", help="Tokenizer folder, or a tiktoken encoding name "
+                                                           "(cl100k_base, o200k_base, ...), mapping tokens to ids."),
     vocab_size: int | None = typer.Option(None, "--vocab-size", help="Vocabulary size when no tokenizer is given."),
     teacher_forced: bool = typer.Option(False, "--teacher-forced",
                                         help="The returned tokens are the reference (echo scoring)."),
+    strict: bool = typer.Option(False, "--strict", help="A response without log-probs is an error, not skipped."),
 ) -> None:
-    """Import OpenAI / vLLM top-k log-probs (tail unknown) into a TokenTable dataset."""
-    from ..sources.logprobs import read_logprobs
+    """Import top-k log-probs of OpenAI, vLLM, TGI, llama.cpp or Ollama (tail unknown) into a TokenTable dataset."""
+    import warnings
 
-    refuse_overwrite({"--out": out}, [file, vocab])
+    from ..sources.logprobs import read_logprobs, tiktoken_encoding
+
+    refuse_overwrite({"--out": out}, [file, Path(vocab) if vocab is not None and Path(vocab).exists() else None])
     tokenizer = None
     if vocab is not None:
-        if not vocab.is_dir():
-            raise TokcalError(f"{vocab}: not a tokenizer directory")
-        from transformers import AutoTokenizer
+        if Path(vocab).is_dir():
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(vocab, local_files_only=True)
-    table = read_logprobs(file, format=format, tokenizer=tokenizer, vocab_size=vocab_size,
-                          tokens_are_reference=teacher_forced)
+            tokenizer = AutoTokenizer.from_pretrained(vocab, local_files_only=True)
+        elif "/" in vocab or Path(vocab).exists():
+            raise TokcalError(f"{vocab}: not a tokenizer directory")
+        else:
+            tokenizer = tiktoken_encoding(vocab)
     if out.exists() and any(out.glob("*.parquet")):
         raise TokcalError(f"{out}: already holds Parquet parts; choose a new directory")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = read_logprobs(file, format=format, tokenizer=tokenizer, vocab_size=vocab_size,
+                              tokens_are_reference=teacher_forced, strict=strict)
+    for w in caught:
+        err_console.print(Text("warning: ", style="bold yellow") + Text(str(w.message)), soft_wrap=True,
+                          highlight=False)
     table.write_parquet(out / "part-00000.parquet")
     console.print(f"wrote {len(table):,} tokens ({table.n_sequences} sequences, top-{table.k}, "
-                  f"labels: {table.source['labels']}) to {out}")
+                  f"format: {table.source['format']}, labels: {table.source['labels']}) to {out}")
