@@ -88,7 +88,8 @@ def write_html(path: Path, page: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
-def _load(model_dir: Path, calibrator: Path, abstainer: Path | None, trust_remote_code: bool):
+def _load(model_dir: Path, calibrator: Path, abstainer: Path | None, trust_remote_code: bool,
+          gguf_file: str | None = None):
     from transformers.utils import logging as hf_logging
 
     from ..calibrators import load_calibrator
@@ -98,7 +99,7 @@ def _load(model_dir: Path, calibrator: Path, abstainer: Path | None, trust_remot
 
     cal = load_calibrator(calibrator)
     ab = Abstainer.load(abstainer) if abstainer is not None else None
-    model, tokenizer = load_model(model_dir, "causal", trust_remote_code)
+    model, tokenizer = load_model(model_dir, "causal", trust_remote_code, gguf_file)
     return model, tokenizer, cal, ab
 
 
@@ -123,6 +124,7 @@ def annotate(
     html_out: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML page."),
     abstainer: Path | None = typer.Option(None, "--abstainer", help="Abstainer JSON: flag low-confidence tokens."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model."),
+    gguf_file: str | None = typer.Option(None, "--gguf-file", help="Load the model from this GGUF file in MODEL_DIR."),
 ) -> None:
     """Print TEXT coloured token by token by the model's calibrated confidence."""
     from ..integrations.annotate import annotate as run
@@ -135,7 +137,7 @@ def annotate(
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise TokcalError(f"{file}: cannot read text ({e})") from None
-    model, tokenizer, cal, ab = _load(model_dir, calibrator, abstainer, trust_remote_code)
+    model, tokenizer, cal, ab = _load(model_dir, calibrator, abstainer, trust_remote_code, gguf_file)
     ann = run(model, tokenizer, text, cal, abstainer=ab)
     _show([ann], html_out, f"tokcal annotate — {model_dir.name}")
 
@@ -157,6 +159,7 @@ def generate(
     allow_argmax_change: bool = typer.Option(False, "--allow-argmax-change",
                                              help="Decode with a calibrator that may change the top token."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model."),
+    gguf_file: str | None = typer.Option(None, "--gguf-file", help="Load the model from this GGUF file in MODEL_DIR."),
 ) -> None:
     """Continue PROMPT sampling from calibrated probabilities; print it coloured by confidence."""
     import torch
@@ -168,7 +171,7 @@ def generate(
         raise TokcalError(f"need 0 < --top-p <= 1, --temperature > 0 and --top-k >= 0 "
                           f"(got {top_p}, {temperature}, {top_k})")
     refuse_overwrite({"--html": html_out}, [model_dir, calibrator, abstainer])
-    model, tokenizer, cal, ab = _load(model_dir, calibrator, abstainer, trust_remote_code)
+    model, tokenizer, cal, ab = _load(model_dir, calibrator, abstainer, trust_remote_code, gguf_file)
     torch.manual_seed(seed)
     sampling: dict[str, Any] = {"do_sample": not greedy}
     if not greedy:

@@ -78,13 +78,15 @@ def collect(
     append_eos: bool = typer.Option(False, "--append-eos", help="Causal: also predict EOS at each document's end."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model."),
+    gguf_file: str | None = typer.Option(None, "--gguf-file", help="Load the weights (and tokenizer) from this GGUF "
+                                                                   "file in MODEL_DIR (dequantised; extra gguf)."),
 ) -> None:
     """Collect teacher-forced token predictions of a Hugging Face model into a Parquet dataset."""
     if task not in TASKS:
         raise TokcalError(f"--task must be one of {TASKS}, got {task!r}")
     refuse_overwrite({"--out": out}, [model_dir, *data])
     items = _read_inputs(task, data, _groups(group), paragraphs, text_field, group_field, source_field, target_field)
-    model, tokenizer = load_model(model_dir, task, trust_remote_code)
+    model, tokenizer = load_model(model_dir, task, trust_remote_code, gguf_file)
     import torch
 
     from ..sources import hf

@@ -1,6 +1,6 @@
 """Shared CLI plumbing: turn tokcal errors into a one-line message and exit code 2; load a local model.
 
-Torch-free at import time: transformers is imported inside :func:`load_model`."""
+Torch-free at import time: the model loader (:func:`tokcal.sources.hf.load_model`) is imported on use."""
 
 from __future__ import annotations
 
@@ -69,24 +69,9 @@ def refuse_overwrite(outputs: Mapping[str, Path | None], inputs: Iterable[Path |
                                   "(choose another output path)")
 
 
-TASK_MODELS = {"causal": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
-               "token-classification": "AutoModelForTokenClassification"}
+def load_model(model_dir: Path, task: str, trust_remote_code: bool = False, gguf_file: str | None = None
+               ) -> tuple[Any, Any]:
+    """:func:`tokcal.sources.hf.load_model` (imported here on first use: this module stays torch-free)."""
+    from ..sources.hf import load_model as _load
 
-
-def load_model(model_dir: Path, task: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """``(model in eval mode, tokenizer)`` of a local ``from_pretrained`` folder: safetensors weights only,
-    no hub access, ``trust_remote_code`` off unless asked; TokcalError naming the folder otherwise."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise TokcalError(f"{model_dir}: not a model directory (a local from_pretrained folder is required)")
-    import transformers as tf
-
-    cls = getattr(tf, TASK_MODELS[task])
-    try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
-                                                     trust_remote_code=trust_remote_code)
-        model = cls.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
-                                    trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise TokcalError(f"{model_dir}: cannot load a {task} model with safetensors weights ({e})") from None
-    return model.eval(), tokenizer
+    return _load(model_dir, task, gguf_file, trust_remote_code=trust_remote_code)

@@ -50,18 +50,17 @@ class DemoResult:
 
 
 def load_model(assets: Path | str = ASSETS_DIR) -> tuple[Any, Any]:
-    """The embedded model and tokenizer from ``assets`` (safetensors weights, no remote code)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The embedded model and tokenizer from ``assets`` (:func:`tokcal.sources.hf.load_model`:
+    safetensors weights, no remote code); texts longer than the context are windowed by collect_causal."""
+    from ..sources.hf import load_model as load
 
     assets = Path(assets)
     missing = [f for f in _MODEL_FILES if not (assets / f).is_file()]
     if missing:
         raise TokcalError(f"the embedded demo model in {assets} lacks {missing}; "
                           f"retrain it with `python -m tokcal.demo.train --out {assets}`")
-    tokenizer = AutoTokenizer.from_pretrained(assets)
-    tokenizer.model_max_length = 1 << 30  # texts longer than the context are windowed by collect_causal
-    model = AutoModelForCausalLM.from_pretrained(assets, use_safetensors=True, trust_remote_code=False)
-    model.eval()
+    model, tokenizer = load(assets, "causal")
+    tokenizer.model_max_length = 1 << 30
     return model, tokenizer
 
 

@@ -464,3 +464,51 @@ def collect_token_classification(
     if truncated[0]:
         warnings.warn(f"{truncated[0]} words beyond max_length={L} were cut and are not in the table", stacklevel=2)
     return out
+
+
+TASK_MODELS = {"causal": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
+               "token-classification": "AutoModelForTokenClassification"}
+
+
+def load_model(path: str | os.PathLike, task: str = "causal", gguf_file: str | os.PathLike | None = None, *,
+               trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """``(model in eval mode, tokenizer)`` of a local ``from_pretrained`` folder, never the hub.
+
+    ``task``: ``causal``, ``seq2seq`` or ``token-classification``. Weights are read from safetensors
+    only (never pickle), or, with ``gguf_file`` (a file name inside ``path``, or a path), from a GGUF
+    file through transformers' GGUF loader (needs the ``gguf`` package, extra ``gguf``): the tensors
+    are dequantised to a normal float32 torch model and the tokenizer is built from the file's
+    ``tokenizer.ggml.*`` metadata. ``trust_remote_code`` stays off unless asked. Every failure is a
+    :class:`TokcalError` naming the folder or file.
+    """
+    import transformers as tf
+
+    from ..errors import TokcalError
+
+    if task not in TASK_MODELS:
+        raise TokcalError(f"task must be one of {tuple(TASK_MODELS)}, got {task!r}")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise TokcalError(f"{folder}: not a model directory (a local from_pretrained folder is required)")
+    cls = getattr(tf, TASK_MODELS[task])
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        file = folder / gguf_file
+        if not file.is_file():
+            raise TokcalError(f"{file}: no such GGUF file")
+        try:
+            import gguf  # noqa: F401 - transformers needs it to read the file
+        except ImportError:
+            raise TokcalError(f"{file}: reading GGUF needs the gguf package (pip install 'tokcal[gguf]')") from None
+        kwargs["gguf_file"] = str(gguf_file)
+        what = f"{file}: cannot load a {task} model from this GGUF file"
+    else:
+        kwargs["use_safetensors"] = True
+        what = f"{folder}: cannot load a {task} model with safetensors weights"
+    try:
+        tok_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
+        tokenizer = tf.AutoTokenizer.from_pretrained(folder, **tok_kwargs)
+        model = cls.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise TokcalError(f"{what} ({type(e).__name__}: {e})") from None
+    return model.eval(), tokenizer

@@ -1,8 +1,8 @@
 """Shared plumbing of the log-prob parsers: numbers, field access, positions, sequences, the table.
 
-Positions are streamed into compact arrays (``array.array``: ids, log-probs and offsets, 8 bytes a
-value), never a Python object per position beyond one response; :meth:`Collector.table` turns
-them into a :class:`~tokcal.table.TokenTable` with numpy.
+Positions are streamed into numpy chunks (ids, log-probs and counts, 8 bytes a value): Python lists
+hold at most one chunk (~260k candidates) before they become arrays; :meth:`Collector.table` turns
+the chunks into a :class:`~tokcal.table.TokenTable` with numpy.
 
 Per position a parser gives its own token (the sampled or prompt token) with its log-prob, and the
 alternatives in the order the server listed them. The **proper top-n** of a position is the longest
@@ -104,7 +104,7 @@ class SequenceBuilder:
             while run < n and have[run] == run + 1:
                 run += 1
             ntop = run
-        elif not ordered or all(lps[j] >= lps[j + 1] for j in range(n - 1)):
+        elif not ordered or lps == sorted(lps, reverse=True):
             ntop = n
         else:
             self.c.resorted += 1
@@ -141,15 +141,13 @@ class SequenceBuilder:
 class Collector:
     """Every position of a file in compact arrays; :meth:`table` builds the TokenTable."""
 
+    _CHUNK = 1 << 18  # candidates per chunk: Python lists up to here, then numpy
+
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
-        self.seq = array("q")
-        self.pos = array("q")
-        self.label = array("q")
-        self.ntop = array("q")
-        self.count = array("q")
-        self.cids = array("q")
-        self.clps = array("d")
+        self._rows: dict[str, list] = {k: [] for k in ("seq", "pos", "label", "ntop", "count")}
+        self._cands: dict[str, list] = {"cids": [], "clps": []}
+        self._chunks: dict[str, list[np.ndarray]] = {k: [] for k in (*self._rows, *self._cands)}
         self.seq_line = array("q")
         self.label_kinds: set[str] = set()
         self.resorted = 0
@@ -163,15 +161,27 @@ class Collector:
     def flush(self, s: SequenceBuilder, labels: list[int], kind: str) -> None:
         sid = len(self.seq_line)
         self.seq_line.append(s.line)
-        n = len(s.own)
-        self.seq.extend([sid] * n)
-        self.pos.extend(s.index)
-        self.label.extend(labels)
-        self.ntop.extend(s.ntop)
-        self.count.extend(s.counts)
-        self.cids.extend(s.cids)
-        self.clps.extend(s.clps)
+        r, c = self._rows, self._cands
+        r["seq"] += [sid] * len(s.own)
+        r["pos"] += s.index
+        r["label"] += labels
+        r["ntop"] += s.ntop
+        r["count"] += s.counts
+        c["cids"] += s.cids
+        c["clps"] += s.clps
         self.label_kinds.add(kind)
+        if len(c["cids"]) >= self._CHUNK:
+            self._spill()
+
+    def _spill(self) -> None:
+        for name, vals in (*self._rows.items(), *self._cands.items()):
+            if vals:
+                self._chunks[name].append(np.array(vals, np.float64 if name == "clps" else np.int64))
+                vals.clear()
+
+    def _column(self, name: str) -> np.ndarray:
+        parts = self._chunks[name]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float64 if name == "clps" else np.int64)
 
     def skip(self, line: int, reason: str) -> None:
         self.n_skipped += 1
@@ -185,11 +195,14 @@ class Collector:
             if strict:
                 raise TokcalError(msg + "; strict mode reads all or nothing")
             warnings.warn(msg + "; skipped", TokcalWarning, stacklevel=3)
-        n = len(self.seq)
+        self._spill()
+        seq = self._column("seq")
+        n = len(seq)
         if n == 0:
+            notes = "".join(f"; {x}" for x in self.notes)
             raise TokcalError(f"{path}: no positions with log-probs" + (
                 f" ({self.n_skipped} response(s) skipped, first: line {self.skipped[0][0]}: {self.skipped[0][1]})"
-                if self.n_skipped else ""))
+                if self.n_skipped else "") + notes)
         remap, V, vocabulary = self.vocab.finish(vocab_size)
         if vocab_size is not None:
             v_from = "given"
@@ -201,18 +214,17 @@ class Collector:
                           f"{V} ids ({v_from}); the uniform tail, imputed log-probs and Brier scores assume it. "
                           "Pass the model's vocab_size (CLI: --vocab-size) or its tokenizer (--vocab)",
                           TokcalWarning, stacklevel=3)
-        ntop = np.frombuffer(self.ntop, np.int64)
+        ntop = self._column("ntop")
         k = int(ntop.min())
-        seq = np.frombuffer(self.seq, np.int64)
-        pos = np.frombuffer(self.pos, np.int64)
+        pos = self._column("pos")
         if k < 1:
             r = int(np.argmin(ntop))
             raise TokcalError(f"{path}: line {self.seq_line[seq[r]]} position {pos[r]} has no alternatives "
                               "(top-n log-probs); request them: " + meta.get("hint", "top_logprobs >= 1"))
-        count = np.frombuffer(self.count, np.int64)
-        cids = np.frombuffer(self.cids, np.int64)
-        clps = np.frombuffer(self.clps, np.float64)
-        label = np.frombuffer(self.label, np.int64).copy()
+        count = self._column("count")
+        cids = self._column("cids")
+        clps = self._column("clps")
+        label = self._column("label")
         if remap is not None:
             cids = remap[cids]
             label[label >= 0] = remap[label[label >= 0]]

@@ -127,12 +127,18 @@ class Vocabulary:
     def intern(self, token: Any, token_bytes: Any = None, server_id: Any = None, decoded: Any = None) -> int:
         """The id (reference) or local id (growing) of one token; raises :class:`TokcalError` with
         the problem (the caller prefixes the location)."""
+        if server_id is None and decoded is None and type(token) is str:
+            hit = self.cache.get(token)
+            if hit is not None:
+                return hit
         try:
             key = token_key(token, token_bytes, server_id)
         except (TypeError, ValueError) as e:
             raise TokcalError(str(e)) from None
         if self.reference:
-            return self._resolve(key, token)
+            i = self._resolve(key, token)
+            self._remember(token, token_bytes, server_id, decoded, key, i)
+            return i
         if key is AMBIGUOUS:
             self.ambiguous += 1
             self._keys.append(None)
@@ -154,7 +160,14 @@ class Vocabulary:
         elif isinstance(key, int) and isinstance(decoded, str) and key not in self._server_text:
             self._server_text[key] = decoded
             self._text[i] = decoded
+        self._remember(token, token_bytes, server_id, decoded, key, i)
         return i
+
+    def _remember(self, token: Any, token_bytes: Any, server_id: Any, decoded: Any, key: Any, i: int) -> None:
+        if (server_id is None and decoded is None and type(token) is str and type(key) is bytes
+                and (token_bytes is None or key == token.encode("utf-8"))
+                and not token.startswith(("bytes:", "token_id:")) and _FFFD not in token):
+            self.cache[token] = i
 
     def _resolve(self, key: int | bytes | None, token: Any) -> int:
         ref = self.reference

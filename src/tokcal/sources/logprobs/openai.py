@@ -50,21 +50,45 @@ def add_content(content: Any, seq: SequenceBuilder, vocab: Any, where: str) -> N
     if not isinstance(content, list):
         raise TokcalError(f"{where}: expected a list, got {type(content).__name__}")
     intern = vocab.intern
+    cached = vocab.cache.get
+    add = seq.add
     start = len(seq)
+    s_own, s_lp, s_ntop, s_index = seq.own.append, seq.own_lp.append, seq.ntop.append, seq.index.append
+    s_cids, s_clps, s_count = seq.cids, seq.clps, seq.counts.append
     for j, e in enumerate(content):
-        try:
-            own = intern(e["token"], e.get("bytes"))
+        try:  # the common case inlined: tokens known by their text, numbers <= 0
+            tok = e["token"]
+            own = cached(tok)
+            if own is None:
+                own = intern(tok, e.get("bytes"))
             lp = e["logprob"]
-            ids, lps = [], []
-            for alt in e.get("top_logprobs") or ():
-                ids.append(intern(alt["token"], alt.get("bytes")))
-                lps.append(alt["logprob"])
-            ok = type(lp) is float and lp <= 1e-6 and all(type(v) is float and v <= 1e-6 for v in lps)
+            tops = e.get("top_logprobs") or ()
+            ids = [cached(a["token"]) for a in tops]
+            if None in ids:
+                ids = [intern(a["token"], a.get("bytes")) for a in tops]
+            lps = [a["logprob"] for a in tops]
+            total = lp + sum(lps)
+            ok = total == total and lp <= 1e-6 and (not lps or max(lps) <= 1e-6)
         except (KeyError, TypeError, AttributeError, TokcalError):
             ok = False
         if not ok:
             own, lp, ids, lps = _entry_slow(e, f"{where}[{j}]", vocab)
-        seq.add(own, float(lp), ids, [float(v) for v in lps], index=start + j)
+        elif len(set(ids)) == len(ids) and lps == sorted(lps, reverse=True):  # SequenceBuilder.add, inlined
+            n = len(ids)
+            s_ntop(n)
+            s_own(own)
+            s_lp(lp)
+            s_index(start + j)
+            s_cids += ids
+            s_clps += lps
+            if own in ids:
+                s_count(n)
+            else:
+                s_cids.append(own)
+                s_clps.append(lp)
+                s_count(n + 1)
+            continue
+        add(own, lp, ids, lps, index=start + j)
 
 
 def _chat_choice(choice: Any, w: str, seq: SequenceBuilder, vocab: Any) -> None:
