@@ -249,3 +249,41 @@ def test_cli_import_logprobs_formats_strict_and_tiktoken(tmp_path):
                                  str(tmp_path / "d"), "--format", "llama.cpp", "--vocab-size", "32000"])
     assert r.exit_code == 0, r.output
     assert TokenTable.read_parquet(tmp_path / "d").top_ids[:, 0].tolist() == [278, 18356]
+
+
+def test_vllm_text_tokens_take_the_server_id_of_the_same_text(tmp_path):
+    # the generated " a" has no id, but the prompt names id 4 " a": one token, not two
+    obj = json.loads((FIX / "vllm-ec3b890c_chat_prompt_logprobs.jsonl").read_text())
+    content = obj["choices"][0]["logprobs"]["content"][0]
+    content["top_logprobs"].append({"token": " a", "logprob": -3.0, "bytes": list(b" a")})
+    f = tmp_path / "v.jsonl"
+    f.write_text(json.dumps(obj) + "\n")
+    t, _ = quiet(f, vocab_size=50)
+    assert t.k == 2 and t.top_ids[3].tolist() == [18, 19]  # new ids above the largest server id
+    obj["choices"][0]["logprobs"]["content"][0]["top_logprobs"] = [
+        {"token": " a", "logprob": -0.1, "bytes": list(b" a")}, {"token": " said", "logprob": -0.2}]
+    f.write_text(json.dumps(obj) + "\n")
+    t, _ = quiet(f, vocab_size=50)
+    assert t.top_ids[3].tolist() == [4, 19]
+    obj["prompt_logprobs"][3]["8"]["decoded_token"] = " a"  # two ids with that text: no guess
+    f.write_text(json.dumps(obj) + "\n")
+    with pytest.raises(TokcalError, match=r"token ' a' comes without an id .* ids \[4, 8\] all have that text"):
+        read_logprobs(f, vocab_size=50)
+
+
+def test_one_token_named_by_id_and_by_text_in_one_position_is_one_alternative(tmp_path):
+    # vLLM legacy logprobs with token_ids: the own token by id (21), an alternative by its text
+    obj = {"id": "cmpl-1", "object": "text_completion", "model": "m", "choices": [{
+        "index": 0, "text": " created", "prompt_logprobs": [None, {"21": {"logprob": -0.5, "rank": 1,
+                                                                        "decoded_token": " created"},
+                                                                 "7": {"logprob": -1.0, "rank": 2}}],
+        "prompt_token_ids": [5, 21],
+        "logprobs": {"tokens": ["In", " created", " said"], "token_logprobs": [None, -0.5, -0.3],
+                     "token_ids": [5, 21, 22],
+                     "top_logprobs": [None, {" created": -0.5}, {" said": -0.3, " created": -1.5, " was": -2.0}]}}]}
+    f = tmp_path / "dup.jsonl"
+    f.write_text(json.dumps(obj) + "\n")
+    t, _ = quiet(f, vocab_size=50)
+    assert len(t) == 2 and t.k == 2  # prompt position 1; generated " said" (the echo is not read twice)
+    assert t.top_ids[1].tolist() == [22, 21]  # " said" by id and by text is one alternative, " created" is 21
+    np.testing.assert_allclose(top_logprobs(t.sketch)[1], [-0.3, -1.5], atol=1e-5)

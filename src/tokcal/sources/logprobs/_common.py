@@ -239,6 +239,22 @@ class Collector:
         order = np.argsort(-lps, axis=1, kind="stable")
         ids = np.take_along_axis(ids, order, 1)
         lps = np.take_along_axis(lps, order, 1)
+        if remap is not None and len(np.unique(remap)) < len(remap):
+            # a text token and a server id named the same token in one position: keep the better one
+            dup = np.zeros(ids.shape, bool)
+            for j in range(1, m):
+                dup[:, j] = (ids[:, j:j + 1] == ids[:, :j]).any(axis=1) & (ids[:, j] >= 0)
+            if dup.any():
+                ntop = np.maximum(ntop - dup.sum(axis=1), 0)
+                k = int(ntop.min())
+                ids[dup], lps[dup] = -1, -np.inf
+                order = np.argsort(-lps, axis=1, kind="stable")
+                ids = np.take_along_axis(ids, order, 1)
+                lps = np.take_along_axis(lps, order, 1)
+                if k < 1:
+                    r = int(np.argmin(ntop))
+                    raise TokcalError(f"{path}: line {self.seq_line[seq[r]]} position {pos[r]} has no alternatives "
+                                      "once tokens named twice are merged")
         top_ids, top_lp = ids[:, :k], np.maximum(lps[:, :k], -1e4)
         bad = np.flatnonzero((top_ids >= V).any(axis=1) | (label >= V))
         if len(bad):
