@@ -108,3 +108,18 @@ def test_collect_gguf_matches_brute_force_forward(gguf_dir, tmp_path):
     ref_top = np.argsort(-lp, axis=1, kind="stable")[:, :8]
     np.testing.assert_allclose(top_logprobs(t.sketch), np.take_along_axis(lp, ref_top, 1), atol=2e-5)
     np.testing.assert_array_equal(np.sort(t.top_ids[:, 0]), np.sort(ref_top[:, 0]))
+
+
+def test_annotate_and_generate_read_gguf(gguf_dir, tmp_path):
+    from tokcal.calibrators import Temperature
+
+    d, _, _ = gguf_dir
+    cal = Temperature(temperature=1.2).save(tmp_path / "cal.json")
+    r = CliRunner().invoke(app, ["annotate", str(d), "-c", str(cal), "--text", "In the beginning",
+                                 "--gguf-file", "tiny-f32.gguf"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["generate", str(d), "-c", str(cal), "-p", "And God", "--max-new-tokens", "3",
+                                 "--greedy", "--gguf-file", "tiny-f32.gguf"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["generate", str(d), "-c", str(cal), "-p", "And", "--gguf-file", "missing.gguf"])
+    assert r.exit_code == 2 and "no such GGUF file" in r.output
