@@ -312,3 +312,11 @@ def test_token_types_cover_the_declared_set():
     v = Vocabulary.from_pieces(["Ġthe", "ing", ",", "7", "Ġ", "<pad>", "<eos>", "\x00"])
     assert [TOKEN_TYPES[k] for k in v.token_types()] == [
         "word-initial", "continuation", "punctuation", "digits", "whitespace", "special", "eos", "other"]
+
+
+def test_concat_refuses_different_vocabularies():
+    a, b = make_table(100, 30, seed=1), make_table(100, 30, seed=2)
+    assert TokenTable.concat([a, b]).vocabulary == a.vocabulary
+    b.vocab = Vocabulary(list(a.vocabulary.pieces), "text")
+    with pytest.raises(Exception, match="concat: table 1 has another vocabulary"):
+        TokenTable.concat([a, b])

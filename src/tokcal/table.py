@@ -362,6 +362,10 @@ class TokenTable:
                 )
             if (t.features is None) != (first.features is None):
                 raise ValidationError(f"concat: table {i} and table 0 disagree on having features")
+            if (t.vocabulary is not first.vocabulary and t.vocabulary is not None and first.vocabulary is not None
+                    and t.vocabulary != first.vocabulary):
+                raise ValidationError(f"concat: table {i} has another vocabulary ({t.vocabulary!r}) than table 0 "
+                                      f"({first.vocabulary!r})")
         groups = {}
         for name in first.groups:
             cats = sorted(set().union(*(t.groups[name].categories for t in tables)))

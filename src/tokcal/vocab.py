@@ -102,7 +102,7 @@ def _sp_byte(piece: str) -> int | None:
 
 def looks_special(piece: str) -> bool:
     """``<...>`` / ``<|...|>`` without spaces, or ``[UPPER]``: the usual spellings of special tokens."""
-    if _sp_byte(piece) is not None:
+    if piece[:1] not in ("<", "[") or _sp_byte(piece) is not None:
         return False
     if piece.startswith("<") and piece.endswith(">") and len(piece) > 2 and " " not in piece:
         return True
@@ -344,8 +344,9 @@ class Vocabulary:
     def _bytes(self) -> list[bytes | None]:
         out: list[bytes | None] = []
         conv = self.convention
+        special = self._special_list
         for i, p in enumerate(self.pieces):
-            if p is None or self.is_special(i):
+            if p is None or special[i]:
                 out.append(None)
             elif conv in ("byte-level", "bytes"):
                 b = byte_level_bytes(p)
@@ -362,8 +363,9 @@ class Vocabulary:
     @cached_property
     def _starts(self) -> np.ndarray:
         out = np.zeros(self.size, bool)
+        special = self._special_list
         for i, p in enumerate(self.pieces):
-            if p is None or self.is_special(i):
+            if p is None or special[i]:
                 continue
             if self.convention == "wordpiece":
                 out[i] = not (p.startswith(_WP_CONT) and len(p) > 2)
@@ -396,8 +398,12 @@ class Vocabulary:
         return (starts | after) & ~special[ids]
 
     @cached_property
+    def _special_list(self) -> list[bool]:
+        return [self.is_special(i) for i in range(self.size)]
+
+    @cached_property
     def _special_mask(self) -> np.ndarray:
-        return np.fromiter((self.is_special(i) for i in range(self.size)), bool, self.size)
+        return np.asarray(self._special_list, dtype=bool).reshape(self.size)
 
     @cached_property
     def _display(self) -> list[str]:
@@ -453,7 +459,7 @@ class Vocabulary:
             return "other"
         if self.is_eos(i):
             return "eos"
-        if self.is_special(i):
+        if self._special_list[i]:
             return "special"
         b = self._bytes[i]
         if b is None:
