@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from tokcal import SchemaError, TokenTable
+from tokcal import SchemaError, TokenTable, ValidationError
 from tokcal.bootstrap import (
     DEFAULT_BLOCK_LENGTH,
     ResamplingWarning,
@@ -22,8 +22,10 @@ from tokcal.bootstrap import (
     unit_keys,
     units_from_arrays,
 )
-from tokcal.calibrators import Temperature
+from tokcal.calibrators import Temperature, compare, split_by_sequence
+from tokcal.calibrators.hygiene import held_out_split
 from tokcal.evaluation import SCHEMA_VERSION, Evaluation, evaluate
+from tokcal.probs import token_probs
 from tokcal.synthetic import make_logits, make_table, sample_labels
 
 
@@ -154,3 +156,74 @@ def test_schema_version_and_old_files_still_load(tmp_path):
     (tmp_path / "future.json").write_text(json.dumps(future))
     with pytest.raises(SchemaError, match=r"future.json: evaluation schema_version 3"):
         Evaluation.from_json(tmp_path / "future.json")
+
+
+def test_split_of_one_long_document_is_by_blocks_never_one_on_both_sides():
+    n, b = 5000, 256
+    t = _table(np.zeros(n, np.int64), np.arange(n), source={"max_length": b}, seed=3)
+    with pytest.warns(ResamplingWarning, match=r"contiguous blocks: 4 of 20 blocks of 256 positions in 1 sequence"):
+        fit, held = split_by_sequence(t, 0.2, seed=1)
+    assert len(fit) + len(held) == n and not np.intersect1d(fit.sequence_id, held.sequence_id).size
+    # brute force: every block (position // 256) of the document lies wholly on one side, under one id
+    side = {}
+    for tab, name in ((fit, "fit"), (held, "held")):
+        for sid, p in zip(tab.sequence_id, tab.position, strict=True):
+            assert side.setdefault(int(p) // b, (name, int(sid))) == (name, int(sid))
+    assert len(side) == 20 and sum(v[0] == "held" for v in side.values()) == 4
+    assert held.n_sequences == 4 and evaluate(held, slices=[], bootstrap=20).overall["n_units"] == 4
+    rows = compare([Temperature()], fit, held, bootstrap=0)          # no shared unit: compare accepts it
+    assert rows[0]["n"] == len(held)
+    with pytest.raises(ValidationError, match="both train and test"):
+        compare([Temperature()], fit, t, bootstrap=0)
+    again = held_out_split(t, 0.2, seed=1)
+    np.testing.assert_array_equal(again.held_out.position, held.position)
+    # many sequences: the old split by sequence, no message, ids kept
+    many = make_table(2000, 50, seq_len=40, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a, h = split_by_sequence(many, 0.25, seed=3)
+    assert set(np.unique(h.sequence_id)) <= set(np.unique(many.sequence_id)) and h.n_sequences == 12
+    with pytest.raises(ValidationError, match=r"1 resampling unit; a held-out split needs at least 2"):
+        split_by_sequence(_table(np.zeros(100, np.int64), np.arange(100)), 0.5)
+
+
+def test_cli_fit_on_one_long_document(tmp_path):
+    from typer.testing import CliRunner
+
+    from tokcal.cli import app
+
+    path = tmp_path / "book.parquet"
+    _table(np.zeros(4000, np.int64), np.arange(4000), source={"max_length": 200}, seed=4).write_parquet(path)
+    res = CliRunner().invoke(app, ["fit", str(path), "-o", str(tmp_path / "cal.json"), "--bootstrap", "30"],
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "note: split_by_sequence: 1 sequence(s), fewer than 30, so the split is by contiguous blocks" in res.output
+    assert "held out: 800 tokens, 4 blocks" in res.output and "[" in res.output
+
+
+def test_slice_values_and_bins_inside_one_unit_have_no_interval():
+    n = 4000
+    t = _table(np.zeros(n, np.int64), np.arange(n), source={"max_length": 200}, seed=4)
+    d = evaluate(t, slices=["position"], bootstrap=50).to_dict()
+    rows = {r["value"]: r for r in d["slices"]["position"]}
+    for value in ("0", "1-3", "4-15", "16-63"):               # positions < 200: all in block 0
+        assert rows[value]["n_units"] == 1 and rows[value]["gap_ci"] == rows[value]["ece_ci"] == [None, None]
+        assert not rows[value]["significant"]
+    for value in ("64-255", "256+"):
+        lo, hi = rows[value]["gap_ci"]
+        assert rows[value]["n_units"] >= 2 and lo < hi
+    # ten near-certain tokens in block 3 alone fill the top bin: it has no accuracy interval
+    z = 0.1 * make_logits(n, 40, seed=4)                         # flat: no other confidence near 1
+    z[600:610, 0] += 40.0
+    y = sample_labels(z, 0.8, seed=5)
+    sure = TokenTable.from_logits(z, y, sequence_ids=np.zeros(n, np.int64), positions=np.arange(n), top_k=8,
+                                  source={"max_length": 200})
+    d = evaluate(sure, slices=[], bootstrap=50).to_dict()
+    idx = np.minimum((np.asarray(token_probs(sure).confidence) * 15).astype(int), 14)
+    for b, row in enumerate(d["bins"]):
+        units = {p // 200 for p in np.flatnonzero(idx == b)}     # brute force: the blocks of the bin's tokens
+        if len(units) == 1:
+            assert row["acc_ci"] == [None, None]
+        elif len(units) >= 2:
+            assert row["acc_ci"][0] is not None and row["acc_ci"][0] <= row["acc_ci"][1]
+    assert {p // 200 for p in np.flatnonzero(idx == 14)} == {3}

@@ -226,7 +226,7 @@ def test_one_token_and_one_class_slices_are_defined():
     solo = next(r for r in d["slices"]["group:g"] if r["value"] == "solo")
     c = float(np.exp(3) / np.exp(z[0].astype(float)).sum())
     assert solo["n"] == 1 and solo["ece"] == pytest.approx(1 - c, rel=1e-6) and not solo["significant"]
-    assert all(v is not None for v in solo["ece_ci"] + solo["gap_ci"])
+    assert solo["ece_ci"] == solo["gap_ci"] == [None, None]      # one unit: no (zero-width) interval
     text = Evaluation(d).to_json()
     assert "NaN" not in text
     one = TokenTable.from_logits(z[:1], [0], top_k=2)

@@ -166,8 +166,6 @@ def units_from_arrays(sequence_id: Any, position: Any, *, unit: str = "auto",
         seq_of_unit = keys // (int(block.max()) + 1)
         if keys.size == seq_values.size and unit == "auto":
             kind, reason = "sequence", f"{reason}; no sequence spans more than one block of {block_length}"
-        else:
-            reason = f"{reason}: blocks of {block_length} positions"
     else:
         ids, seq_of_unit = seq_idx, np.arange(seq_values.size)
     return ResamplingUnits(ids.astype(np.int64), np.asarray(seq_of_unit, dtype=np.int64), kind,
@@ -254,6 +252,10 @@ class UnitStats:
         # per (part, value): how many units / sequences have a token there
         self.value_units = [self._value_count(k, self.unit) for k in range(len(sizes))]
         self.value_seqs = [self._value_count(k, units.sequence_of_unit[self.unit]) for k in range(len(sizes))]
+        # units per bin of part 0 (all tokens)
+        m0 = self.cells[0] >= 0
+        per_bin = np.unique(self.unit[m0] * bins + self.cells[0][m0])
+        self.bin_units = np.bincount(per_bin % bins, minlength=bins)
 
     def _value_count(self, k: int, group: np.ndarray) -> np.ndarray:
         cell = self.cells[k]

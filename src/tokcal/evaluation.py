@@ -20,8 +20,9 @@ basic bootstrap interval [2 t - q97.5, 2 t - q2.5] (Davison & Hinkley 1997, eq. 
 reflects that bias, clipped at 0 and widened to hold the point estimate. With ``binning="mass"`` the bin edges are
 those of the full data, held fixed across resamples.
 
-A slice value is ``significant`` when its signed-gap interval excludes 0 and it spans at least two
-resampling units (within one unit the bootstrap cannot see any variation).
+A slice value (or reliability bin) whose tokens lie in fewer than two resampling units has no interval
+(null): within one unit the bootstrap cannot see any variation. A slice value is ``significant`` when
+its signed-gap interval excludes 0.
 
 The replicate values of the headline metrics (:data:`OVERALL_CI`) are kept on the result as
 ``Evaluation.replicates`` (metric -> float [R], NaN where a resample leaves a metric undefined; not
@@ -33,9 +34,9 @@ key existed) always resampled sequences; :meth:`Evaluation.from_dict` reads it a
 ``settings["resampling"]``, ``overall["n_units"]`` and the slice rows' ``n_units`` accordingly.
 
 JSON conventions: a number that is undefined (a slice value without tokens in a bin, an interval
-when ``bootstrap=0`` or when every resample misses the slice value) is ``null``; the JSON never
-holds NaN or infinity. A one-token or one-class slice gives defined numbers: its ECE is
-|c - a| per bin, its debiased ECE 0, its interval the (degenerate) bootstrap interval.
+when ``bootstrap=0``, when every resample misses the slice value, or when its tokens lie in fewer
+than two units) is ``null``; the JSON never holds NaN or infinity. A one-token or one-class slice
+gives defined numbers: its ECE is |c - a| per bin, its debiased ECE 0.
 """
 
 from __future__ import annotations
@@ -356,7 +357,7 @@ def _overall(st: UnitStats, values: dict[str, np.ndarray] | None, c: np.ndarray,
 
 def _bins_list(st: UnitStats, boot: np.ndarray | None, edges: np.ndarray) -> list[dict[str, Any]]:
     """:meth:`ReliabilityBins.to_list` with the bootstrap percentile interval of each bin's accuracy
-    (Wilson's interval when ``bootstrap=0``; none with fewer than 2 units)."""
+    (Wilson's interval when ``bootstrap=0``); none for a bin whose tokens lie in fewer than 2 units."""
     rb = ReliabilityBins(edges, *(x[0] for x in st.part(st.total, 0)))
     if boot is None and st.n_units < 2:  # one unit: no interval (Wilson's would assume independent tokens)
         nan = np.full(rb.count.shape, np.nan)
@@ -366,7 +367,8 @@ def _bins_list(st: UnitStats, boot: np.ndarray | None, edges: np.ndarray) -> lis
     bc, _, bacc = st.part(boot, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = interval(bacc[:, 0] / bc[:, 0])
-    return rb.to_list(acc_ci=(q[0], q[1]))
+    few = st.bin_units < 2
+    return rb.to_list(acc_ci=(np.where(few, np.nan, q[0]), np.where(few, np.nan, q[1])))
 
 
 def _slice_rows(st: UnitStats, boot: np.ndarray | None, k: int, labels: list[str]) -> list[dict[str, Any]]:
@@ -385,16 +387,17 @@ def _slice_rows(st: UnitStats, boot: np.ndarray | None, k: int, labels: list[str
     for v, label in enumerate(labels):
         if n[v] == 0:
             continue
-        gap_ci = ci_pair(q_gap, v)
+        # within one unit the bootstrap cannot vary: no interval rather than a zero-width one
+        one = st.value_units[k][v] < 2
+        gap_ci = [None, None] if one else ci_pair(q_gap, v)
         rows.append({
             "value": label, "n": int(round(n[v])), "n_sequences": int(st.value_seqs[k][v]),
             "n_units": int(st.value_units[k][v]),
             "accuracy": float(ma[v]), "confidence": float(mc[v]), "ece": float(ece[v]),
-            "ece_ci": basic_interval(ci_pair(q_ece, v), ece[v]),
+            "ece_ci": [None, None] if one else basic_interval(ci_pair(q_ece, v), ece[v]),
             "signed_gap": float(mc[v] - ma[v]), "gap_ci": gap_ci,
             "nll": float(value_nll[v] / n[v]), "brier": float(value_brier[v] / n[v]),
-            "significant": bool(st.value_units[k][v] >= 2 and gap_ci[0] is not None
-                                and (gap_ci[0] > 0 or gap_ci[1] < 0)),
+            "significant": bool(gap_ci[0] is not None and (gap_ci[0] > 0 or gap_ci[1] < 0)),
         })
     return rows
 

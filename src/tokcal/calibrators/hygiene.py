@@ -1,40 +1,89 @@
-"""Fitting hygiene: split by sequence, compare calibrators on held-out tokens with intervals.
+"""Fitting hygiene: split by resampling unit, compare calibrators on held-out tokens with intervals.
 
 Tokens of one sequence are not independent, so a held-out set must not share sequences with the
-fitting set (:func:`split_by_sequence`) and intervals resample whole sequences. The numbers and their
-intervals are those of :func:`tokcal.evaluate` (cluster bootstrap, seeded), so ``tokcal fit``
-prints what ``tokcal evaluate`` reports for the same table and calibrator.
+fitting set (:func:`split_by_sequence`) and intervals resample whole sequences. When the table's
+resampling unit is a block (one long document, a few sequences, one sequence holding most tokens: the
+rule of :mod:`tokcal.bootstrap`), the split is by those contiguous blocks instead: no block lands on
+both sides, and each block becomes its own ``sequence_id`` in the two tables, so the sides still share
+no id (which :func:`compare` checks) and an evaluation of either side resamples the same blocks. The
+numbers and their intervals are those of :func:`tokcal.evaluate` (bootstrap over resampling units,
+seeded), so ``tokcal fit`` prints what ``tokcal evaluate`` reports for the same table and calibrator.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..bootstrap import ResamplingUnits, ResamplingWarning, resampling_units
 from ..errors import ValidationError
 from ..table import TokenTable
 from .base import Calibrator
 
 
-def split_by_sequence(table: TokenTable, frac: float = 0.2, seed: int = 0) -> tuple[TokenTable, TokenTable]:
-    """``(fit, held_out)``: a random ``frac`` of the sequences (at least one) goes to ``held_out``.
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """The result of :func:`held_out_split`: the two tables, the units split, and a message (None when
+    whole sequences were split, else what was done instead)."""
 
-    No sequence lands on both sides. Needs at least two sequences.
+    fit: TokenTable
+    held_out: TokenTable
+    units: ResamplingUnits
+    n_held_out: int
+    message: str | None
+
+
+def held_out_split(table: TokenTable, frac: float = 0.2, seed: int = 0, *,
+                   block_length: int | None = None) -> HeldOutSplit:
+    """Split ``table``'s resampling units (:func:`tokcal.bootstrap.resampling_units` over all rows): a
+    random ``frac`` of them (at least one, never all) goes to the held-out side.
+
+    Sequences: as :func:`split_by_sequence` has always done (the same seeded draw). Blocks: the same draw
+    over the blocks, and both tables get the block index as ``sequence_id``. Needs at least 2 units.
     """
     if not 0.0 < float(frac) < 1.0:
         raise ValidationError(f"split_by_sequence: frac must be in (0, 1), got {frac!r}")
-    seqs = np.unique(table.sequence_id)
-    if len(seqs) < 2:
-        raise ValidationError(f"split_by_sequence: the table has {len(seqs)} sequence(s); a held-out split needs "
-                              "at least 2 (give sequence_ids when building the table)")
+    units = resampling_units(table, block_length=block_length)
+    if units.n_units < 2:
+        raise ValidationError(f"split_by_sequence: the table has {units.describe()} ({len(table)} tokens), 1 "
+                              "resampling unit; a held-out split needs at least 2 (give sequence_ids when "
+                              "building the table, or use more text)")
     rng = np.random.default_rng(seed)
-    n_out = min(max(1, round(frac * len(seqs))), len(seqs) - 1)
-    held = rng.choice(seqs, size=n_out, replace=False)
-    mask = np.isin(table.sequence_id, held)
-    return table.select(~mask), table.select(mask)
+    n_out = min(max(1, round(frac * units.n_units)), units.n_units - 1)
+    if units.kind == "sequence":
+        seqs = np.unique(table.sequence_id)
+        held = rng.choice(seqs, size=n_out, replace=False)
+        mask = np.isin(table.sequence_id, held)
+        return HeldOutSplit(table.select(~mask), table.select(mask), units, n_out, None)
+    held = rng.choice(units.n_units, size=n_out, replace=False)
+    mask = np.isin(units.ids, held)
+    sides = []
+    for m in (~mask, mask):
+        side = table.select(m)
+        side.sequence_id = units.ids[m].copy()  # a fresh table from select: its own arrays
+        sides.append(side)
+    message = (f"split_by_sequence: {units.reason}, so the split is by contiguous blocks: {n_out} of "
+               f"{units.describe()} held out, no block on both sides; each block is its own sequence_id "
+               "in the two tables")
+    return HeldOutSplit(sides[0], sides[1], units, n_out, message)
+
+
+def split_by_sequence(table: TokenTable, frac: float = 0.2, seed: int = 0) -> tuple[TokenTable, TokenTable]:
+    """``(fit, held_out)``: a random ``frac`` of the sequences (at least one) goes to ``held_out``.
+
+    No sequence lands on both sides. When the resampling unit of the table is a block (module
+    docstring), blocks are split instead and a :class:`~tokcal.bootstrap.ResamplingWarning` says so.
+    Needs at least two units (:func:`held_out_split`).
+    """
+    split = held_out_split(table, frac, seed)
+    if split.message is not None:
+        warnings.warn(split.message, ResamplingWarning, stacklevel=2)
+    return split.fit, split.held_out
 
 
 HELD_OUT_METRICS = ("ece", "nll", "brier", "accuracy")

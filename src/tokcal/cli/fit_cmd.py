@@ -66,8 +66,8 @@ def fit_command(
                                          "fitting table's counts."),
 ) -> None:
     """Fit a calibrator; print held-out ECE/NLL/Brier before and after; write it as JSON."""
-    from ..calibrators import held_out_metrics, split_by_sequence
-    from ..calibrators.hygiene import HELD_OUT_METRICS
+    from ..calibrators import held_out_metrics
+    from ..calibrators.hygiene import HELD_OUT_METRICS, held_out_split
     from ..errors import ValidationError
     from ..table import TokenTable
 
@@ -75,8 +75,12 @@ def fit_command(
     data = TokenTable.read_parquet(table)
     cal = build_calibrator(method, by=by, alpha=alpha, threshold=threshold, score=score, inner=inner,
                            bins=bins, seed=seed)
+    blocks = False  # split by contiguous blocks (one long document, few sequences): say so
     if holdout > 0:
-        train, test = split_by_sequence(data, holdout, seed)
+        split = held_out_split(data, holdout, seed)
+        train, test, blocks = split.fit, split.held_out, split.message is not None
+        if blocks:
+            console.print(f"note: {split.message}", highlight=False, markup=False, soft_wrap=True)
     else:
         train, test = data, None
     if freq_ref is not None and method != "adaptive":
@@ -87,7 +91,7 @@ def fit_command(
         cal.fit(train)
     cal.save(output)
     console.print(Text.assemble("fitted ", (method, "bold"), f" on {int(train.labeled.sum())} tokens "
-                                f"({train.n_sequences} sequences): {cal!r}"), highlight=False)
+                                f"({train.n_sequences} {_units(blocks)}): {cal!r}"), highlight=False)
     if test is None:
         console.print(f"wrote {output}")
         return
@@ -100,8 +104,8 @@ def fit_command(
         return
     before = held_out_metrics(test, None, bins=bins, bootstrap=bootstrap, seed=seed)
     after = held_out_metrics(test, cal, bins=bins, bootstrap=bootstrap, seed=seed)
-    tab = Table(title=f"held out: {before['n']} tokens, {test.n_sequences} sequences (95% cluster bootstrap, "
-                      "as tokcal evaluate)")
+    tab = Table(title=f"held out: {before['n']} tokens, {test.n_sequences} {_units(blocks)} "
+                      "(95% bootstrap intervals, as tokcal evaluate)")
     tab.add_column("metric")
     tab.add_column("before", justify="right")
     tab.add_column("after", justify="right")
@@ -109,6 +113,10 @@ def fit_command(
         tab.add_row(key, _fmt(before, key), _fmt(after, key))
     console.print(tab)
     console.print(f"wrote {output}")
+
+
+def _units(blocks: bool) -> str:
+    return "blocks" if blocks else "sequences"
 
 
 def _fmt(m: dict[str, Any], key: str) -> str:
