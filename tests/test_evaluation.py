@@ -162,7 +162,7 @@ def test_json_shape_round_trip_and_no_nan(tmp_path, full):
                                          "contexts"]
     assert len(d["risk_coverage"]["coverage"]) <= 101 and d["risk_coverage"]["coverage"][-1] == 1.0
     assert sum(d["confidence_histogram"]["counts"]) == len(t)
-    sig = f"ece|bins=15|binning=width|norm=l1|conf=top1|labels=teacher-forced|tokcal={tokcal.__version__}"
+    sig = f"ece|bins=15|binning=width|norm=l1|conf=top1|labels=teacher-forced|def=1|tokcal={tokcal.__version__}"
     assert d["signature"] == sig
     text = ev.to_json(tmp_path / "ev.json")
     assert "NaN" not in text and "Infinity" not in text

@@ -119,7 +119,7 @@ def test_score_accumulator():
 
 def test_signature():
     sig = signature("ece")
-    assert sig == "ece|bins=15|binning=width|norm=l1|conf=top1|labels=teacher-forced|tokcal=0.1.0"
+    assert sig == "ece|bins=15|binning=width|norm=l1|conf=top1|labels=teacher-forced|def=1|tokcal=0.1.0"
     assert signature("ece", bins=10).startswith("ece|bins=10|binning=width")
     metric, settings_ = parse_signature(signature("smooth_ece", temperature=1.5))
     assert metric == "smooth_ece" and settings_["temperature"] == "1.5"

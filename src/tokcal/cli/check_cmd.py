@@ -6,7 +6,8 @@ Conditions (each one reported on its own line, passing or failing):
 * ``--slice SPEC --max-slice-ece Y``: every value of each slice with at least ``--min-slice-tokens``
   tokens has a binned ECE of at most Y;
 * ``--baseline EVAL.json --max-regression Z``: the metric exceeds the baseline's by at most Z. The
-  two numbers must carry the same signature; otherwise the check refuses (exit 2).
+  two numbers must have the same definition (their signatures agree on every setting and on the
+  definition version; the tokcal version does not count); otherwise the check refuses (exit 2).
 
 Bad input (unreadable table, calibrator or baseline, bad limits) exits 2 with ``error: ...``.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import typer
 
 from ..errors import ValidationError
+from ..metrics.signature import definition_differences
 from . import app
 from .common import console, friendly_errors
 
@@ -88,15 +90,18 @@ def check_slices(ev: Mapping[str, Any], names: list[str], max_value: float, min_
 
 def check_regression(ev: Mapping[str, Any], baseline: Mapping[str, Any], metric: str, max_increase: float,
                      baseline_name: str = "baseline") -> Outcome:
-    """``metric`` rose by at most ``max_increase`` over the baseline; refuses different signatures."""
+    """``metric`` rose by at most ``max_increase`` over the baseline; refuses a baseline whose metric is
+    defined differently (:func:`tokcal.metrics.definition_differences`: settings and definition version,
+    not the tokcal version)."""
     ours = (ev.get("signatures") or {}).get(metric)
     theirs = (baseline.get("signatures") or {}).get(metric)
     if theirs is None:
         raise ValidationError(f"{baseline_name}: has no signature for {metric}; cannot compare")
-    if ours != theirs:
+    diffs = definition_differences(theirs, ours) if ours is not None else ["no signature"]
+    if diffs:  # definitions, not strings: another tokcal version alone is comparable
         raise ValidationError(
-            f"{metric} of this table and of {baseline_name} were computed differently and are not "
-            f"comparable:\n  this table: {ours}\n  baseline:   {theirs}\n"
+            f"{metric} of this table and of {baseline_name} are defined differently and are not "
+            f"comparable ({'; '.join(diffs)}, baseline vs now):\n  this table: {ours}\n  baseline:   {theirs}\n"
             "re-run the baseline with the same settings (or pass matching --bins/--binning)"
         )
     now, before = ev["overall"].get(metric), baseline["overall"].get(metric)

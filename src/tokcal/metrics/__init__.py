@@ -12,7 +12,7 @@ from .binned import ReliabilityBins, ece, mass_edges, over_under, reliability_bi
 from .classwise import ClasswiseCalibration, classwise_calibration, classwise_ece
 from .scores import brier, nll, top_label_brier
 from .selective import aurc, risk_coverage
-from .signature import check_same_signature, parse_signature, signature
+from .signature import DEFINITION_VERSIONS, check_same_signature, definition_differences, parse_signature, signature
 from .smooth import smooth_ece, smooth_reliability
 from .tokens import per_token_reliability
 
@@ -21,5 +21,5 @@ __all__ = [
     "smooth_ece", "smooth_reliability", "brier", "top_label_brier", "nll",
     "classwise_ece", "classwise_calibration", "ClasswiseCalibration", "per_token_reliability",
     "risk_coverage", "aurc", "BinnedAccumulator", "ScoreAccumulator",
-    "signature", "parse_signature", "check_same_signature",
+    "signature", "parse_signature", "check_same_signature", "definition_differences", "DEFINITION_VERSIONS",
 ]

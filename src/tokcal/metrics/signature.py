@@ -1,10 +1,18 @@
-"""Metric signatures: every number carries its settings, and numbers with different
-signatures are never compared silently.
+"""Metric signatures: every number carries its settings, and numbers with different definitions are never
+compared silently.
 
-``signature("ece", bins=15)`` -> ``ece|bins=15|binning=width|norm=l1|conf=top1|labels=teacher-forced|tokcal=0.1.0``:
-the metric name, then its default settings (:data:`DEFAULTS`, then ``labels``) overridden/extended by
-``settings`` (defaults first in their own order, extra keys after), then the tokcal version. This is the
-only place a signature string is built: :func:`tokcal.evaluate` calls it for every number it reports.
+``signature("ece", bins=15)`` ->
+``ece|bins=15|binning=width|norm=l1|conf=top1|labels=teacher-forced|def=1|tokcal=0.1.0``: the metric
+name, then its default settings (:data:`DEFAULTS`, then ``labels``) overridden/extended by ``settings``
+(defaults first in their own order, extra keys after), then ``def``, the definition
+version of the metric (:data:`DEFINITION_VERSIONS`), then the tokcal version. This is the only place a
+signature string is built: :func:`tokcal.evaluate` calls it for every number and slice it reports
+(slices as ``slice:KIND``, e.g. ``slice:type|on=gold|def=1|...``).
+
+Comparing two numbers compares their *definitions* (:func:`definition_differences`): the metric, every
+setting and ``def``, but not the tokcal version, so a new tokcal release does not make stored baselines
+unusable; a change of what a metric or slice means bumps its entry in :data:`DEFINITION_VERSIONS`
+instead. Signatures written before ``def`` existed read as ``def=1``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "ci": {"method": "cluster-bootstrap", "unit": "sequence", "resamples": 200, "seed": 0, "level": 0.95,
            "interval": "percentile", "ece_interval": "basic"},
 }
+#: definition version of each metric and slice kind (``slice:KIND``), carried by its signature as
+#: ``def=N``. Bump an entry, here and only here, when the meaning of the number changes (a formula, a
+#: bucket rule, a token-type rule); unknown names are version 1.
+DEFINITION_VERSIONS: dict[str, int] = {
+    "ece": 1, "rmsce": 1, "mce": 1, "ece_debiased": 1, "smooth_ece": 1, "brier": 1, "top_label_brier": 1,
+    "nll": 1, "classwise_ece": 1, "aurc": 1, "ci": 1,
+    "slice:freq": 1, "slice:type": 1, "slice:position": 1, "slice:group": 1, "slice:words": 1,
+}
+#: signature keys that are not part of a number's definition
+NOT_DEFINITION = ("tokcal",)
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -52,6 +70,8 @@ def signature(metric: str, **settings: Any) -> str:
         raise TokcalError(f"signature: bad metric name {metric!r}")
     merged = {**DEFAULTS.get(metric, {}), "labels": LABELS, **settings}
     merged.pop("tokcal", None)
+    merged.pop("def", None)
+    merged["def"] = DEFINITION_VERSIONS.get(metric, 1)
     return "|".join([metric, *(_fmt(k, v) for k, v in merged.items()), f"tokcal={__version__}"])
 
 
@@ -67,12 +87,30 @@ def parse_signature(sig: str) -> tuple[str, dict[str, str]]:
     return parts[0], out
 
 
-def check_same_signature(a: str, b: str, ignore: tuple[str, ...] = ()) -> None:
-    """Raise TokcalError naming the differences unless ``a`` and ``b`` match (keys in ``ignore`` aside)."""
-    (ma, sa), (mb, sb) = parse_signature(a), parse_signature(b)
+def definition(sig: str) -> tuple[str, dict[str, str]]:
+    """(metric, settings) that define the number: :func:`parse_signature` without :data:`NOT_DEFINITION`
+    keys, and ``def`` filled in as ``"1"`` for signatures written before it existed."""
+    metric, settings = parse_signature(sig)
+    out = {k: v for k, v in settings.items() if k not in NOT_DEFINITION}
+    out.setdefault("def", "1")
+    return metric, out
+
+
+def definition_differences(a: str, b: str, ignore: tuple[str, ...] = ()) -> list[str]:
+    """What differs between the definitions of ``a`` and ``b`` (keys in ``ignore`` aside), e.g.
+    ``["bins: 15 vs 10"]``; empty when the two numbers mean the same thing."""
+    (ma, sa), (mb, sb) = definition(a), definition(b)
     diffs = [f"metric {ma!r} vs {mb!r}"] if ma != mb else []
-    for key in sorted(set(sa) | set(sb)):
+    for key in [*sa, *(k for k in sb if k not in sa)]:
         if key not in ignore and sa.get(key) != sb.get(key):
-            diffs.append(f"{key}: {sa.get(key, '<missing>')} vs {sb.get(key, '<missing>')}")
+            label = "definition version (def)" if key == "def" else key
+            diffs.append(f"{label}: {sa.get(key, '<missing>')} vs {sb.get(key, '<missing>')}")
+    return diffs
+
+
+def check_same_signature(a: str, b: str, ignore: tuple[str, ...] = ()) -> None:
+    """Raise TokcalError naming the differences unless ``a`` and ``b`` have the same definition
+    (:func:`definition_differences`; the tokcal version never counts)."""
+    diffs = definition_differences(a, b, ignore)
     if diffs:
         raise TokcalError("refusing to compare numbers with different signatures: " + "; ".join(diffs))

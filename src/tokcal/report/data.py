@@ -38,12 +38,78 @@ def as_dict(evaluation: Any, name: str = "evaluation") -> dict[str, Any]:
 
 
 def as_dicts(evaluations: Any) -> dict[str, dict[str, Any]]:
-    """``{name: evaluation dict}`` from a mapping of names to evaluations, or a single evaluation."""
+    """``{name: evaluation dict}`` from a mapping of names to evaluations, or a single evaluation.
+    Evaluations whose numbers are defined differently are refused (:func:`check_comparable`)."""
     if hasattr(evaluations, "to_dict") or (isinstance(evaluations, Mapping) and "overall" in evaluations):
         evaluations = {"evaluation": evaluations}
     if not isinstance(evaluations, Mapping) or not evaluations:
         raise ValidationError("expected a non-empty mapping {name: Evaluation or its to_dict()}")
-    return {str(k): as_dict(v, name=f"evaluation '{k}'") for k, v in evaluations.items()}
+    evs = {str(k): as_dict(v, name=f"evaluation '{k}'") for k, v in evaluations.items()}
+    check_comparable(evs)
+    return evs
+
+
+def _signature_maps(ev: Mapping[str, Any]) -> dict[str, str]:
+    """``{what: signature}`` of the numbers an evaluation reports side by side with others: its metrics
+    (not the intervals, ``ci``) and its slices (``slice NAME``)."""
+    out = {k: v for k, v in (ev.get("signatures") or {}).items() if k != "ci" and isinstance(v, str)}
+    slices = (ev.get("settings") or {}).get("slices") or {}
+    out.update({f"slice {k}": v["signature"] for k, v in slices.items()
+                if isinstance(v, Mapping) and isinstance(v.get("signature"), str)})
+    return out
+
+
+def definition_conflicts(evs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per metric or slice whose definition differs between the evaluations (each against the
+    first that has it; :func:`tokcal.metrics.definition_differences`, so the tokcal version never counts)."""
+    from ..metrics.signature import definition_differences
+
+    first: dict[str, tuple[str, str]] = {}
+    out = []
+    for name, ev in evs.items():
+        for what, sig in _signature_maps(ev).items():
+            if what not in first:
+                first[what] = (name, sig)
+                continue
+            diffs = definition_differences(first[what][1], sig)
+            if diffs:
+                out.append(f"{what}: '{first[what][0]}' vs '{name}': {'; '.join(diffs)}")
+    return out
+
+
+def check_comparable(evs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise :class:`~tokcal.ValidationError` when :func:`definition_conflicts` finds any: a report puts
+    the evaluations' numbers in the same columns, so they must mean the same thing."""
+    conflicts = definition_conflicts(evs)
+    if conflicts:
+        raise ValidationError("refusing to report evaluations whose numbers are defined differently side by "
+                              "side:\n  " + "\n  ".join(conflicts) + "\nre-run them with the same settings "
+                              "(tokcal evaluate --bins/--binning/--slice ...)")
+
+
+def interval_notes(evs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per evaluation whose intervals were computed differently from the first one's (the ``ci``
+    signature: resamples, seed, resampling unit), e.g. ``"'a' vs 'b': unit: sequence vs block"``."""
+    from ..metrics.signature import definition_differences
+
+    sigs = [(name, (ev.get("signatures") or {}).get("ci")) for name, ev in evs.items()]
+    sigs = [(name, sig) for name, sig in sigs if isinstance(sig, str)]
+    if len(sigs) < 2:
+        return []
+    (first, ref), out = sigs[0], []
+    for name, sig in sigs[1:]:
+        diffs = definition_differences(ref, sig)
+        if diffs:
+            out.append(f"'{first}' vs '{name}': {'; '.join(diffs)}")
+    return out
+
+
+def unit_text(ev: Mapping[str, Any]) -> str:
+    """The bootstrap's resampling unit in words: ``"sequences"`` or ``"blocks of 256 positions"``."""
+    res = (ev.get("settings") or {}).get("resampling") or {}
+    if res.get("unit") == "block":
+        return f"blocks of {res.get('block_length')} positions"
+    return "sequences"
 
 
 def load_evaluation(path: str | os.PathLike) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from .data import as_dicts, interval, number, slice_definition, write_file
+from .data import as_dicts, interval, interval_notes, number, slice_definition, unit_text, write_file
 from .plots import DIAGRAMS, _pyplot, draw, figure_svg
 
 _CAPTIONS = {
@@ -112,9 +112,14 @@ def overview_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
                  with_ci(o.get("accuracy"), ci.get("accuracy")), e(fmt(o.get("confidence")))]
         cells += [with_ci(o.get(k), ci.get(k), d) for k, _, d in _OVERVIEW]
         rows.append(("", cells))
-    note = ('<p class="note">Intervals: 95 % cluster bootstrap over sequences (percentile; the basic '
-            "bootstrap for calibration errors, whose resamples are biased upward). "
-            "conf − acc &gt; 0 means over-confident.</p>")
+    units = sorted({unit_text(ev) for ev in evs.values()})
+    note = (f'<p class="note">Intervals: 95 % bootstrap over {e(" / ".join(units))} (percentile; the basic '
+            "bootstrap for calibration errors, whose resamples are biased upward); n/a: fewer than two "
+            "resampling units. conf − acc &gt; 0 means over-confident.</p>")
+    marks = interval_notes(evs)
+    if marks:
+        note += ('<p class="note warn">Intervals computed with different bootstrap settings: '
+                 + e("; ".join(marks)) + ".</p>")
     return '<section id="overview"><h2>Overview</h2>' + _table(headers, rows, text_cols=2) + note + "</section>"
 
 
