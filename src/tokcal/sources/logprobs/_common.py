@@ -1,8 +1,9 @@
 """Shared plumbing of the log-prob parsers: numbers, field access, positions, sequences, the table.
 
-Positions are streamed into numpy chunks (ids, log-probs and counts, 8 bytes a value): Python lists
-hold at most one chunk (~260k candidates) before they become arrays; :meth:`Collector.table` turns
-the chunks into a :class:`~tokcal.table.TokenTable` with numpy.
+Positions are streamed into numpy chunks (int32 ids and counts, float32 log-probs, the precision
+the table stores): Python lists hold at most one chunk (~260k candidates) before they become
+arrays. :meth:`Collector.table` turns the chunks into a :class:`~tokcal.table.TokenTable` with
+numpy, in blocks of rows.
 
 Per position a parser gives its own token (the sampled or prompt token) with its log-prob, and the
 alternatives in the order the server listed them. The **proper top-n** of a position is the longest
@@ -142,6 +143,7 @@ class Collector:
     """Every position of a file in compact arrays; :meth:`table` builds the TokenTable."""
 
     _CHUNK = 1 << 18  # candidates per chunk: Python lists up to here, then numpy
+    _ROWS = 1 << 16  # rows per dense block when the table is built
 
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
@@ -176,12 +178,12 @@ class Collector:
     def _spill(self) -> None:
         for name, vals in (*self._rows.items(), *self._cands.items()):
             if vals:
-                self._chunks[name].append(np.array(vals, np.float64 if name == "clps" else np.int64))
+                self._chunks[name].append(np.array(vals, np.float32 if name == "clps" else np.int32))
                 vals.clear()
 
     def _column(self, name: str) -> np.ndarray:
         parts = self._chunks[name]
-        return np.concatenate(parts) if parts else np.zeros(0, np.float64 if name == "clps" else np.int64)
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32 if name == "clps" else np.int32)
 
     def skip(self, line: int, reason: str) -> None:
         self.n_skipped += 1
@@ -228,43 +230,53 @@ class Collector:
         if remap is not None:
             cids = remap[cids]
             label[label >= 0] = remap[label[label >= 0]]
-        m = int(count.max())
-        starts = np.concatenate([[0], np.cumsum(count)[:-1]])
-        col = np.arange(len(cids)) - np.repeat(starts, count)
-        row = np.repeat(np.arange(n), count)
-        ids = np.full((n, m), -1, np.int64)
-        lps = np.full((n, m), -np.inf)
-        ids[row, col] = cids
-        lps[row, col] = clps
-        order = np.argsort(-lps, axis=1, kind="stable")
-        ids = np.take_along_axis(ids, order, 1)
-        lps = np.take_along_axis(lps, order, 1)
-        if remap is not None and len(np.unique(remap)) < len(remap):
-            # a text token and a server id named the same token in one position: keep the better one
-            dup = np.zeros(ids.shape, bool)
-            for j in range(1, m):
-                dup[:, j] = (ids[:, j:j + 1] == ids[:, :j]).any(axis=1) & (ids[:, j] >= 0)
-            if dup.any():
-                ntop = np.maximum(ntop - dup.sum(axis=1), 0)
-                k = int(ntop.min())
-                ids[dup], lps[dup] = -1, -np.inf
-                order = np.argsort(-lps, axis=1, kind="stable")
-                ids = np.take_along_axis(ids, order, 1)
-                lps = np.take_along_axis(lps, order, 1)
-                if k < 1:
-                    r = int(np.argmin(ntop))
-                    raise TokcalError(f"{path}: line {self.seq_line[seq[r]]} position {pos[r]} has no alternatives "
-                                      "once tokens named twice are merged")
-        top_ids, top_lp = ids[:, :k], np.maximum(lps[:, :k], -1e4)
+        dedupe = remap is not None and len(np.unique(remap)) < len(remap)
+        ends = np.cumsum(count)
+        kcap = k  # merging tokens named twice can only lower k
+        top_ids = np.empty((n, kcap), np.int64)
+        top_lp = np.empty((n, kcap))
+        label_lp = np.full(n, np.nan)
+        for r0 in range(0, n, self._ROWS):  # dense [rows, m] blocks: bounded temporaries
+            r1 = min(n, r0 + self._ROWS)
+            c0 = int(ends[r0 - 1]) if r0 else 0
+            cnt = count[r0:r1]
+            m = int(cnt.max())
+            row = np.repeat(np.arange(r1 - r0), cnt)
+            col = np.arange(int(ends[r1 - 1]) - c0) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+            ids = np.full((r1 - r0, m), -1, np.int64)
+            lps = np.full((r1 - r0, m), -np.inf)
+            ids[row, col] = cids[c0:ends[r1 - 1]]
+            lps[row, col] = clps[c0:ends[r1 - 1]]
+            order = np.argsort(-lps, axis=1, kind="stable")
+            ids = np.take_along_axis(ids, order, 1)
+            lps = np.take_along_axis(lps, order, 1)
+            if dedupe:  # a text token and a server id named the same token in one position: keep the better
+                dup = np.zeros(ids.shape, bool)
+                for j in range(1, m):
+                    dup[:, j] = (ids[:, j:j + 1] == ids[:, :j]).any(axis=1) & (ids[:, j] >= 0)
+                if dup.any():
+                    ntop[r0:r1] = np.maximum(ntop[r0:r1] - dup.sum(axis=1), 0)
+                    ids[dup], lps[dup] = -1, -np.inf
+                    order = np.argsort(-lps, axis=1, kind="stable")
+                    ids = np.take_along_axis(ids, order, 1)
+                    lps = np.take_along_axis(lps, order, 1)
+            top_ids[r0:r1] = ids[:, :kcap]
+            top_lp[r0:r1] = np.maximum(lps[:, :kcap], -1e4)
+            lab = label[r0:r1]
+            hit = (ids == lab[:, None]) & (lab >= 0)[:, None]
+            known = hit.any(axis=1)
+            label_lp[r0:r1][known] = np.where(hit, lps, -np.inf).max(axis=1)[known]
+        k = int(ntop.min())
+        if k < 1:
+            r = int(np.argmin(ntop))
+            raise TokcalError(f"{path}: line {self.seq_line[seq[r]]} position {pos[r]} has no alternatives "
+                              "once tokens named twice are merged")
+        top_ids, top_lp = top_ids[:, :k], top_lp[:, :k]
         bad = np.flatnonzero((top_ids >= V).any(axis=1) | (label >= V))
         if len(bad):
             r = int(bad[0])
             raise TokcalError(f"line {self.seq_line[seq[r]]}: position {pos[r]} has a token id >= vocab size {V}")
         has = label >= 0
-        hit = (ids == label[:, None]) & has[:, None]
-        known = hit.any(axis=1)
-        label_lp = np.full(n, np.nan)
-        label_lp[known] = np.where(hit, lps, -np.inf).max(axis=1)[known]
         need = has & (~np.isfinite(label_lp) | (label_lp <= SENTINEL))
         in_top = (top_ids == label[:, None]).any(axis=1)
         imputed = int((need & ~in_top).sum())
