@@ -287,3 +287,10 @@ def test_one_token_named_by_id_and_by_text_in_one_position_is_one_alternative(tm
     assert len(t) == 2 and t.k == 2  # prompt position 1; generated " said" (the echo is not read twice)
     assert t.top_ids[1].tolist() == [22, 21]  # " said" by id and by text is one alternative, " created" is 21
     np.testing.assert_allclose(top_logprobs(t.sketch)[1], [-0.3, -1.5], atol=1e-5)
+
+
+def test_tgi_generate_stream_events_are_one_sequence():
+    t = read_logprobs(FIX / "tgi-v3.3.7_generate_stream.sse", vocab_size=250880, tokens_are_reference=True)
+    assert t.source["format"] == "tgi" and t.k == 3 and t.n_sequences == 1
+    np.testing.assert_array_equal(t.top_ids, [[578, 447, 15], [11580, 5608, 3913], [1669, 578, 447]])
+    np.testing.assert_allclose(label_logprob(t.sketch), [-1.7822266, -2.4882812, -2.4199219], atol=1e-5)

@@ -8,7 +8,9 @@ generated token) and ``decoder_input_details: true`` (``prefill``).
 Tokens carry the server's ``id``: identity is the id. ``prefill`` gives the log-prob of each prompt
 token but **no alternatives** (TGI computes top tokens for generated positions only), so its
 positions cannot be rows of a top-k table; they are counted and reported, never silently dropped.
-TGI's ``/v1/completions`` returns a bare list of floats (no alternatives): a clear error, see
+``/generate_stream`` events ``{"index", "token", "top_tokens": [...], "generated_text", "details"}``
+(one per line, or saved server-sent events) are accumulated until the event whose
+``generated_text`` is set. TGI's ``/v1/completions`` returns a bare list of floats (no alternatives): a clear error, see
 :mod:`.openai`; its ``/v1/chat/completions`` is OpenAI-shaped.
 """
 
@@ -55,12 +57,35 @@ class TGI:
 
     def __init__(self) -> None:
         self.prefill = 0
+        self.stream: tuple[SequenceBuilder, dict] | None = None
 
     @staticmethod
     def matches(obj: dict) -> bool:
-        return "generated_text" in obj and "details" in obj
+        return "generated_text" in obj and ("details" in obj or isinstance(obj.get("token"), dict))
+
+    def _event(self, obj: dict, line: int, where: str, ctx: Any) -> None:
+        if self.stream is None:
+            self.stream = (ctx.collector.sequence(line, "generated"), obj)
+        seq, _ = self.stream
+        own, lp = _token(obj["token"], f"{where}: token", ctx.vocab)
+        alts = obj.get("top_tokens") or []
+        if not isinstance(alts, list):
+            raise TokcalError(f"{where}: top_tokens: expected a list")
+        pairs = [_token(a, f"{where}: top_tokens[{i}]", ctx.vocab) for i, a in enumerate(alts)]
+        seq.add(own, lp, [i for i, _ in pairs], [v for _, v in pairs], index=len(seq))
+        if obj.get("generated_text") is not None:
+            self._close(ctx)
+
+    def _close(self, ctx: Any) -> None:
+        assert self.stream is not None
+        seq, first = self.stream
+        self.stream = None
+        ctx.close(seq, first)
 
     def parse(self, obj: dict, line: int, where: str, ctx: Any) -> None:
+        if isinstance(obj.get("token"), dict):
+            self._event(obj, line, where, ctx)
+            return
         d = obj.get("details")
         if d is None:
             ctx.collector.skip(line, "no details (request details=true)")
@@ -82,6 +107,8 @@ class TGI:
             ctx.close(seq, obj)
 
     def finish(self, ctx: Any) -> None:
+        if self.stream is not None:
+            self._close(ctx)
         if self.prefill:
             ctx.collector.notes.append(
                 f"{self.prefill} TGI prefill position(s) (decoder_input_details) carry only the prompt token's "
