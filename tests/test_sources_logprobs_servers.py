@@ -294,3 +294,19 @@ def test_tgi_generate_stream_events_are_one_sequence():
     assert t.source["format"] == "tgi" and t.k == 3 and t.n_sequences == 1
     np.testing.assert_array_equal(t.top_ids, [[578, 447, 15], [11580, 5608, 3913], [1669, 578, 447]])
     np.testing.assert_allclose(label_logprob(t.sketch), [-1.7822266, -2.4882812, -2.4199219], atol=1e-5)
+
+
+def test_openai_completions_stream_chunks_are_one_sequence(tmp_path):
+    # the legacy stream: one text_completion chunk per token, the same id, finish_reason on the last
+    lines = []
+    for i, (tok, lp, top) in enumerate([(" God", -1.1, {" God": -1.1, " the": -0.6}),
+                                        (" said", -0.3, {" said": -0.3, " was": -1.7})]):
+        lines.append(json.dumps({"id": "cmpl-s", "object": "text_completion", "created": 1, "model": "davinci-002",
+                                 "choices": [{"text": tok, "index": 0, "logprobs": {
+                                     "tokens": [tok], "token_logprobs": [lp], "top_logprobs": [top],
+                                     "text_offset": [i]}, "finish_reason": None if i == 0 else "length"}]}))
+    f = tmp_path / "s.jsonl"
+    f.write_text("data: " + "\n\ndata: ".join(lines) + "\n\ndata: [DONE]\n")
+    t, _ = quiet(f, vocab_size=100, tokens_are_reference=True)
+    assert t.n_sequences == 1 and t.position.tolist() == [0, 1]
+    assert t.token_strings(t.label) == [" God", " said"] and t.correct.tolist() == [False, True]

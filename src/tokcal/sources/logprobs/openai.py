@@ -7,7 +7,7 @@
   from every OpenAI-compatible server's ``/v1/chat/completions`` (vLLM, TGI, llama.cpp, Ollama).
 * ``openai-completions`` (legacy): ``{"choices": [{"logprobs": {"tokens", "token_logprobs",
   "top_logprobs": [{token: logprob}, ...], "text_offset"}}]}``; the null first entry of ``echo`` is
-  skipped.
+  skipped; streamed chunks (same ``id``, ``finish_reason`` null until the last) are one sequence.
 
 A choice whose ``logprobs`` is null (not requested, a refusal) is a response without log-probs.
 """
@@ -163,7 +163,8 @@ class Chat:
             self._close(key, ctx)
 
 
-def add_legacy(lp: Any, w: str, seq: SequenceBuilder, vocab: Any, skip_first: int = 0, ordered: bool = False) -> None:
+def add_legacy(lp: Any, w: str, seq: SequenceBuilder, vocab: Any, skip_first: int = 0, ordered: bool = False,
+               offset: int = 0) -> None:
     """Append legacy Completions ``logprobs`` (parallel lists) to a sequence; the first
     ``skip_first`` entries (an echoed prompt read elsewhere) are left out. OpenAI's ``top_logprobs``
     mappings are the true top-n in no particular order; vLLM's list the sampled token first
@@ -196,12 +197,15 @@ def add_legacy(lp: Any, w: str, seq: SequenceBuilder, vocab: Any, skip_first: in
             except TokcalError as e:
                 raise TokcalError(f"{w}.top_logprobs[{j}]: {e}") from None
             lps.append(num(v, f"{w}.top_logprobs[{j}][{s!r}]"))
-        seq.add(own, num(tl, f"{w}[{j}]: token_logprobs"), ids, lps, index=j, ordered=ordered)
+        seq.add(own, num(tl, f"{w}[{j}]: token_logprobs"), ids, lps, index=offset + j, ordered=ordered)
 
 
 class Completions:
     name = "openai-completions"
     hint = "legacy completions: logprobs >= 1"
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[Any, Any], tuple[SequenceBuilder, dict, int]] = {}
 
     @staticmethod
     def matches(obj: dict) -> bool:
@@ -222,9 +226,16 @@ class Completions:
                 raise TokcalError(f"{w}.logprobs: a list of numbers (TGI's /v1/completions) has only the chosen "
                                   "tokens' log-probs and no alternatives; use TGI's /generate with top_n_tokens, "
                                   "or /v1/chat/completions with top_logprobs")
-            seq = ctx.collector.sequence(line, "generated")
-            add_legacy(lp, f"{w}.logprobs", seq, ctx.vocab)
-            ctx.close(seq, obj)
+            # a streamed completion sends one chunk per token with the same id: one sequence
+            key = (obj.get("id"), choice.get("index", c))
+            seq, first, done = self.pending.pop(key, None) or (ctx.collector.sequence(line, "generated"), obj, 0)
+            add_legacy(lp, f"{w}.logprobs", seq, ctx.vocab, offset=done)
+            if choice.get("finish_reason") is None and obj.get("id"):
+                self.pending[key] = (seq, first, done + len(lp["tokens"]))
+            else:
+                ctx.close(seq, first)
 
     def finish(self, ctx: Any) -> None:
-        pass
+        for seq, first, _ in self.pending.values():
+            ctx.close(seq, first)
+        self.pending.clear()
