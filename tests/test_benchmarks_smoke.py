@@ -18,7 +18,7 @@ CASES = {
     "collect_bench.py": (["--quick"], ["bare forward", "collect_causal", "bytes per token"]),
     "generate_bench.py": (["--quick"], ["temperature", "adaptive"]),
     "evaluate_bench.py": (["20000"], ["evaluate:", "6 slices"]),
-    "logprobs_bench.py": (["--quick"], ["orjson.loads only", "tokcal read_logprobs", "positions/s"]),
+    "logprobs_bench.py": (["--quick"], ["orjson.loads only", "tokcal read_logprobs", "positions/CPU-s"]),
 }
 
 
