@@ -165,7 +165,7 @@ def test_cli_freq_ref_on_evaluate_check_and_fit(tmp_path, table):
     assert r.exit_code == 0, r.output
     assert json.loads(cal.read_text())["fit"]["freq_reference"].startswith("counts:")
     r = CliRunner().invoke(app, ["fit", str(tpath), "--freq-ref", str(cpath), "-o", str(cal)])
-    assert r.exit_code == 2 and "only adaptive" in r.output
+    assert r.exit_code == 2 and "uses no token frequency (adaptive and group --by freq do)" in r.output
 
 
 def test_adaptive_frequency_feature_uses_the_reference(table):
@@ -174,3 +174,32 @@ def test_adaptive_frequency_feature_uses_the_reference(table):
     cal = AdaptiveTemperature().fit(table, freq_reference=counts)
     np.testing.assert_array_equal(cal.freq_ids, np.arange(5))
     np.testing.assert_array_equal(cal.freq_counts, counts[:5])
+
+
+def test_group_temperature_by_frequency_bucket(tmp_path, table):
+    """GroupTemperature("freq") groups tokens exactly as the freq:predicted slice does, and keeps the
+    buckets of every id for decoding."""
+    from tokcal.calibrators import GroupTemperature, load_calibrator
+    from tokcal.synthetic import make_logits
+
+    counts = np.bincount(make_table(5000, 400, seed=11).label, minlength=400)
+    cal = GroupTemperature("freq").fit(table, freq_reference=counts)
+    sl = FrequencySlice(name="freq:predicted", on="predicted", reference=counts)
+    by_slice = np.asarray(sl.labels)[sl.codes(table)]
+    np.testing.assert_array_equal(cal._table_groups(table), by_slice)
+    assert set(cal.temperatures) == set(by_slice) and cal.freq_reference.startswith("counts:")
+    z = make_logits(6, 400, seed=3)
+    buckets = sl.id_buckets(table)[z.argmax(axis=1)]
+    expect = np.array([cal.temperatures.get(sl.labels[b], cal.global_temperature) for b in buckets])
+    np.testing.assert_allclose(cal.transform_logits(z), z / expect[:, None], rtol=1e-6)
+    cal.save(tmp_path / "g.json")
+    np.testing.assert_allclose(load_calibrator(tmp_path / "g.json").transform_logits(z), cal.transform_logits(z))
+    with pytest.raises(ValidationError, match="only used with by='freq'"):
+        GroupTemperature("domain").fit(table, freq_reference=counts)
+    cpath = tmp_path / "counts.json"
+    cpath.write_text(json.dumps({"counts": counts.tolist()}))
+    r = CliRunner().invoke(app, ["fit", str(table.write_parquet(tmp_path / "t.parquet")), "--method", "group",
+                                 "--by", "freq", "--freq-ref", str(cpath), "-o", str(tmp_path / "c.json"),
+                                 "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c.json").read_text())["freq_labels"][0] == "top-100"

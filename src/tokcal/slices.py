@@ -120,12 +120,15 @@ class FrequencySlice(Slice):
             return spec
         return load_reference(spec, table)
 
-    def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
+    def id_buckets(self, table: TokenTable) -> np.ndarray:
+        """int32 [V]: the bucket (index into ``labels``) of every id under the reference for ``table``."""
         ref = self.resolve(table)
         self.used = ref
         per_id = np.searchsorted(np.asarray(self.edges), ref.ranks(), side="right")
-        per_id = np.where(ref.seen, per_id, len(self.edges) + 1).astype(np.int32)
-        return _lookup(per_id, _target_ids(table, probs, self.on))
+        return np.where(ref.seen, per_id, len(self.edges) + 1).astype(np.int32)
+
+    def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
+        return _lookup(self.id_buckets(table), _target_ids(table, probs, self.on))
 
     def settings(self) -> dict[str, Any]:
         ref = self.used.describe() if self.used is not None else None

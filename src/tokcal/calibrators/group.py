@@ -8,7 +8,9 @@ the global fit beta_0. tau^2 is the DerSimonian–Laird moment estimate
 ``max(0, (Q - (G - 1)) / (S1 - S2 / S1))`` with ``Q = sum w_g (l_g - lbar)^2``, ``w_g = 1/v_g``,
 and the posterior mean ``(l_g / v_g + log beta_0 / tau^2) / (1 / v_g + 1 / tau^2)`` is used, so a
 sparse or noisy group stays near the global temperature (DerSimonian & Laird 1986; Efron & Morris 1975).
-A group value unseen at fit time gets the global temperature.
+A group value unseen at fit time gets the global temperature. ``by="freq"``: the frequency bucket of
+the predicted token (the ``freq:predicted`` slice's categories, ranked by the reference given to
+``fit(table, freq_reference=...)``, :mod:`tokcal.frequency`); the bucket of every id is stored.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .base import as_rows, is_tensor, labeled_rows
 from .temperature import DEFAULT_BOUNDS, CalibrationWarning, TemperatureFamily, cluster_se, fit_beta, nll_terms
 
 TOKEN_TYPE = "token_type"
+FREQ = "freq"
 #: one letter per token type (:data:`tokcal.vocab.TOKEN_TYPES`), stored per vocabulary id in the JSON
 TYPE_CODES = {"w": "word-initial", "c": "continuation", "p": "punctuation", "d": "digits", "n": "whitespace",
               "s": "special", "e": "eos", "o": "other"}
@@ -62,6 +65,9 @@ class GroupTemperature(TemperatureFamily):
         self.counts: dict[str, int] = {}
         self.tau: float | None = None
         self.type_codes: str | None = None
+        self.freq_codes: str | None = None  # by="freq": one digit per id, an index into freq_labels
+        self.freq_labels: list[str] = []
+        self.freq_reference: str | None = None
 
     @property
     def fitted(self) -> bool:
@@ -81,6 +87,8 @@ class GroupTemperature(TemperatureFamily):
                                           "strings and no 'token_type' group column")
                 codes = type_code_string(table.vocabulary)
             return _types_of(codes, table.predicted)
+        if self.by == FREQ and self.freq_codes is not None:
+            return _freq_of(self.freq_codes, self.freq_labels, table.predicted)
         raise ValidationError(f"GroupTemperature: no group column '{self.by}'; this table has {sorted(table.groups)}")
 
     def _lookup(self, values: np.ndarray) -> np.ndarray:
@@ -97,16 +105,31 @@ class GroupTemperature(TemperatureFamily):
         if self.by == TOKEN_TYPE and self.type_codes is not None:
             top = logits.argmax(dim=-1).cpu().numpy() if is_tensor(logits) else np.asarray(logits).argmax(axis=1)
             return self._lookup(_types_of(self.type_codes, top))
+        if self.by == FREQ and self.freq_codes is not None:
+            top = logits.argmax(dim=-1).cpu().numpy() if is_tensor(logits) else np.asarray(logits).argmax(axis=1)
+            return self._lookup(_freq_of(self.freq_codes, self.freq_labels, top))
         warnings.warn(f"GroupTemperature: context has no '{self.by}'; using the global temperature",
                       CalibrationWarning, stacklevel=3)
         return np.full(n, self.global_temperature)
 
     # -- fitting -------------------------------------------------------------------------------
 
-    def fit(self, table: TokenTable, **_: Any) -> GroupTemperature:
+    def fit(self, table: TokenTable, *, freq_reference: Any = None, **_: Any) -> GroupTemperature:
+        """Fit on ``table``; with ``by="freq"``, ``freq_reference`` ranks the ids (None: the default
+        reference of :mod:`tokcal.frequency`)."""
         lab = labeled_rows(table, "GroupTemperature.fit")
         if self.by == TOKEN_TYPE and self.by not in lab.groups and lab.vocabulary is not None:
             self.type_codes = type_code_string(lab.vocabulary)
+        if self.by == FREQ and self.by not in lab.groups:
+            from ..slices import FrequencySlice
+
+            sl = FrequencySlice(on="predicted", reference=freq_reference)
+            buckets = sl.id_buckets(table)
+            self.freq_codes = "".join(map(str, buckets.tolist()))
+            self.freq_labels = list(sl.labels)
+            self.freq_reference = f"{sl.used.tag()} ({sl.used.name})"
+        elif freq_reference is not None:
+            raise ValidationError(f"GroupTemperature(by={self.by!r}): freq_reference is only used with by='freq'")
         values = self._table_groups(lab)
         sk = lab.sketch
         beta0, info0 = fit_beta(sk, self.bounds, seed=self.seed, what="GroupTemperature (global)")
@@ -141,7 +164,8 @@ class GroupTemperature(TemperatureFamily):
         return {"by": self.by, "shrink": self.shrink, "bounds": list(self.bounds),
                 "global_temperature": self.global_temperature, "temperatures": self.temperatures,
                 "raw_temperatures": self.raw_temperatures, "counts": self.counts, "tau": self.tau,
-                "type_codes": self.type_codes}
+                "type_codes": self.type_codes, "freq_codes": self.freq_codes, "freq_labels": self.freq_labels,
+                "freq_reference": self.freq_reference}
 
     @classmethod
     def _from_state(cls, s: dict[str, Any]) -> GroupTemperature:
@@ -155,6 +179,12 @@ class GroupTemperature(TemperatureFamily):
         if codes is not None and (not isinstance(codes, str) or set(codes) - set(TYPE_CODES)):
             raise ValueError("type_codes must be a string of letters from " + "".join(TYPE_CODES))
         cal.type_codes = codes
+        fcodes, flabels = s.get("freq_codes"), list(s.get("freq_labels") or [])
+        if fcodes is not None and (not isinstance(fcodes, str) or not fcodes.isdigit()
+                                   or int(max(fcodes)) >= len(flabels)):
+            raise ValueError("freq_codes must be a string of digits indexing freq_labels")
+        cal.freq_codes, cal.freq_labels = fcodes, [str(x) for x in flabels]
+        cal.freq_reference = None if s.get("freq_reference") is None else str(s["freq_reference"])
         if cal.by == TOKEN_TYPE and codes is not None:  # older files: word/punct/number (same letters)
             for name in ("temperatures", "raw_temperatures", "counts"):
                 setattr(cal, name, {_LEGACY_NAMES.get(k, k): v for k, v in getattr(cal, name).items()})
@@ -172,6 +202,11 @@ def _types_of(codes: str, ids: np.ndarray) -> np.ndarray:
     letters = np.frombuffer(codes.encode("ascii"), dtype="S1")
     names = {k.encode(): v for k, v in TYPE_CODES.items()}
     return np.asarray([names[c] for c in letters[np.asarray(ids)]], dtype=object)
+
+
+def _freq_of(codes: str, labels: list[str], ids: np.ndarray) -> np.ndarray:
+    digits = np.frombuffer(codes.encode("ascii"), dtype=np.uint8) - ord("0")
+    return np.asarray(labels, dtype=object)[digits[np.asarray(ids)]]
 
 
 def _shrink(logb: np.ndarray, var: np.ndarray, prior: float) -> tuple[np.ndarray, float]:

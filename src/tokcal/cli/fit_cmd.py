@@ -50,7 +50,8 @@ def fit_command(
     method: str = typer.Option("temperature", "--method", "-m",
                                 help="Calibration method, one of: " + ", ".join(METHODS) + "."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the calibrator JSON."),
-    by: str = typer.Option(None, "--by", help="Group column (group: default 'domain', or 'token_type'; "
+    by: str = typer.Option(None, "--by", help="Group column (group: default 'domain', or 'token_type', or "
+                                              "'freq' (frequency bucket of the predicted token, see --freq-ref); "
                                               "adaptive: one-hot this group)."),
     holdout: float = typer.Option(0.2, "--holdout", help="Share of sequences held out for the before/after "
                                                          "report (0: fit on everything, no report)."),
@@ -61,9 +62,9 @@ def fit_command(
     bins: int = typer.Option(15, "--bins", help="ECE bins (and histogram-binning bins)."),
     bootstrap: int = typer.Option(200, "--bootstrap", help="Cluster-bootstrap replicates for the intervals."),
     seed: int = typer.Option(0, "--seed"),
-    freq_ref: Path | None = typer.Option(None, "--freq-ref", help="adaptive: reference frequency of its "
-                                         "frequency feature (as tokcal evaluate --freq-ref); default: the "
-                                         "fitting table's counts."),
+    freq_ref: Path | None = typer.Option(None, "--freq-ref", help="Reference frequency (as tokcal evaluate "
+                                         "--freq-ref) of adaptive's frequency feature (default: the fitting "
+                                         "table's counts) or of group --by freq's buckets."),
 ) -> None:
     """Fit a calibrator; print held-out ECE/NLL/Brier before and after; write it as JSON."""
     from ..calibrators import held_out_metrics
@@ -83,8 +84,9 @@ def fit_command(
             console.print(f"note: {split.message}", highlight=False, markup=False, soft_wrap=True)
     else:
         train, test = data, None
-    if freq_ref is not None and method != "adaptive":
-        raise ValidationError(f"--freq-ref: --method {method} uses no token frequency (only adaptive does)")
+    if freq_ref is not None and method != "adaptive" and not (method == "group" and by == "freq"):
+        raise ValidationError(f"--freq-ref: --method {method} uses no token frequency (adaptive and "
+                              "group --by freq do)")
     if freq_ref is not None:
         cal.fit(train, freq_reference=freq_ref)
     else:
