@@ -65,11 +65,12 @@ def test_every_slice_signature_carries_its_definition_version(table, monkeypatch
     d = tokcal.evaluate(t, slices=["freq:predicted", "type", "position"], bootstrap=0).to_dict()
     sigs = {name: st["signature"] for name, st in d["settings"]["slices"].items()}
     assert set(sigs) == set(d["slices"])
-    assert all(definition(s)[1]["def"] == "1" for s in sigs.values())
+    assert {n: definition(s)[1]["def"] for n, s in sigs.items()} == {"freq:predicted": "2", "type": "2",
+                                                                       "position": "1"}
     assert sigs["position"] == signature("slice:position", edges="1,4,16,64,256")
-    monkeypatch.setitem(DEFINITION_VERSIONS, "slice:type", 2)
+    monkeypatch.setitem(DEFINITION_VERSIONS, "slice:type", 3)
     bumped = tokcal.evaluate(t, slices=["type"], bootstrap=0).to_dict()["settings"]["slices"]["type"]["signature"]
-    assert definition_differences(sigs["type"], bumped) == ["definition version (def): 1 vs 2"]
+    assert definition_differences(sigs["type"], bumped) == ["definition version (def): 2 vs 3"]
 
 
 def _write(tmp_path, name, ev):
@@ -89,11 +90,11 @@ def test_report_refuses_numbers_defined_differently_and_marks_other_intervals(ta
     assert "refusing to report evaluations whose numbers are defined differently" in text
     assert "ece: 'a' vs 'b': bins: 15 vs 10; binning: width vs mass" in text
     # a slice whose definition was bumped (as a new token-type rule does) is refused too
-    monkeypatch.setitem(DEFINITION_VERSIONS, "slice:type", 2)
+    monkeypatch.setitem(DEFINITION_VERSIONS, "slice:type", 3)
     c = tokcal.evaluate(t, slices=["type"], bins=15, bootstrap=20)
     monkeypatch.undo()
     res = runner.invoke(app, ["report", _write(tmp_path, "a", a), _write(tmp_path, "c", c), "-o", str(out)])
-    assert res.exit_code == 2 and "slice type: 'a' vs 'c': definition version (def): 1 vs 2" in _flat(res.output)
+    assert res.exit_code == 2 and "slice type: 'a' vs 'c': definition version (def): 2 vs 3" in _flat(res.output)
     # another tokcal release, same definitions: reported; intervals over other units are marked, not refused
     other = json.loads(json.dumps(a.to_dict()).replace(f"tokcal={tokcal.__version__}", "tokcal=0.0.1"))
     blocks = tokcal.evaluate(t, slices=["type"], bins=15, bootstrap=20, unit="block", block_length=64)

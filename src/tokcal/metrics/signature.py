@@ -46,7 +46,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 DEFINITION_VERSIONS: dict[str, int] = {
     "ece": 1, "rmsce": 1, "mce": 1, "ece_debiased": 1, "smooth_ece": 1, "brier": 1, "top_label_brier": 1,
     "nll": 1, "classwise_ece": 1, "aurc": 1, "ci": 1,
-    "slice:freq": 1, "slice:type": 1, "slice:position": 1, "slice:group": 1, "slice:words": 1,
+    # freq 2: ranks from a stated frequency reference (tokcal.frequency), no longer the evaluated table;
+    # type 2: types from raw pieces + the tokenizer's convention (tokcal.vocab), no longer decoded strings
+    "slice:freq": 2, "slice:type": 2, "slice:position": 1, "slice:group": 1, "slice:words": 1,
 }
 #: signature keys that are not part of a number's definition
 NOT_DEFINITION = ("tokcal",)
