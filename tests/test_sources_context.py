@@ -3,6 +3,7 @@ half-made dataset; transformers' "longer than the maximum" warning is silenced w
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -75,6 +76,12 @@ def test_cli_clamps_and_an_interrupted_first_block_leaves_nothing(tmp_path, gpt2
                                  "--top-k", "4", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output and TokenTable.read_parquet(out).source["max_length"] == 64
+    # a text corpus as frequency reference, tokenized with the table's own (local) tokenizer
+    ev = tmp_path / "ev.json"
+    r = CliRunner().invoke(app, ["evaluate", str(out), "--freq-ref", str(book), "--bootstrap", "0", "--json", str(ev)])
+    assert r.exit_code == 0, r.output
+    ref = json.loads(ev.read_text())["settings"]["slices"]["freq"]["reference"]
+    assert ref["kind"] == "text" and ref["name"] == "book.txt" and ref["n_tokens"] == len(tok(BOOK)["input_ids"])
 
     def stop(docs: int, tokens: int) -> None:
         raise KeyboardInterrupt
