@@ -209,7 +209,7 @@ class Vocabulary:
         Special ids are spelled by their string; ids past the pieces (``size``) are undefined.
         """
         special = dict(special or {})
-        n = max(len(pieces), size or 0, *(i + 1 for i in special.values())) if special else max(len(pieces), size or 0)
+        n = max(len(pieces), size or 0, *(i + 1 for i in special.values()))
         out: list[str | None] = [None] * n
         for i, b in enumerate(pieces):
             if b is not None:
@@ -317,7 +317,7 @@ class Vocabulary:
                 and self.pieces == other.pieces and self.special_ids == other.special_ids
                 and self.eos_ids == other.eos_ids)
 
-    __hash__ = None  # type: ignore[assignment]  # mutable-looking value object
+    __hash__ = None  # type: ignore[assignment]  # compared by value, not hashed
 
     # -- per-id properties ---------------------------------------------------------------------
 
