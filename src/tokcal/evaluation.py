@@ -123,19 +123,26 @@ class Evaluation:
         return int(self.data["schema_version"])
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "Evaluation.from_dict") -> Evaluation:
-        """From ``to_dict()`` output of this or an older schema version (module docstring); a newer
-        version raises :class:`~tokcal.SchemaError`."""
+    def from_dict(cls, d: dict[str, Any], where: str = "evaluation") -> Evaluation:
+        """From ``to_dict()`` output of this or an older schema version (module docstring). Every problem --
+        not an object, missing or mistyped keys, a newer schema version -- is a
+        :class:`~tokcal.errors.SchemaError` naming ``where``."""
         if not isinstance(d, dict):
-            raise ValidationError(f"{where}: expected a dict, got {type(d).__name__}")
+            raise SchemaError(f"{where}: expected a tokcal evaluation (a JSON object), got {type(d).__name__}")
         d = upgrade_dict(d, where)
         missing = [k for k in cls._KEYS if k not in d]
         if missing:
-            raise ValidationError(f"{where}: missing key(s) {missing}")
+            raise SchemaError(f"{where}: not a tokcal evaluation, missing key(s) {', '.join(missing)}")
+        for key, kind in (("overall", dict), ("bins", list), ("slices", dict), ("worst_tokens", list)):
+            if not isinstance(d[key], kind):
+                raise SchemaError(f"{where}: '{key}' must be a JSON {'object' if kind is dict else 'array'}, "
+                                  f"got {type(d[key]).__name__}")
         return cls(d)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Evaluation:
+        """Read what :meth:`to_json` (``tokcal evaluate --json``) wrote. Every problem -- no such file, not
+        readable, not JSON, not an evaluation -- is a :class:`~tokcal.errors.SchemaError` naming the file."""
         return cls.from_dict(read_json(path, "evaluation file"), where=str(path))
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 1) -> str:

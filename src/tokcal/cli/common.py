@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import TokcalError
+from ..errors import ParameterError, TokcalError
 
 # Data (token strings, group values, paths) is printed as it is: no rich markup or emoji codes in it
 # are interpreted. Styles come from rich Text objects.
@@ -23,15 +23,39 @@ err_console = Console(stderr=True, markup=False, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def friendly_errors(fn: F) -> F:
-    """Report a :class:`TokcalError` as ``error: <message>`` and exit 2 instead of a traceback."""
+def flag_names(fn: Callable[..., Any], aliases: dict[str, str] | None = None) -> dict[str, str]:
+    """``{python parameter: its command-line flag}`` of a typer command (the first ``--long`` spelling), plus
+    ``aliases`` (library parameter names the command exposes under another flag)."""
+    import inspect
+    import typing
+
+    names = dict(aliases or {})
+    hints = typing.get_type_hints(fn, include_extras=True)
+    for name, p in inspect.signature(fn).parameters.items():
+        infos = [p.default, *getattr(hints.get(name), "__metadata__", ())]
+        info = next((i for i in infos if isinstance(i, typer.models.OptionInfo)), None)
+        if info is None:
+            continue
+        decls = [d for d in (info.default, *(info.param_decls or ())) if isinstance(d, str) and d.startswith("--")]
+        names.setdefault(name, decls[0] if decls else "--" + name.replace("_", "-"))
+    return names
+
+
+def friendly_errors(fn: F | None = None, *, aliases: dict[str, str] | None = None) -> Any:
+    """Report a :class:`TokcalError` as ``error: <message>`` and exit 2 instead of a traceback; a
+    :class:`~tokcal.errors.ParameterError` names the command's flags (``--max-ece``), not Python's names.
+    ``aliases``: library parameter names spelled as another flag, e.g. ``{"tokens_are_reference":
+    "--teacher-forced"}``."""
+    if fn is None:
+        return lambda f: friendly_errors(f, aliases=aliases)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except TokcalError as e:
-            err_console.print(Text("error: ", style="bold red") + Text(str(e)), soft_wrap=True, highlight=False)
+            text = e.render(flag_names(fn, aliases)) if isinstance(e, ParameterError) else str(e)
+            err_console.print(Text("error: ", style="bold red") + Text(text), soft_wrap=True, highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write, read_json
+from .._io import atomic_write
 from ..errors import SchemaError, ValidationError
 
 REQUIRED_KEYS = ("signature", "overall", "bins")
@@ -113,8 +113,10 @@ def unit_text(ev: Mapping[str, Any]) -> str:
 
 
 def load_evaluation(path: str | os.PathLike) -> dict[str, Any]:
-    """Read the JSON that ``tokcal evaluate --json`` wrote (``Evaluation.to_dict()``)."""
-    return as_dict(read_json(path, "evaluation file"), name=str(path))
+    """The dict of :meth:`tokcal.evaluation.Evaluation.from_json` (one reader, one error type: SchemaError)."""
+    from ..evaluation import Evaluation
+
+    return Evaluation.from_json(path).data
 
 
 def write_file(path: str | os.PathLike, write: Any) -> Path:
