@@ -141,7 +141,10 @@ def test_slices_bins_and_worst_tokens_brute_force(full):
     w = d["worst_tokens"][0]
     assert w["token"] == t.vocab[w["id"]] and w["n"] == (pred == w["id"]).sum()
     assert w["ece_share"] == pytest.approx(contrib[w["id"]] / sum(contrib.values()))
-    assert 1 <= len(w["contexts"]) <= 3 and all("[[" in s and "]]" in s for s in w["contexts"])
+    assert 1 <= len(w["contexts"]) <= 3 and all(set(ctx) == {"before", "token", "gold"} for ctx in w["contexts"])
+    assert all(ctx["token"] == t.token_strings([w["id"]])[0] for ctx in w["contexts"])
+    first = int(np.flatnonzero(t.labeled & (pred == w["id"]))[0])
+    assert w["contexts"][0]["gold"] == t.token_strings([t.label[first]])[0]
     # passage: first sequence in position order
     assert len(d["passage"]) == 30
     assert d["passage"][0]["label_prob"] == pytest.approx(probs.label_prob[0])
@@ -331,4 +334,4 @@ def test_one_sided_miscalibration_has_positive_zero_share():
     assert np.copysign(1.0, o["under_share"]) == 1.0
     buf = StringIO()
     ev.print_summary(Console(file=buf, width=160))
-    assert "under 0%" in buf.getvalue() and "-0%" not in buf.getvalue()
+    assert "under-confident 0%" in buf.getvalue() and "-0%" not in buf.getvalue()

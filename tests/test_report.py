@@ -61,10 +61,10 @@ def test_data_is_escaped(evs, page):
     assert "<script>alert(1)</script>" in tokens  # the fixture does list it
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    # the evaluation writes the predicted token of a context as [[token]]; the report marks it
-    assert any("[[<script>alert(1)</script>]]" in c for ev in evs.values() for t in ev["worst_tokens"]
+    # a context's predicted token is its own field; the report marks it, escaped
+    assert any(c["token"] == "<script>alert(1)</script>" for ev in evs.values() for t in ev["worst_tokens"]
                for c in t["contexts"])
-    assert "<mark>&lt;script&gt;alert(1)&lt;/script&gt;</mark>" in page and "[[" not in page
+    assert "<mark>&lt;script&gt;alert(1)&lt;/script&gt;</mark>" in page
     nasty = copy.deepcopy(evs)
     nasty['<b onmouseover="x">'] = nasty.pop("uncalibrated")
     text = render_html(nasty, title="</title><script>")

@@ -153,8 +153,11 @@ class Evaluation:
         return text
 
     def print_summary(self, console: Any = None, n_worst: int = 8) -> None:
-        """Overall metrics with intervals, the most miscalibrated slice values and tokens (rich)."""
-        _print_summary(self.data, console, n_worst)
+        """Overall metrics with intervals, the most miscalibrated slice values and tokens
+        (:func:`tokcal.report.terminal.print_summary`)."""
+        from .report.terminal import print_summary
+
+        print_summary(self.data, console, n_worst)
 
 
 def upgrade_dict(d: dict[str, Any], where: str = "evaluation") -> dict[str, Any]:
@@ -422,7 +425,9 @@ def _per_value_sums(st: UnitStats, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _worst_tokens(table: TokenTable, keep: np.ndarray, p: TokenProbs, c: np.ndarray, a: np.ndarray,
                   bins: int, worst: int) -> list[dict[str, Any]]:
-    """Predicted ids with the largest n_t |conf_t - acc_t| (their share of sum_t n_t |gap_t| / n)."""
+    """Predicted ids with the largest n_t |conf_t - acc_t| (their share of sum_t n_t |gap_t| / n), each with
+    up to three contexts: ``before`` (up to 8 preceding gold tokens), the predicted ``token`` and the ``gold``
+    one, as display text."""
     if worst <= 0:
         return []
     pred = np.asarray(p.predicted, dtype=np.int64)
@@ -450,8 +455,7 @@ def _worst_tokens(table: TokenTable, keep: np.ndarray, p: TokenProbs, c: np.ndar
             text = _decode(table, prev[prev >= 0])
             gold = table.token_strings([table.label[r]])[0]
             tok = table.token_strings([t])[0]
-            note = "" if table.label[r] == t else f" (gold: {gold!r})"
-            contexts.append(f"{text}[[{tok}]]{note}")
+            contexts.append({"before": text, "token": tok, "gold": gold})
         out.append({"id": int(t), "token": table.token_strings([t])[0], "n": int(cnt[t]),
                     "confidence": float(sc[t] / cnt[t]), "accuracy": float(sa[t] / cnt[t]),
                     "gap": float((sc[t] - sa[t]) / cnt[t]),
@@ -533,55 +537,3 @@ def _json_safe(x: Any) -> Any:
 
 def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.4f}"
-
-
-def _print_summary(d: dict[str, Any], console: Any, n_worst: int) -> None:
-    """Rich tables: overall metrics with intervals, worst slice values, worst tokens."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    console = console or Console()
-    o = d["overall"]
-    res = (d.get("settings") or {}).get("resampling") or {}
-    unit = (f", bootstrap over {res.get('n_units')} blocks of {res.get('block_length')} positions"
-            if res.get("unit") == "block" else "")
-    t = Table(title=f"tokcal evaluation: {o['n']} tokens, {o['n_sequences']} sequences{unit}", title_justify="left")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("95% interval", justify="right")
-    for key in ("accuracy", "confidence", "ece", "ece_debiased", "smooth_ece", "mce", "rmsce", "signed_gap",
-                "nll", "brier", "top_label_brier", "classwise_ece", "aurc"):
-        ci = o["ci"].get(key)
-        t.add_row(key, _fmt(o[key]), "" if ci is None else "n/a" if ci[0] is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]")
-    console.print(t)
-    direction = "over-confident" if (o["signed_gap"] or 0) > 0 else "under-confident"
-    console.print(f"signed gap {o['signed_gap']:+.4f} ({direction}); ECE share over {o['over_share']:.0%}, "
-                  f"under {o['under_share']:.0%}", highlight=False)
-    rows = [(name, r) for name, values in d["slices"].items() for r in values]
-    rows.sort(key=lambda x: -abs(x[1]["signed_gap"]) * (x[1]["significant"] + 0.01))
-    if rows:
-        s = Table(title="most miscalibrated slice values", title_justify="left")
-        for col in ("slice", "value", "n", "acc", "conf", "gap", "95% CI", "ece"):
-            s.add_column(col, justify="left" if col in ("slice", "value") else "right", no_wrap=True)
-        for name, r in rows[:n_worst]:
-            ci = r["gap_ci"]
-            s.add_row(Text(name), Text(str(r["value"])), str(r["n"]), f"{r['accuracy']:.3f}", f"{r['confidence']:.3f}",
-                      f"{r['signed_gap']:+.3f}" + ("*" if r["significant"] else ""),
-                      "n/a" if ci[0] is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]", f"{r['ece']:.3f}")
-        console.print(s)
-        from .report.data import slice_definition
-
-        for name in d["slices"]:
-            note = slice_definition(d, name)
-            if note is not None:
-                console.print(Text(f"{name}: {note}", style="dim"), highlight=False)
-    if d["worst_tokens"]:
-        w = Table(title="worst predicted tokens (share of per-token gap)", title_justify="left")
-        for col in ("token", "n", "accuracy", "confidence", "gap", "share"):
-            w.add_column(col, justify="left" if col == "token" else "right")
-        for r in d["worst_tokens"][:n_worst]:
-            w.add_row(Text(repr(r["token"])), str(r["n"]), _fmt(r["accuracy"]), _fmt(r["confidence"]),
-                      f"{r['gap']:+.4f}", f"{r['ece_share']:.1%}")
-        console.print(w)
-    console.print(Text(str(d["signature"]), style="dim"), highlight=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -70,12 +69,17 @@ def token_html(token: Any) -> str:
 
 
 def context_html(context: Any) -> str:
-    """An example context, escaped; the predicted token, written ``[[token]]`` by the evaluation, marked."""
-    text = str(context)
-    m = re.search(r"\[\[(.*)\]\]", text, flags=re.S)
-    if m is None:
-        return e(text)
-    return f"{e(text[:m.start()])}<mark>{e(m.group(1))}</mark>{e(text[m.end():])}"
+    """A worst-token context (``before``, ``token``, ``gold``), escaped, newlines and tabs shown as symbols; the
+    predicted token marked, the gold token named when it differs."""
+    def shown(x: Any) -> str:
+        return e(str(x if x is not None else "").replace("\n", "↵").replace("\t", "⇥"))
+
+    if not isinstance(context, Mapping):
+        return shown(context)
+    out = f"{shown(context.get('before'))}<mark>{shown(context.get('token'))}</mark>"
+    if context.get("gold") != context.get("token"):
+        out += f' <span class="gold">(gold: <code>{shown(context.get("gold"))}</code>)</span>'
+    return out
 
 
 def _table(headers: list[str], rows: list[tuple[str, list[str]]], text_cols: int = 1) -> str:

@@ -63,3 +63,94 @@ def gate_lines(result: Any) -> list[str]:
     failed = len(result.failures)
     lines.append(f"check failed: {plural(failed, 'condition')} not met" if failed else "check passed")
     return lines
+
+
+# -- evaluation summary ---------------------------------------------------------------------------
+
+SUMMARY_METRICS = ("accuracy", "confidence", "ece", "ece_debiased", "smooth_ece", "mce", "rmsce", "signed_gap",
+                   "nll", "brier", "top_label_brier", "classwise_ece", "aurc")
+SIGNIFICANT_NOTE = "* the 95% interval of conf - acc excludes 0: significantly over- (+) or under-confident (-)"
+
+
+def ranked_slice_rows(d: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(slice, row) of every slice value, the significant ones first, then by |conf - acc|."""
+    rows = [(name, r) for name, values in (d.get("slices") or {}).items() for r in values]
+    rows.sort(key=lambda x: (not x[1].get("significant"), -abs(x[1].get("signed_gap") or 0.0)))
+    return rows
+
+
+def context_text(ctx: Any) -> str:
+    """A worst-token context as one line: the text before, the predicted token in brackets, the gold token
+    when it differs; newlines and tabs shown as symbols."""
+    def shown(s: Any) -> str:
+        return str(s).replace("\n", "↵").replace("\t", "⇥")
+
+    if not isinstance(ctx, dict):
+        return shown(ctx)
+    note = "" if ctx.get("gold") == ctx.get("token") else f"  (gold: {shown(ctx.get('gold'))!r})"
+    return f"{shown(ctx.get('before', ''))}[{shown(ctx.get('token'))}]{note}"
+
+
+def print_summary(d: dict[str, Any], console: Any = None, n_worst: int = 8) -> None:
+    """Rich tables of an evaluation dict, readable at 80 columns and in logs (no TTY): overall metrics with
+    intervals, the most miscalibrated slice values, the worst predicted tokens, the signature."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from .data import slice_definition
+
+    console = console or Console()
+    o = d["overall"]
+    kw = {"box": box.SIMPLE_HEAD, "padding": (0, 0)}
+
+    def title(text: str) -> None:
+        console.print(text, style="bold", highlight=False, markup=False)
+
+    res = (d.get("settings") or {}).get("resampling") or {}
+    unit = (f", bootstrap over {res.get('n_units')} blocks of {res.get('block_length')} positions"
+            if res.get("unit") == "block" else "")
+    title(f"tokcal evaluation: {plural(o['n'], 'token')}, {plural(o['n_sequences'], 'sequence')}{unit}")
+    t = Table(**kw)
+    t.add_column("metric", overflow="fold")
+    t.add_column("value", justify="right", no_wrap=True)
+    t.add_column("95% interval", justify="right", no_wrap=True)
+    for key in SUMMARY_METRICS:
+        ci = (o.get("ci") or {}).get(key)
+        shown = "" if ci is None else "n/a" if ci[0] is None or ci[1] is None else f"[{num(ci[0])}, {num(ci[1])}]"
+        t.add_row(key, num(o.get(key)), shown)
+    console.print(t)
+    gap = o.get("signed_gap") or 0.0
+    direction = "over-confident" if gap > 0 else "under-confident" if gap < 0 else "neither over- nor under-confident"
+    console.print(f"conf - acc {signed(o.get('signed_gap'))} ({direction}); share of the ECE from over-confident "
+                  f"bins {o['over_share']:.0%}, under-confident {o['under_share']:.0%}", highlight=False)
+    rows = ranked_slice_rows(d)
+    if rows:
+        title("most miscalibrated slice values")
+        s = Table(**kw)
+        s.add_column("slice=value", overflow="fold")
+        for col in ("tokens", "acc", "conf", "conf-acc", "95% CI", "ece"):
+            s.add_column(col, justify="right", no_wrap=True)
+        for name, r in rows[:n_worst]:
+            ci = r.get("gap_ci") or [None, None]
+            s.add_row(Text(f"{name}={r['value']}"), f"{r['n']:,}", num(r.get("accuracy"), 3), num(r.get("confidence"), 3),
+                      signed(r.get("signed_gap"), 3) + ("*" if r.get("significant") else " "),
+                      "n/a" if ci[0] is None else f"[{signed(ci[0], 3)}, {signed(ci[1], 3)}]", num(r.get("ece"), 3))
+        console.print(s)
+        console.print(SIGNIFICANT_NOTE, highlight=False, markup=False)
+        for name in d.get("slices") or {}:
+            note = slice_definition(d, name)
+            if note is not None:
+                console.print(Text(f"{name}: {note}", style="dim"), highlight=False)
+    if d.get("worst_tokens"):
+        title("worst predicted tokens (share of the per-token gap)")
+        w = Table(**kw)
+        w.add_column("token", overflow="fold")
+        for col in ("n", "acc", "conf", "conf-acc", "share"):
+            w.add_column(col, justify="right", no_wrap=True)
+        for r in d["worst_tokens"][:n_worst]:
+            w.add_row(Text(repr(r["token"])), f"{r['n']:,}", num(r.get("accuracy"), 3), num(r.get("confidence"), 3),
+                      signed(r.get("gap"), 3), f"{r['ece_share']:.1%}")
+        console.print(w)
+    console.print(Text(str(d["signature"]), style="dim"), highlight=False, soft_wrap=True)
