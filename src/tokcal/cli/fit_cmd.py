@@ -49,7 +49,8 @@ def fit_command(
     table: Path = typer.Argument(..., help="TokenTable: Parquet file or dataset directory."),
     method: str = typer.Option("temperature", "--method", "-m",
                                 help="Calibration method, one of: " + ", ".join(METHODS) + "."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the calibrator JSON."),
+    output: Path = typer.Option(..., "--out", "-o", "--output", help="Where to write the calibrator JSON "
+                                                                    "(--output: the same)."),
     by: str = typer.Option(None, "--by", help="Group column (group: default 'domain', or 'token_type', or "
                                               "'freq' (frequency bucket of the predicted token, see --freq-ref); "
                                               "adaptive: one-hot this group)."),
