@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -9,20 +10,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from ..errors import TokcalError
+from ..report.terminal import plural
 from . import app
-from .common import console, err_console, friendly_errors, load_model, refuse_overwrite
+from .common import console, err_console, friendly_errors, load_model, parse_groups, refuse_overwrite
 
 TASKS = ("causal", "seq2seq", "token-classification")
-
-
-def _groups(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for p in pairs:
-        name, sep, value = p.partition("=")
-        if not sep or not name:
-            raise TokcalError(f"--group expects NAME=VALUE, got {p!r}")
-        out[name] = value
-    return out
 
 
 def _read_inputs(task: str, data: list[Path], groups: dict[str, str], paragraphs: bool, text_field: str,
@@ -80,13 +72,15 @@ def collect(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model."),
     gguf_file: str | None = typer.Option(None, "--gguf-file", help="Load the weights (and tokenizer) from this GGUF "
                                                                    "file in MODEL_DIR (dequantised; extra gguf)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show transformers' loading messages and bars."),
 ) -> None:
     """Collect teacher-forced token predictions of a Hugging Face model into a Parquet dataset."""
     if task not in TASKS:
         raise TokcalError(f"--task must be one of {TASKS}, got {task!r}")
     refuse_overwrite({"--out": out}, [model_dir, *data])
-    items = _read_inputs(task, data, _groups(group), paragraphs, text_field, group_field, source_field, target_field)
-    model, tokenizer = load_model(model_dir, task, trust_remote_code, gguf_file)
+    items = _read_inputs(task, data, parse_groups(group), paragraphs, text_field, group_field, source_field,
+                         target_field)
+    model, tokenizer = load_model(model_dir, task, trust_remote_code, gguf_file, verbose=verbose)
     import torch
 
     from ..sources import hf
@@ -96,9 +90,11 @@ def collect(
     common = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=dev, out_dir=out)
     with _progress(len(items)) as bar:
         job = bar.add_task("collect", total=len(items), rate="-")
-        tokens = [0]
+        tokens, skipped = [0], [0]
 
         def update(docs: int, toks: int) -> None:
+            if toks == 0 and tokens[0] == 0:  # documents already in the dataset, reported before any work
+                skipped[0] += docs
             tokens[0] += toks
             elapsed = bar.tasks[0].elapsed or 0.0
             bar.update(job, advance=docs, rate=f"{tokens[0] / elapsed:,.0f}" if elapsed > 0 else "-")
@@ -110,7 +106,18 @@ def collect(
         else:
             hf.collect_token_classification(model, tokenizer, items, progress=update, **common)
     n = sum(len(t) for t in TokenTable.iter_parquet(out, batch_rows=None))
-    console.print(f"wrote {n:,} tokens of {len(items):,} documents to {out}")
+    console.print(resume_message(len(items), skipped[0], tokens[0], n, out), highlight=False)
+
+
+def resume_message(n_docs: int, skipped: int, new_tokens: int, total_tokens: int, out: Path) -> str:
+    """What a (resumed) collection did: nothing, everything, or the new part of it."""
+    if skipped >= n_docs:
+        what = "the 1 document is" if n_docs == 1 else f"all {n_docs:,} documents are"
+        return f"nothing to do: {what} already in {out} ({plural(total_tokens, 'token')}); wrote nothing"
+    done = f"wrote {plural(new_tokens, 'token')} of {plural(n_docs - skipped, 'document')} to {out}"
+    if skipped:
+        done += f" (skipped {plural(skipped, 'document')} already there; {plural(total_tokens, 'token')} in all)"
+    return done
 
 
 @app.command("import-logprobs")
@@ -124,12 +131,13 @@ def import_logprobs(
     vocab: str | None = typer.Option(None, "--vocab", help="Tokenizer folder, or a tiktoken encoding name "
                                                            "(cl100k_base, o200k_base, ...), mapping tokens to ids."),
     vocab_size: int | None = typer.Option(None, "--vocab-size", help="Vocabulary size when no tokenizer is given."),
-    teacher_forced: bool = typer.Option(False, "--teacher-forced",
-                                        help="The returned tokens are the reference (echo scoring)."),
+    tokens_are_reference: bool = typer.Option(
+        False, "--tokens-are-reference", "--teacher-forced",
+        help="The returned tokens are the reference text (echo / prompt scoring), so they are the labels; "
+             "without it, tokens are labelled only from reference fields in the lines."),
     strict: bool = typer.Option(False, "--strict", help="A response without log-probs is an error, not skipped."),
 ) -> None:
     """Import top-k log-probs of OpenAI, vLLM, TGI, llama.cpp or Ollama (tail unknown) into a TokenTable dataset."""
-    import warnings
 
     from ..sources.logprobs import read_logprobs, tiktoken_encoding
 
@@ -149,10 +157,14 @@ def import_logprobs(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = read_logprobs(file, format=format, tokenizer=tokenizer, vocab_size=vocab_size,
-                              tokens_are_reference=teacher_forced, strict=strict)
+                              tokens_are_reference=tokens_are_reference, strict=strict)
     for w in caught:
         err_console.print(Text("warning: ", style="bold yellow") + Text(str(w.message)), soft_wrap=True,
                           highlight=False)
     table.write_parquet(out / "part-00000.parquet")
-    console.print(f"wrote {len(table):,} tokens ({table.n_sequences} sequences, top-{table.k}, "
-                  f"format: {table.source['format']}, labels: {table.source['labels']}) to {out}")
+    if not table.labeled.any():
+        warnings.warn("no token has a label, so tokcal evaluate cannot score this table: pass "
+                      "--tokens-are-reference if the returned tokens are the reference text, or give the lines "
+                      "reference_tokens / reference_token_ids / a reference text", stacklevel=1)
+    console.print(f"wrote {plural(len(table), 'token')} ({plural(table.n_sequences, 'sequence')}, top-{table.k}, "
+                  f"format: {table.source['format']}, labels: {table.source['labels']}) to {out}", highlight=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,7 +53,9 @@ def friendly_errors(fn: F | None = None, *, aliases: dict[str, str] | None = Non
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = show_warning
+                return fn(*args, **kwargs)
         except TokcalError as e:
             text = e.render(flag_names(fn, aliases)) if isinstance(e, ParameterError) else str(e)
             err_console.print(Text("error: ", style="bold red") + Text(text), soft_wrap=True, highlight=False)
@@ -93,9 +96,40 @@ def refuse_overwrite(outputs: Mapping[str, Path | None], inputs: Iterable[Path |
                                   "(choose another output path)")
 
 
-def load_model(model_dir: Path, task: str, trust_remote_code: bool = False, gguf_file: str | None = None
-               ) -> tuple[Any, Any]:
-    """:func:`tokcal.sources.hf.load_model` (imported here on first use: this module stays torch-free)."""
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+    """A Python warning as one ``warning: <message>`` line on stderr (no source line)."""
+    err_console.print(Text("warning: ", style="bold yellow") + Text(str(message)), soft_wrap=True, highlight=False)
+
+
+def parse_groups(pairs: list[str], flag: str = "--group") -> dict[str, str]:
+    """``["domain=kjv", ...]`` -> ``{"domain": "kjv"}``; a pair without ``=`` or a name is an error naming it."""
+    out: dict[str, str] = {}
+    for p in pairs:
+        name, sep, value = p.partition("=")
+        if not sep or not name.strip():
+            raise TokcalError(f"{flag} expects NAME=VALUE, got {p!r}")
+        out[name.strip()] = value
+    return out
+
+
+def quiet_transformers(verbose: bool) -> None:
+    """transformers' weight-loading bars and info logs off, unless ``verbose``."""
+    from transformers.utils import logging as hf_logging
+
+    if verbose:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity_info()
+    else:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def load_model(model_dir: Path, task: str, trust_remote_code: bool = False, gguf_file: str | None = None,
+               verbose: bool = False) -> tuple[Any, Any]:
+    """:func:`tokcal.sources.hf.load_model` (imported here on first use: this module stays torch-free), with
+    transformers' loading bars and info logs shown only when ``verbose``."""
+    quiet_transformers(verbose)
     from ..sources.hf import load_model as _load
 
     return _load(model_dir, task, gguf_file, trust_remote_code=trust_remote_code)

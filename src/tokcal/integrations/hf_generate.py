@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..errors import TokcalError
+from ..errors import ParameterError, TokcalError
 
 InputKind = Literal["auto", "logits", "logprobs"]
 _NORMALISED_TOL = 1e-4
@@ -53,9 +53,9 @@ def check_calibrator(calibrator: Any, allow_argmax_change: bool) -> None:
     if not callable(getattr(calibrator, "transform_logits", None)):
         raise TokcalError(f"{type(calibrator).__name__} is not a tokcal calibrator (no transform_logits)")
     if not getattr(calibrator, "preserves_argmax", False) and not allow_argmax_change:
-        raise TokcalError(
+        raise ParameterError(
             f"calibrator {type(calibrator).__name__} may change the most likely token (preserves_argmax is "
-            "not True); pass allow_argmax_change=True to decode with it anyway"
+            "not True); pass {allow_argmax_change=True} to decode with it anyway"
         )
 
 
