@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: install test lint demo bench clean browser
 
@@ -18,6 +19,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The demo needs the model stack and the report, not the test toolchain.
+$(DEMO_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[hf,report,demo]"
+	touch $(DEMO_STAMP)
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
@@ -30,7 +37,7 @@ browser:
 test: install lint browser
 	$(BIN)/python -m pytest -q -n 2 tests
 
-demo: install
+demo: $(DEMO_STAMP)
 	$(BIN)/tokcal demo --out demo-output
 
 bench: install

@@ -101,3 +101,15 @@ def test_import_logprobs_readme_example_is_scored(tmp_path, monkeypatch):
     assert res.exit_code == 0
     warning = [x for x in res.output.splitlines() if x.startswith("warning: ")]
     assert len(warning) == 1 and "--tokens-are-reference" in warning[0], res.output
+
+
+def test_make_demo_installs_only_what_the_demo_needs():
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    plan = subprocess.run(["make", "-n", "-B", "-C", str(root), "demo", "VENV=/nonexistent-venv"], capture_output=True,
+                          text=True, check=True).stdout
+    installs = [line for line in plan.splitlines() if "pip install" in line]
+    assert any('-e ".[hf,report,demo]"' in line for line in installs), plan
+    assert not any("dev" in line for line in installs), plan
+    assert "tokcal demo --out demo-output" in plan

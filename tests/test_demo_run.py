@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -34,10 +35,36 @@ def test_demo_writes_report_evaluations_and_calibrators(demo_out):
     for name in run.CALIBRATORS:
         assert (out / "calibrators" / f"{name}.json").is_file(), name
     cal = json.loads((out / "calibrator.json").read_text())
-    assert cal["type"] == "temperature" and 0.05 < cal["temperature"] < 20
+    chosen = re.search(r"chosen to ship: ([\w ]+) \(", " ".join(output.split())).group(1).replace(" ", "_")
+    assert cal["type"] == chosen and (out / "calibrators" / f"{chosen}.json").read_text() == \
+        (out / "calibrator.json").read_text()
     html = (out / "report.html").read_text()
     assert "<svg" in html and "group:domain" in html and "fortunes" in html
+    assert f'<p class="verdict">{chosen} ' in html  # the headline speaks of the chosen calibrator
     assert "in-domain" in output and "shift" in output and "ECE" in output
+    assert "collect" in output and "400/400" in output  # a progress bar for the collection
+
+
+@pytest.mark.slow
+def test_chosen_on_the_calibration_half_and_its_check_passes(demo_out):
+    """The shipped calibrator is chosen without the test half, and the printed check command passes."""
+    import shlex
+
+    import tokcal
+    from tokcal.calibrators import split_by_sequence
+
+    out, output = demo_out
+    calib = tokcal.TokenTable.read_parquet(out / "calibration.parquet")
+    chosen, scores = run.choose_calibrator(calib, seed=0)
+    assert set(scores) == set(run.CALIBRATORS) and scores[chosen] == min(scores.values())
+    assert json.loads((out / "calibrator.json").read_text())["type"] == chosen
+    inner_fit, inner_val = split_by_sequence(calib, frac=0.5, seed=1)
+    assert len(inner_fit) + len(inner_val) == len(calib)
+    line = " ".join(output.split()).split("try: ")[1]
+    args = shlex.split(line)
+    assert args[:2] == ["tokcal", "check"] and "--max-ece" in args and "--max-slice-ece" in args
+    res = CliRunner().invoke(app, args[1:])
+    assert res.exit_code == 0 and "check passed" in res.output, res.output
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import html
 import json
 import os
 import re
@@ -45,7 +46,7 @@ def test_html_is_self_contained(page):
     p.feed(page)
     names = {t for t, _ in p.tags}
     assert not names & {"script", "link", "iframe", "object", "embed", "img", "audio", "video", "base"}
-    assert sum(t == "svg" for t, _ in p.tags) == 3
+    assert sum(t == "svg" for t, _ in p.tags) == 3 + 2  # diagrams, and small multiples of group:domain, position
     for tag, attrs in p.tags:
         for k, v in attrs.items():
             if k in ("href", "src", "xlink:href", "action"):
@@ -210,3 +211,50 @@ def test_report_cli(evs, tmp_path):
 def _flat(text: str) -> str:
     """CLI output with rich's line wrapping undone."""
     return " ".join(text.split())
+
+
+def test_headline_next_steps_and_one_signatures_section(evs, page):
+    from tokcal import gate
+    from tokcal.report.verdict import sentences, verdict
+
+    head = page.index('<section id="headline">')
+    assert head < page.index('id="by-slice"') < page.index('id="next-steps"') < page.index('id="overview"')
+    words = sentences(evs, verdict(evs))
+    assert html.escape(words[0]) in page and "paired difference" in words[0]
+    assert "How these words are chosen" in page
+    limits = gate.suggest_limits(evs["temperature"], slices=["group:domain"])
+    assert f"--max-ece {limits['max_ece']:g}" in page and f"--max-slice-ece {limits['max_slice_ece']:g}" in page
+    assert page.count('<section id="signatures">') == 1 and page.count("<h2>Signatures</h2>") == 1
+    assert "-0.0000" not in page and "−0.0000" not in page
+    # slices: group slices first, each with its one-line explanation
+    assert page.index("<h3>group:domain</h3>") < page.index("<h3>position</h3>")
+    assert "the group column “domain”" in page and "where the predicted token sits in its sequence" in page
+
+
+def test_negative_zero_is_shown_as_zero():
+    from tokcal.report.html import fmt
+
+    assert fmt(-0.00001) == "0.0000" and fmt(-0.2, 1) == "-0.2" and fmt(-1e-9, 2) == "0.00"
+
+
+def test_markdown_summary(evs, tmp_path):
+    from tokcal.report.markdown import render_markdown
+
+    nasty = {"a|b*": evs["uncalibrated"], "temperature": evs["temperature"]}
+    md = render_markdown(nasty, title="Card")
+    assert md.startswith("## Card\n") and "temperature cuts held-out ECE" in md
+    assert "| a\\|b\\* | 3,000 |" in md  # table cells escaped
+    table_rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert all(line.count(" | ") == table_rows[0].count(" | ") for line in table_rows[:3])
+    assert "**group:domain**" in md and "tokcal check TABLE --calibrator CAL.json --max-ece" in md
+    a, b = tmp_path / "before.json", tmp_path / "after.json"
+    a.write_text(json.dumps(evs["uncalibrated"]))
+    b.write_text(json.dumps(evs["temperature"]))
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(a), f"T={b}", "--markdown", str(tmp_path / "s.md")])
+    assert res.exit_code == 0, res.output
+    assert "T cuts held-out ECE" in (tmp_path / "s.md").read_text(encoding="utf-8")
+    res = runner.invoke(app, ["report", str(a)])
+    assert res.exit_code == 2 and "give -o/--out" in res.output
+    res = runner.invoke(app, ["report", str(a), f"T={b}", "-o", str(tmp_path / "r.html"), "--recommend", "U"])
+    assert res.exit_code == 2 and "--recommend 'U': not one of the evaluations (before, T)" in _flat(res.output)

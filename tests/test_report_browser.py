@@ -23,7 +23,7 @@ from tokcal.report import write_html
 OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,1000")
+         "--disable-dev-shm-usage", "--window-size=1280,800")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,7 @@ def test_report_in_chromium(browser, tmp_path):
     assert js("return document.title") == "browser test"
     assert js("return document.scripts.length") == 0
     assert js("return document.querySelectorAll('#diagrams figure svg').length") == 3
+    assert js("return document.querySelectorAll('#signatures').length") == 1
     for fig in ("reliability", "confidence_histogram", "risk_coverage"):  # drawn, not empty boxes
         box = js(f"const r = document.querySelector('#fig-{fig} svg').getBoundingClientRect();"
                  "return [r.width, r.height]")
@@ -101,9 +102,47 @@ def test_report_in_chromium(browser, tmp_path):
         if tok.strip():
             assert tok.strip() in worst_text
 
+    # tables fit the page: nothing scrolls sideways at 1280 px
+    assert js("return document.documentElement.scrollWidth") <= 1280
+    wide = js("return [...document.querySelectorAll('div.scroll')].filter(d => d.scrollWidth > d.clientWidth + 1)"
+              ".map(d => d.parentElement.id + ':' + d.scrollWidth + '>' + d.clientWidth)")
+    assert wide == [], wide
+
     height = js("return document.documentElement.scrollHeight")
     browser.set_window_size(1280, min(height + 40, 12000))
     OUTPUT.mkdir(exist_ok=True)
     shot = OUTPUT / "report.png"
     assert browser.save_screenshot(str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_verdict_and_per_group_diagrams_are_visible_without_scrolling(browser, tmp_path):
+    """At a 1280 x 800 viewport the headline and the per-group reliability diagrams are on the first screen."""
+    evs = evaluations()
+    path = write_html(tmp_path / "first-screen.html", evs, title="first screen")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        errors, requested = visit(browser, path)
+        assert errors == [] and requested == []
+        js = browser.execute_script
+        assert js("return [window.innerWidth, window.innerHeight]") == [1280, 800]
+        assert js("return window.scrollY") == 0
+
+        def box(selector: str) -> dict:
+            return js(f"const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+                      "return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, w: r.width, h: r.height}")
+
+        head = box("#headline")
+        assert 0 <= head["top"] and head["bottom"] <= 800 and head["right"] <= 1280, head
+        text = js("return document.querySelector('#headline p.verdict').innerText")
+        assert "cuts held-out ECE" in text and "paired difference" in text
+        group = box("#fig-slice-0 svg")  # group:domain, the first small multiple
+        assert head["bottom"] <= group["top"] and group["bottom"] <= 800 and group["right"] <= 1280, group
+        assert group["w"] > 250 and group["h"] > 150, group
+        assert "group:domain" in js("return document.querySelector('#fig-slice-0 figcaption').innerText")
+        assert js("return document.querySelectorAll('#fig-slice-0 svg path').length") > 20  # drawn, not empty
+        OUTPUT.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(OUTPUT / "report-first-screen.png"))
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

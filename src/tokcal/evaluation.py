@@ -282,6 +282,9 @@ def evaluate(
         "risk_coverage": _risk_coverage(c, a, overall["aurc"]),
         "confidence_histogram": _histogram(c),
         "passage": _passage(table, probs),
+        "slice_bins": {s.name: _slice_bins(stats, k + 1, s.labels) for k, s in enumerate(sl)},
+        "table_fingerprint": table_fingerprint(table, keep),
+        "replicates": _replicates(stats, boot, replicates, sl),
     }
     assert data["overall"]["n"] == n
     return Evaluation(_json_safe(data), replicates)
@@ -418,6 +421,58 @@ def _per_value_sums(st: UnitStats, k: int) -> tuple[np.ndarray, np.ndarray]:
     value = (cell[m] - st.offsets[k]) // st.bins
     return (np.bincount(value, st.nll[m], minlength=st.sizes[k]),
             np.bincount(value, st.brier[m], minlength=st.sizes[k]))
+
+
+# -- per-slice reliability, pairing data -----------------------------------------------------------
+
+
+def _slice_bins(st: UnitStats, k: int, labels: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """Per value of slice block ``k``: the reliability bins' token count, mean confidence and accuracy
+    (None in empty bins), for small-multiple diagrams."""
+    count, conf, acc = st.part(st.total, k)
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mc, ma = conf / count, acc / count
+    for v, label in enumerate(labels):
+        if count[v].sum() == 0:
+            continue
+        out[label] = {"n": count[v].astype(np.int64).tolist(), "confidence": mc[v].tolist(), "accuracy": ma[v].tolist()}
+    return out
+
+
+def table_fingerprint(table: TokenTable, keep: np.ndarray) -> str:
+    """sha256 of the evaluated tokens' (sequence_id, position, label): equal for two evaluations of the same
+    tokens whatever the calibrator, different when a token was added, dropped or relabelled."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for col in (table.sequence_id, table.position, table.label):
+        h.update(np.ascontiguousarray(np.asarray(col)[keep], dtype=np.int64).tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _replicates(st: UnitStats, boot: np.ndarray | None, overall: dict[str, np.ndarray] | None,
+                sl: list[Any]) -> dict[str, Any] | None:
+    """The R bootstrap replicate values, for the JSON: ``overall`` (:func:`overall_replicates`) and each slice
+    value's ECE and conf - acc, rounded to 6 significant digits (None where undefined); None without a
+    bootstrap. Two evaluations with the same tokens, units and seed share the resamples, so these pair
+    (:mod:`tokcal.paired`)."""
+    if boot is None or overall is None:
+        return None
+
+    def r6(x: np.ndarray) -> list[float | None]:
+        return [float(f"{v:.6g}") if np.isfinite(v) else None for v in np.asarray(x, dtype=np.float64)]
+
+    slices: dict[str, dict[str, dict[str, list[float | None]]]] = {}
+    for k, s in enumerate(sl):
+        sc, sconf, sacc = st.part(boot, k + 1)
+        _, smc, sma = gap_acc(sc, sconf, sacc)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ece = stats_metrics(sc, sconf, sacc, "l1")
+        present = st.part(st.total, k + 1)[0].sum(-1) > 0
+        slices[s.name] = {label: {"ece": r6(ece[:, v]), "signed_gap": r6(smc[:, v] - sma[:, v])}
+                          for v, label in enumerate(s.labels) if present[v]}
+    return {"overall": {k: r6(v) for k, v in overall.items()}, "slices": slices}
 
 
 # -- worst tokens, curves, passage ---------------------------------------------------------------

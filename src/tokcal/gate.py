@@ -251,3 +251,40 @@ def check(table: Any, calibrator: Any = None, *, max_ece: float | None = None, m
     return check_evaluation(ev, max_ece=max_ece, metric=metric, slices=[s.name for s in parsed],
                             max_slice_ece=max_slice_ece, min_slice_tokens=min_slice_tokens, baseline=base,
                             max_regression=max_regression, baseline_name=baseline_name)
+
+
+def _round_up(x: float, digits: int = 3) -> float:
+    step = 10.0 ** -digits
+    out = math.ceil(x / step - 1e-9) * step
+    out = round(out, digits)
+    return out if out >= x else round(out + step, digits)
+
+
+def suggest_limits(evaluation: Any, slices: Sequence[str] = (), metric: str = "ece", min_slice_tokens: int = 100,
+                   digits: int = 3) -> dict[str, float | None]:
+    """Limits for :func:`check` derived from measured values, so that the same table passes and a clear
+    regression fails.
+
+    ``max_ece``: the upper end of the 95 % interval of the overall ``metric`` (the value itself without an
+    interval), rounded up to ``digits`` decimals; ``max_slice_ece``: the largest upper end over the values of
+    ``slices`` with at least ``min_slice_tokens`` tokens (None without such values), rounded up alike. Every
+    limit is >= the value it bounds, so re-checking the evaluated table passes.
+    """
+    ev = _as_dict(evaluation, "evaluation")
+    o = ev["overall"]
+    ci = _ci((o.get("ci") or {}).get(metric))
+    value = _num(o.get(metric))
+    top = max(ci[1], value) if ci is not None and value is not None else value
+    out: dict[str, float | None] = {"max_ece": None if top is None else _round_up(top, digits), "max_slice_ece": None}
+    worst = None
+    for name in slices:
+        for r in (ev.get("slices") or {}).get(name, []):
+            v = _num(r.get("ece"))
+            if int(r.get("n") or 0) < min_slice_tokens or v is None:
+                continue
+            rci = _ci(r.get("ece_ci"))
+            hi = max(rci[1], v) if rci is not None else v
+            worst = hi if worst is None else max(worst, hi)
+    if worst is not None:
+        out["max_slice_ece"] = _round_up(worst, digits)
+    return out

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, friendly_errors
+from .common import console, friendly_errors, quiet_transformers
 
 
 @app.command()
@@ -18,13 +18,12 @@ def demo(
     shift: int = typer.Option(600, "--shift", min=20, help="Fortunes to collect (the shifted domain)."),
     bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap resamples for the intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration/test split and the bootstrap."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show transformers' loading messages and bars."),
 ) -> None:
     """Run the embedded demo: collect, calibrate, evaluate by domain, write report.html and JSONs."""
-    from transformers.utils import logging as hf_logging
-
     from ..demo.run import print_summary, run_demo
 
-    hf_logging.disable_progress_bar()  # the weights load in a blink; keep the terminal for the summary
+    quiet_transformers(verbose)
     result = run_demo(out, n_in_domain=in_domain, n_shift=shift, bootstrap=bootstrap, seed=seed,
                       console=console)
     print_summary(result, console)

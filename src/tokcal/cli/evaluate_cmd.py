@@ -30,6 +30,8 @@ def evaluate(
         "else the table itself (with a warning).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write Evaluation.to_dict() as JSON here.")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write an HTML report here.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name of this evaluation in the HTML report "
+                                             "(default: the table's file or folder name).")] = None,
 ) -> None:
     """Measure token-level calibration of TABLE and print the summary."""
     from ..evaluation import evaluate as run_evaluate
@@ -50,7 +52,10 @@ def evaluate(
     if html_out is not None:
         from ..report import write_html
 
-        write_html(html_out, {tbl.source.get("model", "model"): ev})
+        label = name or (Path(table).stem if Path(table).suffix else Path(table).name) or "evaluation"
+        files = {"table": str(table), "calibrators": {label: str(calibrator)} if calibrator else {},
+                 "evaluations": {label: str(json_out)} if json_out else {}}
+        write_html(html_out, {label: ev}, files=files)
     ev.print_summary(console)
     for path in (json_out, html_out):
         if path is not None:

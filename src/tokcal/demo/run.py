@@ -5,12 +5,14 @@
    books (``domain = "kjv"``, in-domain) and on FreeBSD fortunes (``domain = "fortunes"``, shift).
 3. Split by sequence into a calibration half and a test half (same seed, whole sequences).
 4. Fit on the calibration half: one temperature, one temperature per domain, and an adaptive
-   (per-token) temperature.
+   (per-token) temperature. The one to ship is chosen *inside* the calibration half: each method is fitted
+   on one part of it and scored (ECE) on the rest; the lowest wins (:func:`choose_calibrator`). Choosing on
+   the test half and reporting there would overstate it.
 5. Evaluate the test half before and after each calibrator, with slices by frequency bucket of the
    gold token (ranks counted on the model's training tokens), token type and domain, and 95 % cluster
    bootstrap intervals.
-6. Write into ``--out``: ``report.html`` (all four evaluations), ``evaluation.json``
-   (``Evaluation.to_dict()`` after ``calibrator.json``, the temperature calibrator), ``evaluations/`` and
+6. Write into ``--out``: ``report.html`` (all four evaluations, the headline about the chosen calibrator),
+   ``evaluation.json`` (``Evaluation.to_dict()`` after ``calibrator.json``, the chosen calibrator), ``evaluations/`` and
    ``calibrators/`` (every evaluation and calibrator), ``test.parquet`` and ``calibration.parquet``
    (the token tables, to rerun ``tokcal evaluate`` / ``tokcal check``).
 
@@ -47,6 +49,8 @@ class DemoResult:
     calibrators: dict[str, Any]
     n_tokens: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    chosen: str = "temperature"
+    selection: dict[str, float] = field(default_factory=dict)
 
 
 def load_model(assets: Path | str = ASSETS_DIR) -> tuple[Any, Any]:
@@ -91,6 +95,26 @@ def fit_calibrators(table: Any) -> dict[str, Any]:
             "adaptive_temperature": AdaptiveTemperature(groups=("domain",)).fit(table)}
 
 
+def choose_calibrator(calib: Any, seed: int = 0, frac: float = 0.5) -> tuple[str, dict[str, float]]:
+    """The calibrator to ship, chosen on the calibration half only: split it by sequence (``frac`` held out),
+    fit every method of :func:`fit_calibrators` on the rest, and take the lowest ECE on the held-out part.
+    Returns (name, {name: inner held-out ECE})."""
+    from .. import evaluate
+    from ..calibrators import split_by_sequence
+
+    inner_fit, inner_val = split_by_sequence(calib, frac=frac, seed=seed + 1)
+    scores = {name: float(evaluate(inner_val, calibrator=cal, slices=[], bootstrap=0).overall["ece"])
+              for name, cal in fit_calibrators(inner_fit).items()}
+    return min(scores, key=scores.__getitem__), scores
+
+
+def _progress(console: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False, disable=console is None)
+
+
 def run_demo(out: Path | str = "demo-output", *, n_in_domain: int = 400, n_shift: int = 600,
              bootstrap: int = 200, seed: int = 0, assets: Path | str = ASSETS_DIR,
              console: Any = None) -> DemoResult:
@@ -113,37 +137,45 @@ def run_demo(out: Path | str = "demo-output", *, n_in_domain: int = 400, n_shift
     texts, domains = demo_texts(n_in_domain, n_shift)
     say(f"collecting {len(texts)} texts ({n_in_domain} KJV test passages, {n_shift} fortunes) "
         f"with the embedded model ({sum(p.numel() for p in model.parameters()):,} parameters)")
-    with torch.inference_mode():
+    with torch.inference_mode(), _progress(console) as bar:
+        job = bar.add_task("collect", total=len(texts))
         table = collect_causal(model, tokenizer, texts, top_k=32, batch_size=16, groups={"domain": domains},
-                               prepend_bos=True)
+                               prepend_bos=True, progress=lambda docs, toks: bar.update(job, advance=docs))
     seconds["collect"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     calib, test = split_by_sequence(table, frac=0.5, seed=seed)
-    calibrators = fit_calibrators(calib)
+    with _progress(console) as bar:
+        job = bar.add_task("fit", total=2)
+        chosen, selection = choose_calibrator(calib, seed=seed)
+        bar.update(job, advance=1)
+        calibrators = fit_calibrators(calib)
+        bar.update(job, advance=1)
     seconds["fit"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
     slices = parse_slices(SLICES, test, reference=training_counts(assets))
     evaluations: dict[str, dict[str, Any]] = {}
-    for name, cal in {"uncalibrated": None, **calibrators}.items():
-        say(f"evaluating {name} ...")
-        evaluations[name] = evaluate(test, calibrator=cal, slices=slices, bootstrap=bootstrap,
-                                     seed=seed).to_dict()
+    with _progress(console) as bar:
+        job = bar.add_task("evaluate", total=1 + len(calibrators))
+        for name, cal in {"uncalibrated": None, **calibrators}.items():
+            evaluations[name] = evaluate(test, calibrator=cal, slices=slices, bootstrap=bootstrap,
+                                         seed=seed).to_dict()
+            bar.update(job, advance=1)
     seconds["evaluate"] = time.perf_counter() - t2
 
     t3 = time.perf_counter()
-    write_outputs(out, evaluations, calibrators, calib, test)
+    write_outputs(out, evaluations, calibrators, calib, test, chosen=chosen)
     seconds["write"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     domain = test.groups["domain"]
     values = np.asarray(domain.categories)[domain.codes[test.labeled]]
     n_tokens = {d: int(np.sum(values == d)) for d in (IN_DOMAIN, SHIFT)}
-    return DemoResult(out, evaluations, calibrators, n_tokens, seconds)
+    return DemoResult(out, evaluations, calibrators, n_tokens, seconds, chosen, selection)
 
 
 def write_outputs(out: Path, evaluations: dict[str, dict[str, Any]], calibrators: dict[str, Any],
-                  calib: Any, test: Any) -> None:
+                  calib: Any, test: Any, chosen: str = "temperature") -> None:
     """Report, evaluation JSONs, calibrator JSONs and both token tables, each written atomically with the
     permissions a new file normally gets (the user reads and shares these files)."""
     from ..report import write_html
@@ -153,10 +185,13 @@ def write_outputs(out: Path, evaluations: dict[str, dict[str, Any]], calibrators
         text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
         write_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
-    write_html(out / "report.html", evaluations,
-               title="tokcal demo: the embedded KJV model, in-domain and under shift")
-    write_json(out / "evaluation.json", evaluations["temperature"])
-    write_json(out / "calibrator.json", calibrators["temperature"].to_dict())
+    files = {"table": str(out / "test.parquet"),
+             "calibrators": {name: str(out / "calibrators" / f"{name}.json") for name in calibrators},
+             "evaluations": {name: str(out / "evaluations" / f"{name}.json") for name in evaluations}}
+    write_html(out / "report.html", evaluations, title="tokcal demo: the embedded KJV model, in-domain and under shift",
+               recommended=chosen, files=files)
+    write_json(out / "evaluation.json", evaluations[chosen])
+    write_json(out / "calibrator.json", calibrators[chosen].to_dict())
     for name, ev in evaluations.items():
         write_json(out / "evaluations" / f"{name}.json", ev)
     for name, cal in calibrators.items():
@@ -222,19 +257,34 @@ def summary_table(result: DemoResult) -> Any:
     return tbl
 
 
+def check_command(result: DemoResult) -> str:
+    """A ``tokcal check`` of the chosen calibrator on the test half whose limits come from its measured
+    intervals (:func:`tokcal.gate.suggest_limits`), so it passes on the demo's own output."""
+    from ..gate import suggest_limits
+
+    limits = suggest_limits(result.evaluations[result.chosen], slices=["group:domain"])
+    cmd = f"tokcal check {result.out}/test.parquet --calibrator {result.out}/calibrator.json"
+    if limits["max_ece"] is not None:
+        cmd += f" --max-ece {limits['max_ece']:g}"
+    if limits["max_slice_ece"] is not None:
+        cmd += f" --slice group:domain --max-slice-ece {limits['max_slice_ece']:g}"
+    return cmd
+
+
 def print_summary(result: DemoResult, console: Any) -> None:
-    """The ECE table, the fitted temperatures, what was written, and a `tokcal check` to try next."""
+    """The ECE table, the fitted temperatures, the chosen calibrator, what was written, a `tokcal check`."""
     console.print(summary_table(result))
     cal = result.calibrators
     per_domain = ", ".join(f"{k} {v:.3f}" for k, v in group_temperatures(cal["group_temperature"]).items())
     console.print(f"fitted on the calibration half: one temperature T = {cal['temperature'].temperature:.3f}; "
-                  f"per domain (shrunk to the global one): {per_domain}")
-    console.print(f"wrote {result.out}/report.html, evaluation.json, calibrator.json (temperature), "
+                  f"per domain (shrunk to the global one): {per_domain}", highlight=False)
+    scores = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in result.selection.items())
+    console.print(f"chosen to ship: {result.chosen.replace('_', ' ')} (lowest ECE on a held-out part of the "
+                  f"calibration half: {scores})", highlight=False)
+    console.print(f"wrote {result.out}/report.html, evaluation.json, calibrator.json ({result.chosen}), "
                   f"evaluations/, calibrators/, test.parquet, calibration.parquet in "
                   f"{result.seconds['total']:.1f} s", highlight=False)
-    console.print(f"try: tokcal check {result.out}/test.parquet --calibrator "
-                  f"{result.out}/calibrators/group_temperature.json --max-ece 0.03 --slice group:domain "
-                  f"--max-slice-ece 0.03", highlight=False, soft_wrap=True)
+    console.print(f"try: {check_command(result)}", highlight=False, soft_wrap=True)
 
 
 def group_temperatures(cal: Any) -> dict[str, float]:

@@ -1,10 +1,16 @@
 """One self-contained HTML report from one or more evaluations (the report reads an Evaluation).
 
+The page answers, from the top: is the model calibrated, where not, and which calibrator to ship. A
+headline gives the verdict in words chosen by stated rules (:mod:`tokcal.report.verdict`; differences
+come with paired intervals, :mod:`tokcal.paired`), small-multiple reliability diagrams show each group
+value before and after, and a next-steps box gives commands whose ``check`` limits come from the measured
+values (:func:`tokcal.gate.suggest_limits`). Then: overview of all evaluations with 95 % intervals, one
+reliability panel per evaluation, slices ordered by importance with what each one means, worst tokens
+with their contexts, a passage shaded by confidence, and one signatures section.
+
 The file needs nothing else: the stylesheet is inlined, the diagrams are inline SVG (text drawn as
-paths, so no fonts are fetched), there is no script, and every string that comes from data (names,
-token strings, contexts, signatures) is HTML-escaped. Sections: overview of all evaluations with
-95 % intervals, diagrams, slices (rows whose signed-gap interval excludes 0 are marked), worst tokens
-with example contexts, a passage shaded by confidence, and the signature of every number.
+paths, so no fonts are fetched), there is no script, the Content-Security-Policy forbids every request,
+and every string that comes from data (names, token strings, contexts, signatures) is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from typing import Any
 
 from .._version import __version__
 from .data import as_dicts, interval, interval_notes, number, slice_definition, unit_text, write_file
-from .plots import DIAGRAMS, _pyplot, draw, figure_svg
+from .plots import _pyplot, confidence_histogram, figure_svg, reliability_panels, risk_coverage_curve, slice_reliability
+from .verdict import RULES, Verdict, describe_slice, sentences, slice_order, verdict
 
 _CAPTIONS = {
-    "reliability": "Accuracy against confidence per bin, with 95 % bootstrap intervals (clustered by "
-                   "sequence); the dashed diagonal is perfect calibration. Lower panel: tokens per bin.",
+    "reliability": "Accuracy against confidence per bin, one panel per evaluation, with 95 % bootstrap "
+                   "intervals (resampling whole units of tokens); the dashed diagonal is perfect calibration.",
     "confidence_histogram": "How confident the model is: share of tokens per confidence bin.",
     "risk_coverage": "Error rate of the tokens kept when keeping the most confident first; "
                      "a lower curve (smaller AURC) ranks errors better.",
@@ -47,7 +54,8 @@ def fmt(x: Any, digits: int = 4) -> str:
         return "—"
     if isinstance(x, int) or (digits == 0):
         return f"{int(round(v)):,}"
-    return f"{v:.{digits}f}"
+    text = f"{v:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # never -0.0000
 
 
 def with_ci(value: Any, ci: Any, digits: int = 4) -> str:
@@ -106,6 +114,99 @@ def _calibrator_name(ev: Mapping[str, Any]) -> str:
     return str(cal)
 
 
+def headline_section(evs: Mapping[str, Mapping[str, Any]], v: Verdict) -> str:
+    text = " ".join(e(x) for x in sentences(evs, v))
+    rules = "".join(f"<li>{e(r)}</li>" for r in RULES)
+    note = ""
+    if v.candidate is not None and not v.paired:
+        note = f'<p class="note">Not paired: {e(v.reason)}.</p>'
+    return (f'<section id="headline"><p class="verdict">{text}</p>{note}'
+            f"<details><summary>How these words are chosen</summary><ul>{rules}</ul></details></section>")
+
+
+def _figure(fig: Any, fid: str, caption: str) -> str:
+    plt = _pyplot()
+    try:
+        svg = figure_svg(fig, salt=f"tokcal-{fid}")
+    finally:
+        plt.close(fig)
+    return f'<figure id="fig-{e(fid)}">{svg}<figcaption>{e(caption)}</figcaption></figure>'
+
+
+def diagram_slices(evs: Mapping[str, Mapping[str, Any]], v: Verdict, limit: int = 3) -> list[str]:
+    """The slices drawn as small multiples: group slices first, then the most miscalibrated others (up to
+    ``limit`` in all), among those with per-value bins."""
+    base = evs[v.baseline]
+    have = set(base.get("slice_bins") or {})
+    names = [s for s in slice_order(base) if s in have]
+    groups = [s for s in names if s.startswith("group:")]
+    significant = [s for s in names if not s.startswith("group:")
+                   and any(r.get("significant") for r in (base.get("slices") or {}).get(s, []))]
+    return (groups + significant)[:limit]
+
+
+def by_slice_section(evs: Mapping[str, Mapping[str, Any]], v: Verdict) -> str:
+    names = [v.baseline] + ([v.candidate] if v.candidate and v.candidate != v.baseline else [])
+    parts = []
+    for i, sname in enumerate(diagram_slices(evs, v)):
+        rows = (evs[v.baseline].get("slices") or {}).get(sname, [])
+        biggest = {id(r) for r in sorted(rows, key=lambda r: -(r.get("n") or 0))[:6]}
+        values = [str(r.get("value")) for r in rows if id(r) in biggest]  # the slice's own order
+        if not values:
+            continue
+        caption = (f"{sname}: one reliability panel per value ({', '.join(values)}), "
+                   + (f"{names[0]} dashed grey, {names[1]} in colour; " if len(names) > 1 else "")
+                   + "dot area = tokens in the bin (bins under 20 tokens left out); the dotted diagonal is perfect "
+                   "calibration.")
+        fig = slice_reliability(evs, sname, values, names)
+        parts.append(_figure(fig, f"slice-{i}", caption))
+    if not parts:
+        return ""
+    return ('<section id="by-slice"><h2>Where: reliability per slice value</h2><div class="figures small">'
+            + "".join(parts) + "</div></section>")
+
+
+def _cmd(*parts: str) -> str:
+    return " ".join(parts)
+
+
+def next_steps_section(evs: Mapping[str, Mapping[str, Any]], v: Verdict, files: Mapping[str, Any] | None) -> str:
+    from ..gate import suggest_limits
+
+    files = files or {}
+    name = v.candidate or v.baseline
+    ev = evs[name]
+    table = str(files.get("table") or "TABLE")
+    cal_path = (files.get("calibrators") or {}).get(name)
+    cal = [] if not (ev.get("settings") or {}).get("calibrator") else ["--calibrator", str(cal_path or "CAL.json")]
+    groups = [s for s in (ev.get("slices") or {}) if s.startswith("group:")]
+    limits = suggest_limits(ev, slices=groups)
+    steps = []
+    check = ["tokcal check", table, *cal]
+    if limits["max_ece"] is not None:
+        check += ["--max-ece", f"{limits['max_ece']:g}"]
+    if groups and limits["max_slice_ece"] is not None:
+        for g in groups:
+            check += ["--slice", g]
+        check += ["--max-slice-ece", f"{limits['max_slice_ece']:g}"]
+    if len(check) > 2 + len(cal):
+        steps.append(("Gate CI on it (limits: the upper ends of the measured 95 % intervals, rounded up, so this "
+                      "table passes and a clear regression fails):", _cmd(*check)))
+    if cal:
+        calib = (ev.get("settings") or {}).get("calibrator") or {}
+        by = calib.get("by") if isinstance(calib, Mapping) else None
+        gnames = list(calib.get("groups") or []) if isinstance(calib, Mapping) else []
+        needs = [g for g in ([by] if by and by != "token_type" else []) + gnames]
+        group_args = [f"--group {g}=VALUE" for g in needs]
+        steps.append(("Use it when generating or showing confidence (group calibrators need the group's value):",
+                      _cmd("tokcal annotate MODEL_DIR", *cal, *group_args, '--text "…"')))
+    eval_path = (files.get("evaluations") or {}).get(name) or "EVAL.json"
+    steps.append(("Summarise for a model card or a pull request:",
+                  _cmd("tokcal report", f"{name}={eval_path}", "--markdown summary.md")))
+    items = "".join(f"<li>{e(text)}<pre class=\"cmd\">{e(cmd)}</pre></li>" for text, cmd in steps)
+    return (f'<section id="next-steps"><h2>Next steps with {e(name)}</h2><ol>{items}</ol></section>')
+
+
 def overview_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
     headers = ["evaluation", "calibrator", "tokens", "sequences", "accuracy", "confidence"]
     headers += [e(h) for _, h, _ in _OVERVIEW]
@@ -128,15 +229,9 @@ def overview_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def diagrams_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
-    plt = _pyplot()
-    figures = []
-    for diagram in DIAGRAMS:
-        fig = draw(diagram, evs)
-        try:
-            svg = figure_svg(fig, salt=f"tokcal-{diagram}")
-        finally:
-            plt.close(fig)
-        figures.append(f'<figure id="fig-{diagram}">{svg}<figcaption>{e(_CAPTIONS[diagram])}</figcaption></figure>')
+    figures = [_figure(reliability_panels(evs), "reliability", _CAPTIONS["reliability"]),
+               _figure(confidence_histogram(evs), "confidence_histogram", _CAPTIONS["confidence_histogram"]),
+               _figure(risk_coverage_curve(evs), "risk_coverage", _CAPTIONS["risk_coverage"])]
     return '<section id="diagrams"><h2>Diagrams</h2><div class="figures">' + "".join(figures) + "</div></section>"
 
 
@@ -152,8 +247,9 @@ def _significance(row: Mapping[str, Any]) -> str:
     return "over" if gap is not None and gap > 0 else "under"
 
 
-def slices_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
-    names: list[str] = []
+def slices_section(evs: Mapping[str, Mapping[str, Any]], v: Verdict | None = None) -> str:
+    v = v or verdict(evs)
+    names: list[str] = list(slice_order(evs[v.baseline]))
     for ev in evs.values():
         names += [s for s in (ev.get("slices") or {}) if s not in names]
     if not names:
@@ -161,15 +257,19 @@ def slices_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
     headers = ["value", "evaluation", "tokens", "sequences", "accuracy", "confidence", "ECE",
                "conf − acc", "NLL", "Brier", "gap interval excludes 0"]
     parts = ['<section id="slices"><h2>Slices</h2>',
-             '<p class="note">Marked rows: the 95 % interval of conf − acc excludes 0, i.e. the slice is '
-             "significantly over- (red) or under-confident (blue).</p>"]
+             '<p class="note">Group slices first, then the most miscalibrated; inside a slice, the values whose '
+             "conf − acc is largest in size come first. Marked rows: the 95 % interval of conf − acc excludes 0, "
+             "i.e. the slice value is significantly over- (red) or under-confident (blue).</p>"]
+    base = evs[v.baseline]
     for sname in names:
         rows = []
-        values: list[Any] = []
-        for ev in evs.values():
-            values += [r.get("value") for r in (ev.get("slices") or {}).get(sname, [])
-                       if r.get("value") not in values]
-        for value in values:
+        order: list[Any] = []
+        for ev in (base, *evs.values()):
+            order += [r.get("value") for r in (ev.get("slices") or {}).get(sname, []) if r.get("value") not in order]
+        base_rows = {r.get("value"): r for r in (base.get("slices") or {}).get(sname, [])}
+        order.sort(key=lambda val: (not (base_rows.get(val) or {}).get("significant"),
+                                    -abs(number((base_rows.get(val) or {}).get("signed_gap")) or 0.0)))
+        for value in order:
             for ename, ev in evs.items():
                 for r in (ev.get("slices") or {}).get(sname, []):
                     if r.get("value") != value:
@@ -183,14 +283,16 @@ def slices_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
                         e(fmt(r.get("nll"))), e(fmt(r.get("brier"))), badge]))
         notes = {slice_definition(ev, sname) for ev in evs.values()} - {None}
         note = "".join(f'<p class="note">{e(n)}</p>' for n in sorted(notes))
-        parts.append(f'<h3>{e(sname)}</h3>' + note + _table(headers, rows, text_cols=2))
+        parts.append(f'<h3>{e(sname)}</h3><p class="explain">{e(describe_slice(sname))}</p>' + note
+                     + _table(headers, rows, text_cols=2))
     return "".join(parts) + "</section>"
 
 
 def worst_tokens_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
     parts = ['<section id="worst-tokens"><h2>Worst tokens</h2>',
-             '<p class="note">Predicted tokens with the largest share of the ECE; contexts show where '
-             "the model predicted them.</p>"]
+             '<p class="note">Predicted tokens with the largest share of the ECE; each context shows the text '
+             "before, the predicted token marked, and the gold token where it differs (↵ = newline, "
+             "⇥ = tab).</p>"]
     headers = ["token", "id", "tokens", "confidence", "accuracy", "conf − acc", "ECE share", "example contexts"]
     for i, (name, ev) in enumerate(evs.items()):
         rows = []
@@ -230,44 +332,68 @@ def passage_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def signatures_section(evs: Mapping[str, Mapping[str, Any]]) -> str:
-    parts = ['<section id="signatures"><h2>Signatures</h2>',
-             '<p class="note">How every number was computed. Numbers with different signatures are not '
-             "comparable.</p>"]
-    for name, ev in evs.items():
-        rows = [("", [e(k), f'<code>{e(v)}</code>']) for k, v in (ev.get("signatures") or {}).items()]
-        settings = json.dumps(ev.get("settings") or {}, indent=1, sort_keys=True, default=str)
-        parts.append(f"<h3>{e(name)}</h3><pre class=\"sig\">{e(ev.get('signature'))}</pre>"
-                     + (_table(["metric", "signature"], rows, text_cols=2) if rows else "")
-                     + f"<details><summary>settings</summary><pre class=\"sig\">{e(settings)}</pre></details>")
-    return "".join(parts) + "</section>"
+    """One table: each metric's signature; where evaluations differ, each one's, named."""
+    metrics: list[str] = []
+    for ev in evs.values():
+        metrics += [k for k in (ev.get("signatures") or {}) if k not in metrics]
+    rows = []
+    for k in metrics:
+        sigs = {name: (ev.get("signatures") or {}).get(k) for name, ev in evs.items()}
+        distinct = {s for s in sigs.values() if s is not None}
+        if len(distinct) == 1:
+            cell = f"<code>{e(next(iter(distinct)))}</code>"
+        else:
+            cell = "<br>".join(f"{e(n)}: <code>{e(s)}</code>" for n, s in sigs.items())
+        rows.append(("", [e(k), cell]))
+    settings = "".join(
+        f"<details><summary>settings of {e(name)}</summary><pre class=\"sig\">"
+        f"{e(json.dumps(ev.get('settings') or {}, indent=1, sort_keys=True, default=str))}</pre></details>"
+        for name, ev in evs.items())
+    same = "all evaluations share them" if all(len(set(
+        (ev.get("signatures") or {}).get(k) for ev in evs.values())) == 1 for k in metrics) else \
+        "where they differ, each evaluation's is listed"
+    return ('<section id="signatures"><h2>Signatures</h2>'
+            f'<p class="note">How every number was computed ({same}). Numbers with different signatures are not '
+            "comparable.</p>" + _table(["metric", "signature"], rows, text_cols=2) + settings + "</section>")
 
 
-def render_html(evaluations: Any, title: str = "tokcal calibration report") -> str:
+def render_html(evaluations: Any, title: str = "tokcal calibration report", recommended: str | None = None,
+                files: Mapping[str, Any] | None = None) -> str:
     """The report as one HTML string (see :func:`write_html`)."""
     evs = as_dicts(evaluations)
+    if recommended is not None and recommended not in evs:
+        from ..errors import ValidationError
+
+        raise ValidationError(f"recommended evaluation {recommended!r} is not among {', '.join(evs)}")
+    v = verdict(evs, recommended)
     css = resources.files("tokcal.report").joinpath("style.css").read_text(encoding="utf-8")
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
-        ("overview", "Overview"), ("diagrams", "Diagrams"), ("slices", "Slices"),
-        ("worst-tokens", "Worst tokens"), ("passage", "Passage"), ("signatures", "Signatures")))
-    body = "".join(f(evs) for f in (overview_section, diagrams_section, slices_section,
-                                     worst_tokens_section, passage_section, signatures_section))
+        ("by-slice", "Where"), ("next-steps", "Next steps"), ("overview", "Overview"), ("diagrams", "Diagrams"),
+        ("slices", "Slices"), ("worst-tokens", "Worst tokens"), ("passage", "Passage"),
+        ("signatures", "Signatures")))
+    body = (headline_section(evs, v) + by_slice_section(evs, v) + next_steps_section(evs, v, files)
+            + overview_section(evs) + diagrams_section(evs) + slices_section(evs, v) + worst_tokens_section(evs)
+            + passage_section(evs) + signatures_section(evs))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         # No request may leave the page: forbid every remote source, allow only inline styles/data images.
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-        "style-src 'unsafe-inline'; img-src data:\">"
+        "style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'\">"
         f"<title>{e(title)}</title><style>{css}</style></head><body>"
-        f"<header><h1>{e(title)}</h1><p class=\"muted\">{len(evs)} evaluation(s): "
+        f"<header><h1>{e(title)}</h1><p class=\"muted\">{len(evs)} evaluation{'' if len(evs) == 1 else 's'}: "
         f"{e(', '.join(evs))} · tokcal {e(__version__)}</p><nav>{nav}</nav></header>"
         f"<main>{body}</main></body></html>\n"
     )
 
 
-def write_html(path: str | os.PathLike, evaluations: Any, title: str = "tokcal calibration report") -> Path:
+def write_html(path: str | os.PathLike, evaluations: Any, title: str = "tokcal calibration report",
+               recommended: str | None = None, files: Mapping[str, Any] | None = None) -> Path:
     """Write the self-contained report for ``evaluations`` ({name: Evaluation or its dict}) to ``path``.
 
-    The file is written atomically (temp file, then rename) and needs no network to display.
+    ``recommended``: the evaluation the headline and next steps speak of (default: the lowest ECE);
+    ``files``: paths shown in the next-steps commands, ``{"table": ..., "calibrators": {name: ...},
+    "evaluations": {name: ...}}``. The file is written atomically and needs no network to display.
     """
-    text = render_html(evaluations, title=title)
+    text = render_html(evaluations, title=title, recommended=recommended, files=files)
     return write_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

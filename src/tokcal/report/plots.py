@@ -102,6 +102,97 @@ def reliability_diagram(evaluations: Any, title: str | None = "Reliability") -> 
     return fig
 
 
+def _bins_of(ev: dict[str, Any], slice_name: str | None, value: str | None) -> list[tuple[float, float, float]]:
+    """(confidence, accuracy, n) of the non-empty bins: overall, or of one slice value (``slice_bins``)."""
+    if slice_name is None:
+        rows = ev.get("bins") or []
+        out = [(number(b.get("confidence")), number(b.get("accuracy")), number(b.get("n"))) for b in rows]
+    else:
+        sb = ((ev.get("slice_bins") or {}).get(slice_name) or {}).get(str(value)) or {}
+        out = list(zip(sb.get("confidence") or [], sb.get("accuracy") or [], sb.get("n") or [], strict=False))
+        out = [(number(c), number(a), number(n)) for c, a, n in out]
+    return [(c, a, n) for c, a, n in out if c is not None and a is not None and n]
+
+
+def slice_reliability(evaluations: Any, slice_name: str, values: list[str], names: list[str] | None = None,
+                      panel: float = 1.9, min_tokens: int = 20) -> Any:
+    """Small multiples: one reliability panel per slice value (in ``values`` order), each with a line per
+    evaluation in ``names`` (default all; the first grey and dashed, as the baseline), dot area by tokens.
+    Bins with fewer than ``min_tokens`` tokens are left out (their accuracy is noise at this size).
+
+    Reads ``slice_bins`` of the evaluations (per slice value: per-bin n, confidence, accuracy)."""
+    evs = as_dicts(evaluations)
+    names = list(names or evs)
+    plt = _pyplot()
+    k = max(1, len(values))
+    fig, axes = plt.subplots(1, k, figsize=(panel * k + 0.3, panel + 0.55), sharey=True, squeeze=False)
+    colors = ["0.45", *_colors(max(1, len(names) - 1))]
+    for ax, value in zip(axes[0], values, strict=True):
+        ax.plot([0, 1], [0, 1], color="0.75", linestyle=":", linewidth=1)
+        for j, name in enumerate(names):
+            pts = [pt for pt in _bins_of(evs[name], slice_name, value) if pt[2] >= min_tokens]
+            if not pts:
+                continue
+            total = sum(n for _, _, n in pts)
+            ax.plot([c for c, _, _ in pts], [a for _, a, _ in pts], color=colors[j], linewidth=1.3,
+                    linestyle="--" if j == 0 and len(names) > 1 else "-", label=name)
+            ax.scatter([c for c, _, _ in pts], [a for _, a, _ in pts], s=[4 + 60 * n / total for _, _, n in pts],
+                       color=colors[j], zorder=3)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        eces = []
+        for name in names[:2]:
+            row = next((r for r in (evs[name].get("slices") or {}).get(slice_name, [])
+                        if str(r.get("value")) == str(value)), None)
+            v = number((row or {}).get("ece"))
+            eces.append("–" if v is None else f"{v:.3f}")
+        ax.set_title(f"{value}\nECE {' → '.join(eces)}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.2)
+        ax.set_xlabel("confidence", fontsize=7)
+    axes[0][0].set_ylabel("accuracy", fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False,
+                   bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def reliability_panels(evaluations: Any, panel: float = 2.6) -> Any:
+    """One reliability panel per evaluation (so several never overlap), each with its bins' intervals."""
+    evs = as_dicts(evaluations)
+    plt = _pyplot()
+    k = len(evs)
+    fig, axes = plt.subplots(1, k, figsize=(panel * k + 0.3, panel + 0.5), sharey=True, squeeze=False)
+    for ax, (name, ev), color in zip(axes[0], evs.items(), _colors(k), strict=True):
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1)
+        rows = [b for b in ev["bins"] if (b.get("n") or 0) > 0 and number(b.get("confidence")) is not None
+                and number(b.get("accuracy")) is not None]
+        xs = [number(b["confidence"]) for b in rows]
+        ys = [number(b["accuracy"]) for b in rows]
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.3, color=color)
+        lo, hi, ex, ey = [], [], [], []
+        for b, x, y in zip(rows, xs, ys, strict=True):
+            ci = interval(b.get("acc_ci"))
+            if ci is not None:
+                ex.append(x)
+                ey.append(y)
+                lo.append(max(y - ci[0], 0.0))
+                hi.append(max(ci[1] - y, 0.0))
+        if ex:
+            ax.errorbar(ex, ey, yerr=[lo, hi], fmt="none", ecolor=color, elinewidth=0.9, capsize=1.5)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(_label(name, "ECE", ev["overall"].get("ece")), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.2)
+        ax.set_xlabel("confidence", fontsize=7)
+    axes[0][0].set_ylabel("accuracy", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def _single_axes(evaluations: Any) -> tuple[Any, Any, list[tuple[str, dict[str, Any], Any]]]:
     """A one-panel figure, and (name, evaluation dict, colour) for each evaluation to draw on it."""
     evs = as_dicts(evaluations)
