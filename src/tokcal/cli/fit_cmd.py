@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from ..report.terminal import plural
 from . import app
 from .common import console, friendly_errors, refuse_overwrite
 
@@ -93,21 +94,22 @@ def fit_command(
     else:
         cal.fit(train)
     cal.save(output)
-    console.print(Text.assemble("fitted ", (method, "bold"), f" on {int(train.labeled.sum())} tokens "
-                                f"({train.n_sequences} {_units(blocks)}): {cal!r}"), highlight=False)
+    console.print(Text.assemble("fitted ", (method, "bold"), f" on {plural(int(train.labeled.sum()), 'token')} "
+                                f"({plural(train.n_sequences, _unit(blocks))}): {cal!r}"), highlight=False)
     if test is None:
         console.print(f"wrote {output}")
         return
     if method == "conformal":
         cov = cal.coverage(test, slices=by)
         o = cov["overall"]
-        console.print(f"held out ({o['n']} tokens): coverage {o['coverage']:.4f} (target {cov['target']:.3f}), "
-                      f"mean set size {o['mean_set_size']:.2f}, truncated {o['truncated']:.3f}", highlight=False)
+        console.print(f"held out ({plural(o['n'], 'token')}): coverage {o['coverage']:.4f} "
+                      f"(target {cov['target']:.3f}), mean set size {o['mean_set_size']:.2f}, "
+                      f"truncated {o['truncated']:.3f}", highlight=False)
         console.print(f"wrote {output}")
         return
     before = held_out_metrics(test, None, bins=bins, bootstrap=bootstrap, seed=seed)
     after = held_out_metrics(test, cal, bins=bins, bootstrap=bootstrap, seed=seed)
-    tab = Table(title=f"held out: {before['n']} tokens, {test.n_sequences} {_units(blocks)} "
+    tab = Table(title=f"held out: {plural(before['n'], 'token')}, {plural(test.n_sequences, _unit(blocks))} "
                       "(95% bootstrap intervals, as tokcal evaluate)")
     tab.add_column("metric")
     tab.add_column("before", justify="right")
@@ -118,8 +120,8 @@ def fit_command(
     console.print(f"wrote {output}")
 
 
-def _units(blocks: bool) -> str:
-    return "blocks" if blocks else "sequences"
+def _unit(blocks: bool) -> str:
+    return "block" if blocks else "sequence"
 
 
 def _fmt(m: dict[str, Any], key: str) -> str:
