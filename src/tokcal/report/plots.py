@@ -31,10 +31,13 @@ def _pyplot() -> Any:
     return plt
 
 
+#: Okabe & Ito's colour-blind-safe palette (blue, orange, bluish green, reddish purple, sky blue, vermillion,
+#: yellow, black), in the order the evaluations are drawn
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+
+
 def _colors(n: int) -> list[Any]:
-    plt = _pyplot()
-    cycle = plt.get_cmap("tab10").colors
-    return [cycle[i % len(cycle)] for i in range(n)]
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
 
 
 def plain_text(s: str) -> str:
