@@ -15,7 +15,7 @@ from tokcal.probs import token_probs
 from tokcal.synthetic import make_logits, make_table, make_vocab, sample_labels
 
 KEYS = ["schema_version", "signature", "settings", "overall", "signatures", "bins", "slices", "worst_tokens",
-        "risk_coverage", "confidence_histogram", "passage"]
+        "risk_coverage", "confidence_histogram", "passage", "slice_bins", "table_fingerprint", "replicates"]
 OVERALL = ["n", "n_sequences", "n_units", "accuracy", "confidence", "ece", "ece_debiased", "smooth_ece", "mce", "rmsce",
            "brier", "top_label_brier", "nll", "signed_gap", "over_share", "under_share", "aurc", "classwise_ece",
            "ci"]
