@@ -134,7 +134,8 @@ def print_summary(d: dict[str, Any], console: Any = None, n_worst: int = 8) -> N
             s.add_column(col, justify="right", no_wrap=True)
         for name, r in rows[:n_worst]:
             ci = r.get("gap_ci") or [None, None]
-            s.add_row(Text(f"{name}={r['value']}"), f"{r['n']:,}", num(r.get("accuracy"), 3), num(r.get("confidence"), 3),
+            s.add_row(Text(f"{name}={r['value']}"), f"{r['n']:,}", num(r.get("accuracy"), 3),
+                      num(r.get("confidence"), 3),
                       signed(r.get("signed_gap"), 3) + ("*" if r.get("significant") else " "),
                       "n/a" if ci[0] is None else f"[{signed(ci[0], 3)}, {signed(ci[1], 3)}]", num(r.get("ece"), 3))
         console.print(s)
