@@ -258,3 +258,14 @@ def test_markdown_summary(evs, tmp_path):
     assert res.exit_code == 2 and "give -o/--out" in res.output
     res = runner.invoke(app, ["report", str(a), f"T={b}", "-o", str(tmp_path / "r.html"), "--recommend", "U"])
     assert res.exit_code == 2 and "--recommend 'U': not one of the evaluations (before, T)" in _flat(res.output)
+
+
+def test_evaluations_without_pairing_data_are_reported_unpaired(evs):
+    old = copy.deepcopy(evs)
+    for ev in old.values():
+        for key in ("replicates", "table_fingerprint", "slice_bins"):
+            ev.pop(key)
+    page = render_html(old)
+    verdict_text = re.search(r'<p class="verdict">(.*?)</p>', page).group(1)
+    assert "not paired because an evaluation has no table fingerprint" in html.unescape(verdict_text)
+    assert "cuts" not in verdict_text and 'id="by-slice"' not in page and 'href="#by-slice"' not in page

@@ -367,11 +367,12 @@ def render_html(evaluations: Any, title: str = "tokcal calibration report", reco
         raise ValidationError(f"recommended evaluation {recommended!r} is not among {', '.join(evs)}")
     v = verdict(evs, recommended)
     css = resources.files("tokcal.report").joinpath("style.css").read_text(encoding="utf-8")
+    where = by_slice_section(evs, v)
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("by-slice", "Where"), ("next-steps", "Next steps"), ("overview", "Overview"), ("diagrams", "Diagrams"),
         ("slices", "Slices"), ("worst-tokens", "Worst tokens"), ("passage", "Passage"),
-        ("signatures", "Signatures")))
-    body = (headline_section(evs, v) + by_slice_section(evs, v) + next_steps_section(evs, v, files)
+        ("signatures", "Signatures")) if a != "by-slice" or where)
+    body = (headline_section(evs, v) + where + next_steps_section(evs, v, files)
             + overview_section(evs) + diagrams_section(evs) + slices_section(evs, v) + worst_tokens_section(evs)
             + passage_section(evs) + signatures_section(evs))
     return (

@@ -150,7 +150,7 @@ def sentences(evs: Mapping[str, Mapping[str, Any]], v: Verdict) -> list[str]:
     b_txt = f"{num(c.get('ece'), 3)}{_ci((c.get('ci') or {}).get('ece'))}"
     if not d.paired:
         first = (f"{v.candidate} changes held-out ECE from {a_txt} to {b_txt}; the two are not paired "
-                 f"({d.reason}), so there is no interval for the difference.")
+                 f"because {d.reason}, so there is no interval for the difference.")
     elif d.ci is None:
         first = f"{v.candidate} changes held-out ECE from {a_txt} to {b_txt} (no interval for the difference)."
     else:
