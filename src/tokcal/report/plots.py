@@ -138,7 +138,7 @@ def slice_reliability(evaluations: Any, slice_name: str, values: list[str], name
                 continue
             total = sum(n for _, _, n in pts)
             ax.plot([c for c, _, _ in pts], [a for _, a, _ in pts], color=colors[j], linewidth=1.3,
-                    linestyle="--" if j == 0 and len(names) > 1 else "-", label=name)
+                    linestyle="--" if j == 0 and len(names) > 1 else "-", label=plain_text(name))
             ax.scatter([c for c, _, _ in pts], [a for _, a, _ in pts], s=[4 + 60 * n / total for _, _, n in pts],
                        color=colors[j], zorder=3)
         ax.set_xlim(0, 1)
@@ -149,7 +149,7 @@ def slice_reliability(evaluations: Any, slice_name: str, values: list[str], name
                         if str(r.get("value")) == str(value)), None)
             v = number((row or {}).get("ece"))
             eces.append("–" if v is None else f"{v:.3f}")
-        ax.set_title(f"{value}\nECE {' → '.join(eces)}", fontsize=8)
+        ax.set_title(plain_text(f"{value}\nECE {' → '.join(eces)}"), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.2)
         ax.set_xlabel("confidence", fontsize=7)
