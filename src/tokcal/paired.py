@@ -1,7 +1,8 @@
 """Paired comparison of two evaluations of the same tokens (e.g. before and after a calibrator).
 
 Two evaluations *pair* when they were computed on the same tokens (equal ``table_fingerprint``) with the
-same bootstrap (equal ``ci`` signature: resamples, seed and resampling unit), and both stored their
+same bootstrap (``ci`` signatures that agree on resamples, seed, resampling unit and definition; the tokcal
+version does not count), and both stored their
 replicate values. The bootstrap's weights depend only on the units and the seed, so replicate r of
 both is the same resample, and the difference of a metric has the replicates d_r = b_r - a_r
 (Koehn 2004's paired bootstrap, as in sacrebleu). Its 95 % interval is the basic bootstrap interval
@@ -57,9 +58,12 @@ def pairing(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[bool, str]:
         return False, "an evaluation has no table fingerprint (written by an older tokcal)"
     if fa != fb:
         return False, "they were computed on different tokens (table fingerprints differ)"
+    from .metrics.signature import definition_differences
+
     ca, cb = (a.get("signatures") or {}).get("ci"), (b.get("signatures") or {}).get("ci")
-    if ca != cb:
-        return False, f"their bootstraps differ ({ca} vs {cb})"
+    diffs = ["no ci signature"] if ca is None or cb is None else definition_differences(ca, cb)
+    if diffs:  # resamples, seed, unit or definition; the tokcal version alone does not count
+        return False, f"their bootstraps differ ({'; '.join(diffs)})"
     if not a.get("replicates") or not b.get("replicates"):
         return False, "an evaluation has no bootstrap replicates (bootstrap=0)"
     return True, ""
