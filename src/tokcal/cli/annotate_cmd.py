@@ -40,12 +40,12 @@ def _load(model_dir: Path, calibrator: Path, abstainer: Path | None, trust_remot
 def needed_groups(cal: Any) -> dict[str, list[str]]:
     """``{group name: values seen in fitting}`` that a (possibly wrapped) calibrator reads from its context."""
     from ..calibrators import AdaptiveTemperature, GroupTemperature
-    from ..calibrators.group import TOKEN_TYPE
+    from ..calibrators.group import FREQ, TOKEN_TYPE
 
     inner = getattr(cal, "calibrator", None)  # Selective wraps another calibrator
     if inner is not None:
         return needed_groups(inner)
-    if isinstance(cal, GroupTemperature) and cal.by != TOKEN_TYPE:
+    if isinstance(cal, GroupTemperature) and cal.by not in (TOKEN_TYPE, FREQ):  # those come from the token
         return {cal.by: sorted(cal.temperatures or {})}
     if isinstance(cal, AdaptiveTemperature):
         return {name: list(cal.categories.get(name, [])) for name in cal.groups}

@@ -196,7 +196,7 @@ def next_steps_section(evs: Mapping[str, Mapping[str, Any]], v: Verdict, files: 
         calib = (ev.get("settings") or {}).get("calibrator") or {}
         by = calib.get("by") if isinstance(calib, Mapping) else None
         gnames = list(calib.get("groups") or []) if isinstance(calib, Mapping) else []
-        needs = [g for g in ([by] if by and by != "token_type" else []) + gnames]
+        needs = [g for g in ([by] if by and by not in ("token_type", "freq") else []) + gnames]
         group_args = [f"--group {g}=VALUE" for g in needs]
         steps.append(("Use it when generating or showing confidence (group calibrators need the group's value):",
                       _cmd("tokcal annotate MODEL_DIR", *cal, *group_args, '--text "…"')))
