@@ -98,7 +98,7 @@ def test_block_length_is_the_collection_window():
 
 def test_fewer_than_two_units_give_no_interval_and_a_warning():
     t = _table(np.zeros(150, np.int64), np.arange(150))        # one sequence, one block of 256
-    msg = r"1 resampling unit \(1 sequence, 150 tokens; .*one block of 256\).*block_length below 150"
+    msg = r"1 resampling unit \(1 sequence, 150 tokens; .*one block of 256\).*--block-length below 150"
     with pytest.warns(ResamplingWarning, match=msg):
         ev = evaluate(t, slices=["position"], bootstrap=50)
     d = json.loads(ev.to_json())
@@ -227,3 +227,19 @@ def test_slice_values_and_bins_inside_one_unit_have_no_interval():
         elif len(units) >= 2:
             assert row["acc_ci"][0] is not None and row["acc_ci"][0] <= row["acc_ci"][1]
     assert {p // 200 for p in np.flatnonzero(idx == 14)} == {3}
+
+
+def test_cli_evaluate_unit_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from tokcal.cli import app
+
+    path, out = tmp_path / "short.parquet", tmp_path / "ev.json"
+    _table(np.zeros(150, np.int64), np.arange(150)).write_parquet(path)
+    res = CliRunner().invoke(app, ["evaluate", str(path), "-s", "position", "--bootstrap", "30", "--block-length",
+                                   "30", "--json", str(out)], terminal_width=200)
+    assert res.exit_code == 0 and "bootstrap over 5 blocks of 30 positions" in res.output, res.output
+    d = json.loads(out.read_text())
+    assert d["settings"]["resampling"]["n_units"] == 5 and d["overall"]["ci"]["accuracy"][0] is not None
+    res = CliRunner().invoke(app, ["evaluate", str(path), "--unit", "tokens"])
+    assert res.exit_code == 2 and "resampling unit must be one of" in res.output

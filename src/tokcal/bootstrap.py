@@ -187,7 +187,7 @@ def resampling_units(table: Any, rows: Any = None, *, unit: str = "auto",
 def few_units_message(units: ResamplingUnits, what: str = "evaluate") -> str:
     """The warning when ``units`` are too few (< 2) for an interval: how many, why, and what to do."""
     n = int(units.ids.size)
-    shorter = f", or resample shorter blocks (block_length below {n})" if n > 1 else ""
+    shorter = f", or resample shorter blocks (block_length / --block-length below {n})" if n > 1 else ""
     return (f"{what}: {units.n_units} resampling unit ({units.describe()}, {n} tokens; {units.reason}); a "
             "bootstrap needs at least 2, so the intervals are undefined (null). Evaluate more text or give each "
             f"document its own sequence_id{shorter}")

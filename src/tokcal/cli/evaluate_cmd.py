@@ -22,8 +22,13 @@ def evaluate(
         "group:NAME, position, words:FILE. Default: freq, freq:predicted, type, position, all groups.")] = None,
     bins: Annotated[int, typer.Option(help="Reliability bins.")] = 15,
     binning: Annotated[str, typer.Option(help="width or mass.")] = "width",
-    bootstrap: Annotated[int, typer.Option(help="Cluster-bootstrap resamples (0: no intervals).")] = 200,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (0: no intervals).")] = 200,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    unit: Annotated[str, typer.Option(help="Resampling unit: auto (sequences; contiguous blocks when there are "
+                                           "fewer than 30 sequences or one holds most tokens), sequence or "
+                                           "block.")] = "auto",
+    block_length: Annotated[int | None, typer.Option(
+        "--block-length", help="Positions per block (default: the collection's max_length, else 256).")] = None,
     freq_ref: Annotated[Path | None, typer.Option(
         "--freq-ref", help="Reference frequency for the freq slices: a counts JSON {\"counts\": [...]}, a "
         "TokenTable (Parquet file or directory) or a text corpus. Default: id order for byte-level BPE, "
@@ -46,7 +51,7 @@ def evaluate(
         cal = load_calibrator(calibrator)
     tbl = TokenTable.read_parquet(table)
     ev = run_evaluate(tbl, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
-                      bootstrap=bootstrap, seed=seed, freq_ref=freq_ref)
+                      bootstrap=bootstrap, seed=seed, freq_ref=freq_ref, unit=unit, block_length=block_length)
     if json_out is not None:
         ev.to_json(json_out)
     if html_out is not None:
