@@ -335,7 +335,7 @@ def sketch_logprobs(
     rest = vocab_size - k
     layout = TailLayout(kind="uniform-remainder" if rest > 0 else "empty")
     betas = np.asarray(layout.betas)
-    tail = np.zeros((n, len(betas), 2), np.float64)
+    tail = np.zeros((n, len(betas), 2), np.float32)  # computed in float64, stored rounded (no float64 copy)
     if rest > 0:
         remainder = np.clip(1.0 - top_mass, 1e-12, 1.0)
         per_id = np.log(remainder / rest)
@@ -347,7 +347,7 @@ def sketch_logprobs(
         log_norm = _logsumexp(lp)
     return LogitSketch(
         ids, lp.astype(np.float32), lab.astype(np.float32), log_norm.astype(np.float32),
-        tail.astype(np.float32), layout, int(vocab_size),
+        tail, layout, int(vocab_size),
     )
 
 
