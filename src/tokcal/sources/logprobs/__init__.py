@@ -41,7 +41,7 @@ PARSERS = {"vllm": VLLM, "tgi": TGI, "llama.cpp": LlamaCpp, "ollama": Ollama, "o
 FORMATS = tuple(PARSERS)
 _LOOKS_FOR = {
     "vllm": "prompt_logprobs or outputs (RequestOutput)",
-    "tgi": "generated_text + details",
+    "tgi": "generated_text + details, or generated_text + token (stream)",
     "llama.cpp": "completion_probabilities",
     "ollama": "created_at + done + response/message",
     "openai-chat": "choices[].message/delta or choices[].logprobs.content, or object chat.completion.chunk",
