@@ -113,7 +113,12 @@ def test_fewer_than_two_units_give_no_interval_and_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         evaluate(t, slices=[], bootstrap=0)                     # no bootstrap asked: no warning
-        ok = evaluate(t, slices=[], bootstrap=30, block_length=50)   # 3 blocks
+        ten = evaluate(t, slices=[], bootstrap=30, block_length=15)  # 10 blocks: enough
+    assert ten.overall["n_units"] == 10
+    # 2..9 units: intervals, with a warning that they are rough
+    with pytest.warns(ResamplingWarning, match=r"only 3 resampling units \(3 blocks of 50 positions in 1 "
+                                               r"sequence, 150 tokens.*rough and too narrow"):
+        ok = evaluate(t, slices=[], bootstrap=30, block_length=50)
     assert ok.overall["n_units"] == 3 and ok.overall["ci"]["accuracy"][0] is not None
 
 
@@ -238,7 +243,7 @@ def test_cli_evaluate_unit_options(tmp_path):
     _table(np.zeros(150, np.int64), np.arange(150)).write_parquet(path)
     res = CliRunner().invoke(app, ["evaluate", str(path), "-s", "position", "--bootstrap", "30", "--block-length",
                                    "30", "--json", str(out)], terminal_width=200)
-    assert res.exit_code == 0 and "bootstrap over 5 blocks of 30 positions" in res.output, res.output
+    assert res.exit_code == 0 and "bootstrap over 5 blocks of 30 positions" in " ".join(res.output.split())
     d = json.loads(out.read_text())
     assert d["settings"]["resampling"]["n_units"] == 5 and d["overall"]["ci"]["accuracy"][0] is not None
     res = CliRunner().invoke(app, ["evaluate", str(path), "--unit", "tokens"])

@@ -28,12 +28,14 @@ after a calibrator -- see the same resamples, and their replicate values can be 
 slice value, bin) sufficient statistics are computed once and all R resamples are one matrix product
 ``W [R, U] @ X [U, M]`` (units in chunks) in :class:`UnitStats`. With fewer than 2 units a resample
 cannot vary: there is no interval (None), never a zero-width one, and a :class:`ResamplingWarning` says
-so. Intervals: percentile 95 %, and the basic (reverse-percentile) interval for calibration errors.
+so; with fewer than :data:`FEW_UNITS` units the intervals are computed, with a warning that they are
+rough. Intervals: percentile 95 %, and the basic (reverse-percentile) interval for calibration errors.
 
 References: E. Carlstein (1986), The use of subseries values for estimating the variance of a general
 statistic from a stationary sequence, Ann. Statist. 14(3); H. R. Künsch (1989), The jackknife and the
 bootstrap for general stationary observations, Ann. Statist. 17(3); A. C. Davison & D. V. Hinkley
-(1997), Bootstrap Methods and their Application, §3.8 and §8.2.
+(1997), Bootstrap Methods and their Application, §3.8 and §8.2; A. C. Cameron, J. B. Gelbach &
+D. L. Miller (2008), Bootstrap-based improvements for inference with clustered errors, Rev. Econ. Stat. 90(3).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ MIN_SEQUENCES = 30  #: fewer sequences than this: blocks
 DOMINANT_SHARE = 0.5  #: one sequence holding more than this share of the tokens: blocks
 DEFAULT_BLOCK_LENGTH = 256  #: block length when the table's source records no ``max_length``
 UNITS = ("auto", "sequence", "block")
+FEW_UNITS = 10  #: fewer units than this: the intervals come with a warning (none below 2)
 
 
 class ResamplingWarning(TokcalWarning):
@@ -184,13 +187,20 @@ def resampling_units(table: Any, rows: Any = None, *, unit: str = "auto",
     return units_from_arrays(seq, pos, unit=unit, block_length=b)
 
 
-def few_units_message(units: ResamplingUnits, what: str = "evaluate") -> str:
-    """The warning when ``units`` are too few (< 2) for an interval: how many, why, and what to do."""
+def few_units_message(units: ResamplingUnits, what: str = "evaluate") -> str | None:
+    """The warning when ``units`` are too few for a trustworthy interval, or None (at least
+    :data:`FEW_UNITS`). Fewer than 2: no interval at all; 2 to FEW_UNITS - 1: the interval is computed but
+    too narrow (a bootstrap over few clusters under-covers; Cameron, Gelbach & Miller 2008). Says how many
+    units there are, why, and what to do."""
+    if units.n_units >= FEW_UNITS:
+        return None
     n = int(units.ids.size)
     shorter = f", or resample shorter blocks (block_length / --block-length below {n})" if n > 1 else ""
-    return (f"{what}: {units.n_units} resampling unit ({units.describe()}, {n} tokens; {units.reason}); a "
-            "bootstrap needs at least 2, so the intervals are undefined (null). Evaluate more text or give each "
-            f"document its own sequence_id{shorter}")
+    what_now = (f"{units.n_units} resampling unit ({units.describe()}, {n} tokens; {units.reason}); a bootstrap "
+                "needs at least 2, so the intervals are undefined (null)" if units.n_units < 2 else
+                f"only {units.n_units} resampling units ({units.describe()}, {n} tokens; {units.reason}); the "
+                f"95 % intervals from fewer than {FEW_UNITS} units are rough and too narrow")
+    return f"{what}: {what_now}. Evaluate more text or give each document its own sequence_id{shorter}"
 
 
 _DRAWS_PER_CALL = 1 << 20  # unit draws per call of the generator in :func:`replicate_weights`

@@ -258,8 +258,9 @@ def evaluate(
     parts = [np.zeros(c.shape[0], np.int64), *slice_codes]
     sizes = [1, *(len(s.labels) for s in sl)]
     stats = UnitStats(units, tok_bin, bins, parts, sizes, c, a, nll_tok, brier_tok)
-    if bootstrap and units.n_units < 2:
-        warnings.warn(few_units_message(units), ResamplingWarning, stacklevel=2)
+    few = few_units_message(units) if bootstrap else None
+    if few is not None:  # none (< 2 units) or rough (< FEW_UNITS) intervals
+        warnings.warn(few, ResamplingWarning, stacklevel=2)
     boot = stats.bootstrap(bootstrap, seed)
 
     settings = {"bins": bins, "binning": binning, "bootstrap": bootstrap, "seed": seed,
