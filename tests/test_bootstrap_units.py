@@ -248,3 +248,31 @@ def test_cli_evaluate_unit_options(tmp_path):
     assert d["settings"]["resampling"]["n_units"] == 5 and d["overall"]["ci"]["accuracy"][0] is not None
     res = CliRunner().invoke(app, ["evaluate", str(path), "--unit", "tokens"])
     assert res.exit_code == 2 and "resampling unit must be one of" in res.output
+
+
+def test_temperature_standard_errors_cluster_by_units_on_one_long_document():
+    """One document: sequence clusters give a zero standard error (the gradient sums to 0 at the optimum)
+    and leave every group of GroupTemperature at the global temperature; block clusters do not."""
+    from tokcal.calibrators import GroupTemperature
+
+    n = 12000
+    z = make_logits(n, 60, seed=8)
+    half = np.arange(n) >= n // 2
+    y = np.where(half, sample_labels(z, 0.6, seed=9), sample_labels(z, 1.6, seed=10))
+    t = TokenTable.from_logits(z, y, sequence_ids=np.zeros(n, np.int64), positions=np.arange(n), top_k=16,
+                               groups={"part": np.where(half, "hot", "cold")}, source={"max_length": 256})
+    cal = Temperature().fit(t)
+    blocks = resampling_units(t).ids
+    assert resampling_units(t).n_units == math.ceil(n / 256)
+    # brute-force sandwich: sqrt(sum over blocks of the summed gradient^2) / sum of curvatures
+    from tokcal.calibrators.temperature import nll_terms
+
+    beta = 1.0 / cal.temperature
+    _, grad, hess = nll_terms(t.sketch, np.full(n, beta))
+    g = np.array([grad[blocks == b].sum() for b in range(blocks.max() + 1)])
+    assert cal.fit_info["se_beta"] == pytest.approx(np.sqrt((g**2).sum()) / hess.sum(), rel=1e-9)
+    assert cal.fit_info["se_beta"] > 10 * abs(grad.sum()) / hess.sum()       # not the one-cluster value
+    got = GroupTemperature("part").fit(t).temperatures       # shrunk toward the global temperature
+    hot, cold = (Temperature().fit(t.select(m)).temperature for m in (half, ~half))
+    assert got["hot"] == pytest.approx(hot, rel=0.05) and got["cold"] == pytest.approx(cold, rel=0.05)
+    assert got["hot"] - got["cold"] > 0.5 * (hot - cold) > 0

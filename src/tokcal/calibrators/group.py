@@ -2,7 +2,8 @@
 
 For each value g of a group column (domain, sentence type, ...) or of the token type of the
 predicted token, the ML inverse temperature beta_g is fitted by Newton (:mod:`.temperature`) with a
-cluster-robust standard error s_g (sequences are the clusters). In log space, l_g = log beta_g is
+cluster-robust standard error s_g (the resampling units of :mod:`tokcal.bootstrap` are the
+clusters: sequences, or contiguous blocks of one long document). In log space, l_g = log beta_g is
 treated as l_g ~ N(theta_g, v_g), v_g = (s_g / beta_g)^2, with theta_g ~ N(log beta_0, tau^2) around
 the global fit beta_0. tau^2 is the DerSimonian–Laird moment estimate
 ``max(0, (Q - (G - 1)) / (S1 - S2 / S1))`` with ``Q = sum w_g (l_g - lbar)^2``, ``w_g = 1/v_g``,
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bootstrap import resampling_units
 from ..errors import ValidationError
 from ..table import TokenTable
 from ..vocab import TOKEN_TYPES, Vocabulary
@@ -137,6 +139,7 @@ class GroupTemperature(TemperatureFamily):
             warnings.warn(f"GroupTemperature: the global temperature hit a bound ({info0['at_bound']})",
                           CalibrationWarning, stacklevel=2)
         cats, inv = np.unique(values, return_inverse=True)
+        units = resampling_units(lab).ids  # the clusters of the standard errors
         logb, var = np.empty(len(cats)), np.empty(len(cats))
         for g in range(len(cats)):
             rows = np.flatnonzero(inv == g)
@@ -146,10 +149,10 @@ class GroupTemperature(TemperatureFamily):
                 b, info = fit_beta(part.sketch, self.bounds, beta0=beta0, seed=self.seed,
                                    what=f"GroupTemperature[{cats[g]}]")
             _, grad, hess = nll_terms(part.sketch, np.full(len(part), b))
-            se = cluster_se(grad, float(hess.sum()), part.sequence_id)
+            se = cluster_se(grad, float(hess.sum()), units[rows])
             logb[g] = math.log(b)
             # a fit stuck at a bound carries no information about where the optimum is
-            var[g] = math.inf if info["at_bound"] or len(np.unique(part.sequence_id)) < 2 else (se / b) ** 2
+            var[g] = math.inf if info["at_bound"] or len(np.unique(units[rows])) < 2 else (se / b) ** 2
         shrunk, tau2 = _shrink(logb, var, math.log(beta0)) if self.shrink else (logb, math.inf)
         self.global_temperature = 1.0 / beta0
         self.temperatures = {str(c): float(math.exp(-s)) for c, s in zip(cats, shrunk, strict=True)}

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import sketch as _sketch
+from ..bootstrap import resampling_units
 from ..errors import ConvergenceError, ValidationError
 from ..probs import TokenProbs, token_probs
 from ..sketch import LogitSketch
@@ -153,7 +154,8 @@ def fit_beta(sk: LogitSketch, bounds_t: tuple[float, float] = DEFAULT_BOUNDS, *,
 
 def cluster_se(grad: np.ndarray, hess_sum: float, clusters: np.ndarray) -> float:
     """Cluster-robust (sandwich) standard error of beta at the optimum: sqrt(sum_s G_s^2) / sum_i h_i,
-    with G_s the gradient summed over sequence s (tokens of a sequence are not independent)."""
+    with G_s the gradient summed over cluster s: a resampling unit of :mod:`tokcal.bootstrap` (a sequence, or
+    a contiguous block of one long document), since tokens of one text are not independent."""
     _, inv = np.unique(clusters, return_inverse=True)
     g = np.bincount(inv, weights=grad)
     return float(np.sqrt(np.sum(g * g)) / hess_sum) if hess_sum > 0 else math.inf
@@ -233,7 +235,7 @@ class Temperature(TemperatureFamily):
         if self.fixed:
             return self
         lab = labeled_rows(table, "Temperature.fit")
-        return self._fit_sketch(lab.sketch, lab.sequence_id)
+        return self._fit_sketch(lab.sketch, resampling_units(lab).ids)
 
     def fit_logits(self, logits: Any, labels: Any, *, top_k: int = _sketch.DEFAULT_TOP_K,
                    chunk_rows: int = 2048, sequence_ids: Any = None) -> Temperature:
@@ -254,10 +256,10 @@ class Temperature(TemperatureFamily):
             seq = seq[idx]
         return self._fit_sketch(sk, seq)
 
-    def _fit_sketch(self, sk: LogitSketch, sequence_id: np.ndarray) -> Temperature:
+    def _fit_sketch(self, sk: LogitSketch, clusters: np.ndarray) -> Temperature:
         beta, info = fit_beta(sk, self.bounds, seed=self.seed)
         _, grad, hess = nll_terms(sk, np.full(len(sk), beta))
-        info["se_beta"] = cluster_se(grad, float(hess.sum()), sequence_id)
+        info["se_beta"] = cluster_se(grad, float(hess.sum()), clusters)
         self._set(beta, info)
         return self
 
