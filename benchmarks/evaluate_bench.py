@@ -1,12 +1,13 @@
 """Time ``tokcal.evaluate`` with 6 slices and 200 cluster-bootstrap resamples on 1 M tokens.
 
 The table: a 100k-token synthetic table (two domains, vocab 1000, sequences of 50) repeated 10x
-with fresh sequence ids (20k sequences). Run: ``.venv/bin/python benchmarks/evaluate_bench.py [N]``.
+with fresh sequence ids (20k sequences). Run: ``.venv/bin/python benchmarks/evaluate_bench.py [N] [--quick]``
+(``--quick``: 100k tokens unless N is given).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import numpy as np
@@ -36,4 +37,8 @@ def main(n_tokens: int = 1_000_000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("n_tokens", nargs="?", type=int, default=None, help="tokens to evaluate (default 1 M)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 100k tokens unless N is given")
+    args = ap.parse_args()
+    main(args.n_tokens or (100_000 if args.quick else 1_000_000))

@@ -17,7 +17,7 @@ CASES = {
                      ["tokcal", "torch-lbfgs", "probmetrics", "stored TokenTable"]),
     "collect_bench.py": (["--quick"], ["bare forward", "collect_causal", "bytes per token"]),
     "generate_bench.py": (["--quick"], ["temperature", "adaptive"]),
-    "evaluate_bench.py": (["20000"], ["evaluate:", "6 slices"]),
+    "evaluate_bench.py": (["--quick", "20000"], ["evaluate:", "6 slices"]),
     "logprobs_bench.py": (["--quick"], ["orjson.loads only", "tokcal read_logprobs", "positions/CPU-s"]),
 }
 
