@@ -95,7 +95,7 @@ def test_import_logprobs_readme_example_is_scored(tmp_path, monkeypatch):
     res = runner.invoke(app, command)
     assert res.exit_code == 0, res.output
     assert "labels: teacher-forced" in res.output
-    res = runner.invoke(app, ["evaluate", "tokens/", "--bootstrap", "0"])
+    res = runner.invoke(app, ["evaluate", command[command.index("-o") + 1], "--bootstrap", "0"])
     assert res.exit_code == 0 and "tokcal evaluation: 6 tokens, 3 sequences" in res.output, res.output
     # without the flag the command says, on one line, why evaluate could not score it
     res = runner.invoke(app, ["import-logprobs", "responses.jsonl", "-o", "unlabelled/", "--vocab-size", "100"])
