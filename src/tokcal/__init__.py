@@ -28,7 +28,7 @@ _LAZY_ATTRS = {
     "generate": ("tokcal.integrations.hf_generate", "generate"),
 }
 _LAZY_MODULES = {"metrics", "slices", "sketch", "synthetic", "calibrators", "sources", "integrations",
-                 "report", "evaluation"}
+                 "report", "evaluation", "losses"}
 
 
 def __getattr__(name: str) -> Any:
