@@ -104,7 +104,7 @@ def test_sampling_weights_brute_force(table, evaluation):
         sampling_weights(table, boost=-1)
 
 
-@pytest.mark.filterwarnings("ignore::tokcal.errors.ResamplingWarning")
+@pytest.mark.filterwarnings("ignore::tokcal.bootstrap.ResamplingWarning")
 def test_cli_curate(table, evaluation, tmp_path):
     table.write_parquet(tmp_path / "t.parquet")
     evaluation.to_json(tmp_path / "ev.json")
