@@ -120,9 +120,20 @@ def child_memory(name: str, n: int, v: int) -> None:
     print(json.dumps({"name": name, "extra_bytes": peak - base}))
 
 
-def time_all(n: int, v: int, repeat: int) -> dict[str, list[float]]:
-    z, y = make_inputs(n, v)
+def selected(n: int, v: int, only: str | None) -> dict[str, tuple]:
     table = entries(n, v)
+    if not only:
+        return table
+    keep = {x.strip() for x in only.split(",")}
+    unknown = keep - set(table)
+    if unknown:
+        raise SystemExit(f"unknown entries {sorted(unknown)}; choose from {', '.join(table)}")
+    return {k: e for k, e in table.items() if e[2] == "reference" or k in keep}
+
+
+def time_all(n: int, v: int, repeat: int, only: str | None = None) -> dict[str, list[float]]:
+    z, y = make_inputs(n, v)
+    table = selected(n, v, only)
     times: dict[str, list[float]] = {k: [] for k in table}
     for fn, _, _ in table.values():  # warm-up
         fn(z[:64], y[:64]).backward()
@@ -142,6 +153,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 256 x 2000, 2 repeats")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--only", help="comma-separated entries to run (the two references always run)")
     ap.add_argument("--child-memory", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.quick:
@@ -151,7 +163,7 @@ def main() -> None:
         return
     print(f"tokcal.losses: N={a.rows} x V={a.vocab} float32, forward + backward, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {a.repeat} round-robin rounds")
-    times = time_all(a.rows, a.vocab, a.repeat)
+    times = time_all(a.rows, a.vocab, a.repeat, a.only)
     med = {k: statistics.median(t) for k, t in times.items()}
     nv_bytes = a.rows * a.vocab * 4
     mem: dict[str, float | None] = {}
@@ -164,7 +176,7 @@ def main() -> None:
     ce = med["F.cross_entropy"]
     print("\n| loss | kind | seconds | reference | x reference | target | peak extra [N,V] | vs CE's peak |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, (_, ref, kind) in entries(a.rows, a.vocab).items():
+    for name, (_, ref, kind) in selected(a.rows, a.vocab, a.only).items():
         m = mem.get(name)
         mtxt = "" if m is None else f"{m:.2f}"
         dm = "" if m is None or mem.get("F.cross_entropy") is None else f"{m - mem['F.cross_entropy']:+.2f}"

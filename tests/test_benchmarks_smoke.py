@@ -19,14 +19,17 @@ CASES = {
     "generate_bench.py": (["--quick"], ["temperature", "adaptive"]),
     "evaluate_bench.py": (["--quick", "20000"], ["evaluate:", "6 slices"]),
     "logprobs_bench.py": (["--quick"], ["orjson.loads only", "tokcal read_logprobs", "positions/CPU-s"]),
+    "losses_bench.py": (["--quick", "--only", "focal,label_smoothing,CE + mmce"],
+                        ["F.cross_entropy", "focal", "label_smoothing", "x reference", "vs CE's peak"]),
+    "train_bench.py": (["--quick", "--out", "bench-train"], ["cross_entropy", "adafocal", "ECE after TS"]),
 }
 
 
 @pytest.mark.parametrize("script", sorted(CASES))
-def test_benchmark_runs_and_reports(script):
+def test_benchmark_runs_and_reports(script, tmp_path):
     args, expected = CASES[script]
     out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     for word in expected:
         assert word in out.stdout, (word, out.stdout[-3000:])

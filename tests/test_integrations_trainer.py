@@ -85,7 +85,7 @@ def test_metrics_equal_model_and_tokcal_evaluate(tmp_path):
 
     from tokcal.cli import app
 
-    tc = TokenCalibration(top_k=8, out_dir=tmp_path / "calib", slices=["position"])
+    tc = TokenCalibration(top_k=8, out_dir=tmp_path / "calib", slices=["position"], vocab=[f"t{i}" for i in range(V)])
     tr = trainer_for(tc, tmp_path)
     m = tr.evaluate()
     evals = tr.eval_dataset
@@ -102,6 +102,10 @@ def test_metrics_equal_model_and_tokcal_evaluate(tmp_path):
         assert m[f"eval_token_{k}"] == pytest.approx(cli[k], rel=1e-9, abs=1e-12), k
     assert json.loads((saved / "evaluation.json").read_text())["overall"]["ece"] == pytest.approx(cli["ece"])
     assert any(k.startswith("eval_token_ece[position=") for k in m)
+    from tokcal import TokenTable
+
+    assert TokenTable.read_parquet(saved / "tokens.parquet").vocab[5] == "t5"
+    assert tc.last_evaluation.to_dict()["worst_tokens"][0]["token"].startswith("t")
     # batch_eval_metrics: per-batch calls, same result
     tc2 = TokenCalibration(top_k=8, slices=["position"])
     m2 = trainer_for(tc2, tmp_path, model=tr.model, batch_eval_metrics=True).evaluate()

@@ -144,7 +144,8 @@ class TokenCalibration:
 
     Parameters: ``top_k`` of the sketch; ``causal`` (shift labels); ``bins``, ``binning``, ``slices``,
     ``bootstrap``, ``seed`` of :func:`tokcal.evaluate` (``bootstrap=0`` by default: intervals cost time
-    at every evaluation); ``vocab`` (id -> string, e.g. from a tokenizer) for the worst-token list;
+    at every evaluation); ``tokenizer`` (or ``vocab``: a :class:`tokcal.vocab.Vocabulary` or id -> string)
+    for token strings in the saved tables and the worst-token list;
     ``loss`` / ``loss_kwargs`` for :attr:`compute_loss_func` (``loss="adafocal"`` makes an
     ``AdaFocal(bins)`` that the callback updates, or pass your own instance); ``out_dir`` for the saved
     tables and evaluations; ``max_ece``, ``max_regression``, ``baseline`` and ``metric`` (ece,
@@ -152,7 +153,8 @@ class TokenCalibration:
     """
 
     def __init__(self, *, top_k: int = DEFAULT_TOP_K, causal: bool = True, bins: int = 15, binning: str = "width",
-                 slices: Sequence[Any] = (), bootstrap: int = 0, seed: int = 0, vocab: Sequence[str] | None = None,
+                 slices: Sequence[Any] = (), bootstrap: int = 0, seed: int = 0, vocab: Any = None,
+                 tokenizer: Any = None,
                  loss: Any = "cross_entropy", loss_kwargs: Mapping[str, Any] | None = None,
                  out_dir: str | os.PathLike | None = None, max_ece: float | None = None,
                  max_regression: float | None = None, baseline: Any = None, metric: str = "ece"):
@@ -165,6 +167,10 @@ class TokenCalibration:
             loss = L.AdaFocal(bins=bins)
         self.top_k, self.causal = int(top_k), bool(causal)
         self.bins, self.binning, self.slices = int(bins), binning, list(slices)
+        if vocab is None and tokenizer is not None:
+            from ..vocab import Vocabulary
+
+            vocab = Vocabulary.from_tokenizer(tokenizer)
         self.bootstrap, self.seed, self.vocab = int(bootstrap), int(seed), vocab
         self.loss = loss
         self.adafocal = loss if isinstance(loss, L.AdaFocal) else None
