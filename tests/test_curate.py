@@ -85,9 +85,11 @@ def test_written_challenge_is_a_collect_input_and_a_words_list(table, evaluation
 
 
 def test_sampling_weights_brute_force(table, evaluation):
-    seq, w = sampling_weights(table, evaluation, rare_rank=50, threshold=0.6, boost=3.0)
+    counts_ref = np.random.default_rng(5).zipf(1.4, V).astype(float)
+    counts_ref[7] = 0  # unseen: hard
+    seq, w = sampling_weights(table, evaluation, rare_rank=50, threshold=0.6, boost=3.0, freq_ref=counts_ref)
     p = token_probs(table)
-    counts = np.bincount(table.label[table.labeled], minlength=V)
+    counts = counts_ref
     order = np.argsort(-counts, kind="stable")
     rank = {int(i): r for r, i in enumerate(order)}
     worst = {w_["id"] for w_ in evaluation.to_dict()["worst_tokens"]}

@@ -18,8 +18,8 @@ target, the prediction, the confidence and the reason. Written as JSON Lines
 them as their own group), and the targets a ``words:`` list.
 
 :func:`sampling_weights` gives each sequence ``w_s = 1 + boost * h_s / n_s``, with h_s of its n_s
-labelled tokens *hard* (gold id rare: frequency rank >= ``rare_rank`` in ``counts`` or in the
-table's own gold counts; or |e_i| >= ``threshold``; or predicted id among the worst tokens),
+labelled tokens *hard* (gold id rare: rank >= ``rare_rank`` or unseen in a reference frequency,
+:mod:`tokcal.frequency`; or |e_i| >= ``threshold``; or predicted id among the worst tokens),
 normalised to mean 1. Feed them to ``torch.utils.data.WeightedRandomSampler`` in sequence order.
 """
 
@@ -178,10 +178,15 @@ def write_challenge(items: Sequence[Challenge], jsonl: str | os.PathLike,
         atomic_write(words, put("# tokcal curate: target tokens of the challenge set\n" + "\n".join(seen) + "\n"))
 
 
-def sampling_weights(table: TokenTable, evaluation: Any = None, *, calibrator: Any = None, counts: Any = None,
+def sampling_weights(table: TokenTable, evaluation: Any = None, *, calibrator: Any = None, freq_ref: Any = None,
                      rare_rank: int = 1000, threshold: float = 0.5,
                      boost: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
-    """(sequence ids ascending, weights with mean 1): ``w_s = 1 + boost * hard_s / n_s`` (module docstring)."""
+    """(sequence ids ascending, weights with mean 1): ``w_s = 1 + boost * hard_s / n_s`` (module docstring).
+
+    ``freq_ref``: what "rare" is measured against (:func:`tokcal.frequency.load_reference`: counts, a
+    counts JSON, a TokenTable or a text corpus; default the id-order proxy or the table itself)."""
+    from .frequency import load_reference
+
     if boost < 0 or not 0 <= threshold <= 1 or rare_rank < 1:
         raise ValidationError(f"need boost >= 0, threshold in [0, 1], rare_rank >= 1; got boost={boost}, "
                               f"threshold={threshold}, rare_rank={rare_rank}")
@@ -190,15 +195,8 @@ def sampling_weights(table: TokenTable, evaluation: Any = None, *, calibrator: A
         raise ValidationError("sampling_weights: the table has no labelled token")
     p = calibrator.token_probs(table) if calibrator is not None else token_probs(table)
     y = np.maximum(table.label, 0)
-    if counts is None:
-        cnt = np.bincount(y[lab], minlength=table.vocab_size).astype(np.float64)
-    else:
-        cnt = np.asarray(counts, np.float64)
-        if cnt.shape != (table.vocab_size,):
-            raise ValidationError(f"counts: expected shape ({table.vocab_size},), one per id, got {cnt.shape}")
-    rank = np.empty(len(cnt), np.int64)
-    rank[np.argsort(-cnt, kind="stable")] = np.arange(len(cnt))
-    hard = (rank[y] >= rare_rank) | (cnt[y] == 0)
+    ref = load_reference(freq_ref, table)
+    hard = (ref.ranks()[y] >= rare_rank) | ~ref.seen[y]
     hard |= np.abs(p.confidence - p.correct) >= threshold
     if evaluation is not None:
         ev = evaluation.to_dict() if isinstance(evaluation, Evaluation) else dict(evaluation)

@@ -29,6 +29,8 @@ def curate(
     per_slice: Annotated[int, typer.Option(help="Rows per significant slice value.")] = 5,
     boost: Annotated[float, typer.Option(help="Weight boost of a sequence made only of hard tokens.")] = 4.0,
     rare_rank: Annotated[int, typer.Option(help="Frequency rank from which a gold token is rare.")] = 1000,
+    freq_ref: Annotated[Path | None, typer.Option(
+        "--freq-ref", help="Reference frequency for rare tokens: counts JSON, TokenTable or text corpus.")] = None,
 ) -> None:
     """Mine TABLE's most miscalibrated contexts into a challenge set (and weights for fine-tuning)."""
     from ..calibrators import load_calibrator
@@ -37,7 +39,7 @@ def curate(
     from ..table import TokenTable
 
     refuse_overwrite({"--out": out, "--words-out": words_out, "--weights-out": weights_out},
-                     [table, evaluation, calibrator, words])
+                     [table, evaluation, calibrator, words, freq_ref])
     t = TokenTable.read_parquet(table)
     cal = load_calibrator(calibrator) if calibrator is not None else None
     ev = Evaluation.from_json(evaluation) if evaluation is not None else None
@@ -56,7 +58,8 @@ def curate(
     if words_out is not None:
         console.print(f"wrote {words_out}", highlight=False)
     if weights_out is not None:
-        seq, w = sampling_weights(t, ev, calibrator=cal, boost=boost, rare_rank=rare_rank)
+        seq, w = sampling_weights(t, ev, calibrator=cal, boost=boost, rare_rank=rare_rank,
+                                  freq_ref=freq_ref)
         write_weights(seq, w, weights_out)
         console.print(f"wrote {weights_out}: {len(seq)} sequences, weights {w.min():.3f} to {w.max():.3f}",
                       highlight=False)
