@@ -41,7 +41,7 @@ demo: $(DEMO_STAMP)
 	$(BIN)/tokcal demo --out demo-output
 
 bench: install
-	for b in metrics fit evaluate collect generate logprobs; do $(BIN)/python benchmarks/$${b}_bench.py || exit 1; done
+	for b in metrics fit evaluate collect generate logprobs losses; do $(BIN)/python benchmarks/$${b}_bench.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -4,14 +4,16 @@ Every loss in :mod:`tokcal.losses` is a function of a few numbers per row of log
 
 * ``lse = log sum_j exp(z_j)`` (the log-normaliser), gradient ``p = softmax(z)``;
 * ``z_y``, the gold logit, gradient ``e_y``;
-* ``z_max`` and its id (the top-1 logit), gradient ``e_argmax``;
-* ``z_mean = (1/V) sum_j z_j`` (label smoothing), gradient ``1/V``;
+* optionally ``z_max`` and its id (the top-1 logit: confidence, correctness), gradient ``e_argmax``;
+* optionally ``z_mean = (1/V) sum_j z_j`` (label smoothing), gradient ``1/V``;
 * optionally ``s = sum_j p_j z_j`` (entropy ``H = lse - s``), gradient ``p * (1 + z - s)``;
 * optionally ``z_below = max{z_j : z_j < z_y}`` and its id (dual focal), gradient ``e_below``.
 
 :class:`RowStats` computes them chunk by chunk in float32 (any input dtype: bfloat16 / float16 rows
 are upcast one chunk at a time) and, in backward, writes the gradient of the logits once:
-``dz = p * (g_lse + g_s * (1 + z - s)) + g_mean / V + scatter(g_y, g_max, g_below)``. Nothing of
+``dz = p * (g_lse + g_s * (1 + z - s)) + g_mean / V + scatter(g_y, g_max, g_below)``, computed in
+place in the gradient's own rows for float32 logits. Only the statistics a loss asks for are
+computed (a focal loss reads two per row: ``lse`` and ``z_y``). Nothing of
 size [N, V] is kept for backward beyond the logits themselves (``F.cross_entropy`` keeps its
 log-softmax output), and the only [N, V] allocation is the gradient, so peak extra memory is one
 ``[N, V]`` tensor in the logits' dtype plus one chunk of float32 temporaries.
@@ -40,80 +42,92 @@ def _chunk_rows(n: int, v: int, device: torch.device) -> int:
 
 class _RowStatsFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, labels, want_s, want_below):  # z [N, V], labels [N] (valid ids; ignored rows clamped)
+    def forward(ctx, z, labels, want_top, want_mean, want_s, want_below):
+        # z [N, V]; labels [N] valid ids (ignored rows carry 0); only the asked-for statistics are computed
         n, v = z.shape
         f32 = dict(device=z.device, dtype=torch.float32)
-        lse, zy, zmax, zmean = (torch.empty(n, **f32) for _ in range(4))
-        amax = torch.empty(n, device=z.device, dtype=torch.long)
-        s = torch.empty(n, **f32) if want_s else None
-        zb = torch.empty(n, **f32) if want_below else None
-        ib = torch.empty(n, device=z.device, dtype=torch.long) if want_below else None
+        lse, zy = torch.empty(n, **f32), torch.empty(n, **f32)
+        zmax = torch.empty(n, **f32) if want_top else lse.new_zeros(0)
+        amax = torch.empty(n, device=z.device, dtype=torch.long) if want_top else labels.new_zeros(0)
+        zmean = torch.empty(n, **f32) if want_mean else lse.new_zeros(0)
+        s = torch.empty(n, **f32) if want_s else lse.new_zeros(0)
+        zb = torch.empty(n, **f32) if want_below else lse.new_zeros(0)
+        ib = torch.empty(n, device=z.device, dtype=torch.long) if want_below else labels.new_zeros(0)
         step = _chunk_rows(n, v, z.device)
         for a in range(0, n, step):
             b = min(n, a + step)
             c = z[a:b].float()
-            mx, am = c.max(dim=1)
-            zmax[a:b], amax[a:b] = mx, am
             ls = torch.logsumexp(c, dim=1)
             lse[a:b] = ls
-            y = labels[a:b]
-            zy[a:b] = c.gather(1, y[:, None])[:, 0]
-            zmean[a:b] = c.mean(dim=1)
+            zy[a:b] = c.gather(1, labels[a:b, None])[:, 0]
+            if want_top:
+                torch.max(c, dim=1, out=(zmax[a:b], amax[a:b]))
+            if want_mean:
+                zmean[a:b] = c.mean(dim=1)
             if want_s:
-                p = torch.exp(c - ls[:, None])
-                s[a:b] = torch.where(p > 0, p * c, 0.0).sum(dim=1)
+                p = torch.exp(c - ls[:, None]).mul_(c)  # p * z, NaN only where p = 0 and z = -inf (masked)
+                s[a:b] = torch.nansum(p, dim=1)
             if want_below:
                 below = torch.where(c < zy[a:b, None], c, float("-inf"))
-                zb[a:b], ib[a:b] = below.max(dim=1)
+                torch.max(below, dim=1, out=(zb[a:b], ib[a:b]))
         ctx.save_for_backward(z, labels, lse, amax, s, ib)
-        ctx.want_s, ctx.want_below = want_s, want_below
+        ctx.flags = (want_top, want_mean, want_s, want_below)
+        ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(amax)
-        outs = [lse, zy, zmax, zmean, amax, s if want_s else lse.new_zeros(0),
-                zb if want_below else lse.new_zeros(0)]
-        return tuple(outs)
+        return lse, zy, zmax, amax, zmean, s, zb
 
     @staticmethod
-    def backward(ctx, g_lse, g_y, g_max, g_mean, _g_amax, g_s, g_below):
+    def backward(ctx, g_lse, g_y, g_max, _g_amax, g_mean, g_s, g_below):
         z, labels, lse, amax, s, ib = ctx.saved_tensors
+        want_top, want_mean, want_s, want_below = ctx.flags
         n, v = z.shape
         zero = torch.zeros(n, device=z.device, dtype=torch.float32)
-        g_lse = zero if g_lse is None else g_lse.float()
+        coef = zero if g_lse is None else g_lse.float()
         g_y = zero if g_y is None else g_y.float()
-        g_max = zero if g_max is None else g_max.float()
-        g_mean = zero if g_mean is None else g_mean.float()
-        use_s = ctx.want_s and g_s is not None and g_s.numel() == n
-        use_below = ctx.want_below and g_below is not None and g_below.numel() == n
-        coef = g_lse + g_s.float() * (1.0 - s) if use_s else g_lse
+        use_s = want_s and g_s is not None
+        if use_s:
+            g_s = g_s.float()
+            coef = coef + g_s * (1.0 - s)
+        use_max = want_top and g_max is not None
+        use_mean = want_mean and g_mean is not None
+        use_below = want_below and g_below is not None
         gz = torch.empty_like(z)
+        direct = gz.dtype == torch.float32
         step = _chunk_rows(n, v, z.device)
         for a in range(0, n, step):
             b = min(n, a + step)
             c = z[a:b].float()
-            p = torch.exp(c - lse[a:b, None])
+            g = gz[a:b] if direct else torch.empty(c.shape, device=c.device, dtype=torch.float32)
+            torch.sub(c, lse[a:b, None], out=g)
+            g.exp_()  # p
             if use_s:
-                # p * (coef + g_s * z), with 0 where p == 0 (masked ids, z = -inf)
-                w = coef[a:b, None] + g_s[a:b, None].float() * torch.where(p > 0, c, 0.0)
-                g = p * w
+                # p * (coef + g_s * z); 0 * -inf = NaN at masked ids (p = 0) is set to 0
+                g.mul_(torch.addcmul(coef[a:b, None], c, g_s[a:b, None]))
+                g.nan_to_num_(nan=0.0)
             else:
-                g = p * coef[a:b, None]
-            g += (g_mean[a:b] / v)[:, None]
+                g.mul_(coef[a:b, None])
+            if use_mean:
+                g.add_((g_mean[a:b].float() / v)[:, None])
             g.scatter_add_(1, labels[a:b, None], g_y[a:b, None])
-            g.scatter_add_(1, amax[a:b, None], g_max[a:b, None])
+            if use_max:
+                g.scatter_add_(1, amax[a:b, None], g_max[a:b, None].float())
             if use_below:
                 g.scatter_add_(1, ib[a:b, None], g_below[a:b, None].float())
-            gz[a:b] = g
-        return gz, None, None, None
+            if not direct:
+                gz[a:b] = g
+        return gz, None, None, None, None, None
 
 
 @dataclass
 class Stats:
-    """Per-row statistics of the kept (non-ignored) rows, each a float32 tensor [n] (see module doc)."""
+    """Per-row statistics of the kept (non-ignored) rows, each a float32 tensor [n] (see module doc);
+    the optional ones are None unless asked for."""
 
     lse: torch.Tensor
     z_y: torch.Tensor
-    z_max: torch.Tensor
-    z_mean: torch.Tensor
-    argmax: torch.Tensor  # long [n]
+    z_max: torch.Tensor | None  # with top=True
+    z_mean: torch.Tensor | None  # with mean=True
+    argmax: torch.Tensor | None  # long [n], with top=True
     labels: torch.Tensor  # long [n]
     s: torch.Tensor | None
     z_below: torch.Tensor | None
@@ -155,8 +169,8 @@ def check_reduction(reduction: str) -> None:
         raise ValidationError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
 
 
-def row_stats(logits: Any, labels: Any, *, ignore_index: int = -100, entropy: bool = False,
-              below: bool = False) -> Rows:
+def row_stats(logits: Any, labels: Any, *, ignore_index: int = -100, top: bool = False, mean: bool = False,
+              entropy: bool = False, below: bool = False) -> Rows:
     """Validate ``logits [..., V]`` / ``labels [...]`` and compute the statistics of the kept rows."""
     if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise ValidationError("logits and labels must be torch tensors")
@@ -179,13 +193,14 @@ def row_stats(logits: Any, labels: Any, *, ignore_index: int = -100, entropy: bo
                               f"(use ignore_index={ignore_index} to skip a token)")
     # every row goes through the kernel (ignored ones with label 0: no [N, V] copy of the kept rows);
     # the [N] statistics are then indexed, so ignored rows get a zero gradient
-    lse, zy, zmax, zmean, amax, s, zb = _RowStatsFn.apply(z, torch.where(keep, y, 0), entropy, below)
+    out = list(_RowStatsFn.apply(z, torch.where(keep, y, 0), top, mean, entropy, below))
     idx = torch.nonzero(keep)[:, 0]
     if idx.numel() < keep.numel():
-        lse, zy, zmax, zmean, amax, y = (t.index_select(0, idx) for t in (lse, zy, zmax, zmean, amax, y))
-        s = s.index_select(0, idx) if entropy else s
-        zb = zb.index_select(0, idx) if below else zb
-    st = Stats(lse, zy, zmax, zmean, amax, y, s if entropy else None, zb if below else None, v)
+        out = [t.index_select(0, idx) if t.numel() else t for t in out]
+        y = y.index_select(0, idx)
+    lse, zy, zmax, amax, zmean, s, zb = out
+    st = Stats(lse, zy, zmax if top else None, zmean if mean else None, amax if top else None, y,
+               s if entropy else None, zb if below else None, v)
     return Rows(st, keep.reshape(labels.shape), labels.shape, logits.dtype)
 
 

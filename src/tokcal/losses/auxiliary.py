@@ -52,7 +52,7 @@ def mmce(logits: torch.Tensor, labels: torch.Tensor, *, kernel_width: float = 0.
     """
     if not (kernel_width > 0 and math.isfinite(kernel_width)):
         raise ValidationError(f"kernel_width must be > 0, got {kernel_width}")
-    rows = row_stats(logits, labels, ignore_index=ignore_index)
+    rows = row_stats(logits, labels, ignore_index=ignore_index, top=True)
     st = rows.stats
     return _batch_term(rows, _mmce_value(st.confidence, st.correct, kernel_width), reduction)
 
@@ -82,7 +82,7 @@ def soft_binned_ece(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15, 
     """
     if int(bins) < 1 or not (temperature > 0 and math.isfinite(temperature)):
         raise ValidationError(f"bins must be >= 1 and temperature > 0, got bins={bins}, temperature={temperature}")
-    rows = row_stats(logits, labels, ignore_index=ignore_index)
+    rows = row_stats(logits, labels, ignore_index=ignore_index, top=True)
     st = rows.stats
     return _batch_term(rows, _soft_ece_value(st.confidence, st.correct, int(bins), float(temperature)), reduction)
 
@@ -97,7 +97,7 @@ def cross_entropy_plus(logits: torch.Tensor, labels: torch.Tensor, term: str = "
     """
     if term not in TERMS:
         raise ValidationError(f"term must be one of {', '.join(TERMS)}, got {term!r}")
-    rows = row_stats(logits, labels, ignore_index=ignore_index)
+    rows = row_stats(logits, labels, ignore_index=ignore_index, top=True)
     st = rows.stats
     if term == "mmce":
         width = float(term_kwargs.pop("kernel_width", 0.4))

@@ -32,7 +32,7 @@ def label_smoothing(logits: torch.Tensor, labels: torch.Tensor, epsilon: float =
     Hinton, "When Does Label Smoothing Help?", NeurIPS 2019.
     """
     eps = _check_epsilon("epsilon", epsilon)
-    rows = row_stats(logits, labels, ignore_index=ignore_index)
+    rows = row_stats(logits, labels, ignore_index=ignore_index, mean=True)
     st = rows.stats
     return reduce(rows, st.lse - (1.0 - eps) * st.z_y - eps * st.z_mean, reduction)
 
@@ -70,7 +70,7 @@ def graduated_label_smoothing(logits: torch.Tensor, labels: torch.Tensor, confid
     if bool(((conf < 0) | (conf > 1) | torch.isnan(conf)).any()):
         i = int(torch.nonzero(((conf < 0) | (conf > 1) | torch.isnan(conf)).reshape(-1))[0, 0])
         raise ValidationError(f"confidence: token {i} has {float(conf.reshape(-1)[i])}, outside [0, 1]")
-    rows = row_stats(logits, labels, ignore_index=ignore_index)
+    rows = row_stats(logits, labels, ignore_index=ignore_index, mean=True)
     st = rows.stats
     eps = graduated_epsilon(conf.reshape(-1)[rows.keep.reshape(-1)], thresholds, epsilons)
     return reduce(rows, st.lse - (1.0 - eps) * st.z_y - eps * st.z_mean, reduction)
