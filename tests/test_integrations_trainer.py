@@ -157,7 +157,10 @@ def test_adafocal_gammas_follow_evaluations_and_regression_stops(tmp_path):
     tr.train()
     # max_ece = 0 fails at the first evaluation: training stops at step 2, gammas updated once
     assert tr.state.global_step == 2
-    assert len(tc.history) == 1 and tc.stop_reasons and "exceeds" in tc.stop_reasons[0]
+    assert len(tc.history) == 1 and len(tc.stop_reasons) == 1
+    step, outcome = tc.stop_reasons[0]
+    assert step == 2 and not outcome.ok and outcome.limit == 0.0
+    assert outcome.value == pytest.approx(tc.history[0]["token_ece"])
     assert len(tc.adafocal.history) == 1 and not np.allclose(tc.adafocal.gammas, before)
     # the update is the rule applied to equal-mass bins of the evaluated table
     from tokcal.metrics import reliability_bins

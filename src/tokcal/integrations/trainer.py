@@ -28,8 +28,9 @@ AdaFocal gammas, the regression baseline) and hands the Trainer its bound method
   ``step-N/evaluation.json`` under ``out_dir`` (main process only), updates AdaFocal's gammas from
   the evaluation's reliability bins, and stops training (``control.should_training_stop``) when a
   calibration limit fails: ``max_ece`` on ``metric``, or ``max_regression`` over ``baseline`` (an
-  evaluation JSON / dict; default: the first evaluation of this run). The conditions are those of
-  ``tokcal check`` (the same functions); the reasons are kept in ``stop_reasons``.
+  evaluation JSON / dict; default: the first evaluation of this run). The conditions are
+  :func:`tokcal.gate.check_evaluation`'s (what ``tokcal check`` runs); the failing outcomes are kept
+  in ``stop_reasons`` as ``(step, Outcome)``.
 * ``compute_loss_func(outputs, labels, num_items_in_batch)``: the chosen :mod:`tokcal.losses` loss,
   summed over the micro-batch and divided by ``num_items_in_batch`` (the Trainer's token count over
   all micro-batches of one optimiser step), so gradient accumulation gives the gradient of the
@@ -181,7 +182,7 @@ class TokenCalibration:
         self.last_table: TokenTable | None = None
         self.last_evaluation: Evaluation | None = None
         self.history: list[dict[str, Any]] = []
-        self.stop_reasons: list[str] = []
+        self.stop_reasons: list[tuple[int, Any]] = []  # (global step, failing tokcal.gate.Outcome)
         self._parts: list[tuple[np.ndarray, np.ndarray]] = []
         self._vocab_size: int | None = None
         self._layout: TailLayout | None = None
@@ -305,7 +306,7 @@ class _Callback(TrainerCallback):
         if tc.baseline is None and tc.max_regression is not None:
             tc.baseline = d  # the first evaluation of the run is the baseline
         if reasons:
-            tc.stop_reasons += [f"step {step}: {r}" for r in reasons]
+            tc.stop_reasons += [(step, o) for o in reasons]
             control.should_training_stop = True
         return control
 
@@ -318,14 +319,15 @@ def _probs(table: TokenTable) -> tuple[np.ndarray, np.ndarray]:
     return p.confidence[keep], p.correct[keep]
 
 
-def _failed_conditions(tc: TokenCalibration, d: dict[str, Any]) -> list[str]:
-    """The messages of the failing ``tokcal check`` conditions (overall limit, regression over the baseline)."""
-    # the CI gate's conditions; kept in tokcal.cli.check_cmd until the library gate exists
-    from ..cli.check_cmd import check_overall, check_regression
+def _failed_conditions(tc: TokenCalibration, d: dict[str, Any]) -> list[Any]:
+    """The failing :mod:`tokcal.gate` outcomes (overall limit, regression over the baseline) of ``d``."""
+    from .. import gate
 
-    outcomes = []
+    kw: dict[str, Any] = {}
     if tc.max_ece is not None:
-        outcomes.append(check_overall(d, tc.metric, float(tc.max_ece)))
+        kw["max_ece"] = float(tc.max_ece)
     if tc.max_regression is not None and tc.baseline is not None:
-        outcomes.append(check_regression(d, tc.baseline, tc.metric, float(tc.max_regression)))
-    return [o.message for o in outcomes if not o.ok]
+        kw.update(baseline=tc.baseline, max_regression=float(tc.max_regression))
+    if not kw:
+        return []
+    return gate.check_evaluation(d, metric=tc.metric, **kw).failures
