@@ -39,7 +39,7 @@ def test_written_files_carry_page_checksums_and_a_metadata_digest(original):
     # Page CRCs are verified: rewrite one byte inside the first data page of a column chunk.
     raw = bytearray(path.read_bytes())
     col = pq.ParquetFile(path).metadata.row_group(0).column(0)
-    raw[col.data_page_offset + col.total_compressed_size - 4] ^= 0x10
+    raw[(col.dictionary_page_offset or col.data_page_offset) + col.total_compressed_size - 4] ^= 0x10
     bad = path.with_name("crc.parquet")
     bad.write_bytes(bytes(raw))
     with pytest.raises(SchemaError):

@@ -134,10 +134,16 @@ def _depth(obj: Any) -> int:
         level = [v for o in containers for v in (o.values() if isinstance(o, dict) else o)]
 
 
-def parse_json(text: str | bytes, where: str) -> Any:
-    """Strict JSON: the document, or :class:`SchemaError` ``"<where>: not valid JSON (...)"``."""
+def parse_json(text: str | bytes, where: str, *, allow_nonfinite: bool = False) -> Any:
+    """Strict JSON: the document, or :class:`SchemaError` ``"<where>: not valid JSON (...)"``.
+
+    ``allow_nonfinite=True`` reads ``NaN``, ``Infinity``, ``-Infinity`` and overflowing numbers as
+    floats, as Python's ``json`` writes them (servers' log-prob files hold ``-Infinity``); the
+    caller then validates the values."""
+    hooks: dict[str, Any] = {} if allow_nonfinite else {"parse_constant": _reject_constant,
+                                                         "parse_float": _finite_float}
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        obj = json.loads(text, **hooks)
     except json.JSONDecodeError as e:
         raise SchemaError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except RecursionError:

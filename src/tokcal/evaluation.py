@@ -66,6 +66,7 @@ from .bootstrap import (
     resampling_units,
 )
 from .errors import SchemaError, ValidationError
+from .metrics._validate import MAX_BINS
 from .metrics.binned import ReliabilityBins, ece_shares, mass_edges, stats_metrics, width_edges
 from .metrics.classwise import classwise_ece
 from .metrics.selective import aurc, risk_coverage
@@ -75,6 +76,8 @@ from .probs import TokenProbs, token_probs
 from .slices import parse_slices
 from .table import TokenTable
 
+#: the most bootstrap resamples evaluate draws (the replicate weights are resamples x units)
+MAX_BOOTSTRAP = 10_000
 OVERALL_CI = ("ece", "ece_debiased", "signed_gap", "nll", "brier", "accuracy")
 #: version of the ``to_dict()`` layout; 1 = files without the key (sequence units only)
 SCHEMA_VERSION = 2
@@ -231,12 +234,13 @@ def evaluate(
     """
     if not isinstance(table, TokenTable):
         raise ValidationError(f"evaluate: expected a TokenTable, got {type(table).__name__}")
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValidationError(f"evaluate: bins must be a positive integer, got {bins!r}")
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= MAX_BINS:
+        raise ValidationError(f"evaluate: bins must be a positive integer <= {MAX_BINS:,}, got {bins!r}")
     if binning not in _BINNINGS:
         raise ValidationError(f"evaluate: binning must be one of {_BINNINGS}, got {binning!r}")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
-        raise ValidationError(f"evaluate: bootstrap must be an integer >= 0, got {bootstrap!r}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or \
+            not 0 <= bootstrap <= MAX_BOOTSTRAP:
+        raise ValidationError(f"evaluate: bootstrap must be an integer in [0, {MAX_BOOTSTRAP:,}], got {bootstrap!r}")
     bins, bootstrap = int(bins), int(bootstrap)
     probs = _probs(table, calibrator)
     keep = table.labeled

@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 
 from .errors import ValidationError
+from .sketch import MAX_VOCAB_SIZE
 from .table import GroupColumn, TokenTable
 
-#: rows per generated chunk (bounds memory at ``_CHUNK * vocab_size`` float32 values)
+#: rows per generated chunk, fewer for large vocabularies: at most ``_CHUNK_VALUES`` float32 logits at once
 _CHUNK = 32768
+_CHUNK_VALUES = 1 << 28
+#: the largest synthetic table (tokens) and full logit array (values, 4 bytes each) made on request
+MAX_TOKENS = 10**8
+MAX_LOGIT_VALUES = 1 << 30
 _SPECIALS = ("<eos>", "<bos>", "<pad>", "<unk>")
 _PUNCT = (".", ",", "Ġ(", ")", "!", "?", ";", ":", "'", "\"", "-", "Ġ-", "...", "Ġ\"")
 _CONS = "bcdfghjklmnprstvwz"
@@ -57,11 +62,14 @@ def _logits_chunk(rng: np.random.Generator, n: int, base: np.ndarray) -> np.ndar
 
 def make_logits(n_tokens: int, vocab_size: int, *, zipf_s: float = 1.1, seed: int = 0) -> np.ndarray:
     """LM-like logits ``[n_tokens, vocab_size]`` float32 (see :func:`_logits_chunk` for the model)."""
-    _check_sizes(n_tokens, vocab_size)
+    rows = _check_sizes(n_tokens, vocab_size)
+    if n_tokens * vocab_size > MAX_LOGIT_VALUES:
+        raise ValidationError(f"make_logits: {n_tokens:,} x {vocab_size:,} logits exceed {MAX_LOGIT_VALUES:,} "
+                              "values (4 GiB); use make_table, which generates in chunks")
     rng = np.random.default_rng(seed)
     base = _zipf_base(vocab_size, zipf_s)
-    return np.concatenate([_logits_chunk(rng, min(_CHUNK, n_tokens - s), base)
-                           for s in range(0, n_tokens, _CHUNK)])
+    return np.concatenate([_logits_chunk(rng, min(rows, n_tokens - s), base)
+                           for s in range(0, n_tokens, rows)])
 
 
 def sample_labels(logits: Any, beta_star: Any = 1.0, seed: int = 0) -> np.ndarray:
@@ -153,7 +161,7 @@ def make_table(
 
     Use :func:`true_beta` for the per-row beta*. Generated in chunks, so memory stays bounded.
     """
-    _check_sizes(n_tokens, vocab_size)
+    rows = _check_sizes(n_tokens, vocab_size)
     if seq_len < 1:
         raise ValidationError(f"make_table: seq_len must be >= 1, got {seq_len}")
     if domains is not None and (not domains or any(not (np.isfinite(b) and b > 0) for b in domains.values())):
@@ -193,8 +201,8 @@ def make_table(
 
     base = _zipf_base(vocab_size, zipf_s)
     parts = []
-    for s in range(0, n_tokens, _CHUNK):
-        e = min(n_tokens, s + _CHUNK)
+    for s in range(0, n_tokens, rows):
+        e = min(n_tokens, s + rows)
         z = _logits_chunk(rng_logits, e - s, base)
         y = sample_labels(z, beta[s:e], seed=int(rng_labels.integers(2**63)))
         parts.append(TokenTable.from_logits(z, y, sequence_ids=seq[s:e], positions=pos[s:e],
@@ -248,8 +256,10 @@ def _feature_beta(spec: Any, feature: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_sizes(n_tokens: int, vocab_size: int) -> None:
-    if n_tokens < 1:
-        raise ValidationError(f"n_tokens must be >= 1, got {n_tokens}")
-    if vocab_size < 2:
-        raise ValidationError(f"vocab_size must be >= 2, got {vocab_size}")
+def _check_sizes(n_tokens: int, vocab_size: int) -> int:
+    """Validate the sizes; return the rows per generated chunk."""
+    if not 1 <= n_tokens <= MAX_TOKENS:
+        raise ValidationError(f"n_tokens must be in [1, {MAX_TOKENS:,}], got {n_tokens}")
+    if not 2 <= vocab_size <= MAX_VOCAB_SIZE:
+        raise ValidationError(f"vocab_size must be in [2, {MAX_VOCAB_SIZE:,}], got {vocab_size}")
+    return max(1, min(_CHUNK, _CHUNK_VALUES // vocab_size))

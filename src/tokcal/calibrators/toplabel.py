@@ -34,6 +34,7 @@ from scipy.special import expit
 
 from .. import sketch as _sketch
 from ..errors import ValidationError
+from ..metrics._validate import MAX_BINS
 from ..probs import TokenProbs, token_probs
 from ..table import TokenTable
 from .base import Calibrator, check_logits, is_tensor, labeled_rows
@@ -152,8 +153,8 @@ class HistogramBinning(TopLabelCalibrator):
     type_name = "histogram_binning"
 
     def __init__(self, bins: int = 15, *, binning: str = "mass", min_count: int = 1) -> None:
-        if bins < 1:
-            raise ValidationError(f"HistogramBinning: bins must be >= 1, got {bins}")
+        if not 1 <= bins <= MAX_BINS:
+            raise ValidationError(f"HistogramBinning: bins must be in [1, {MAX_BINS:,}], got {bins}")
         if binning not in ("mass", "width"):
             raise ValidationError(f"HistogramBinning: binning must be 'mass' or 'width', got {binning!r}")
         self.bins, self.binning, self.min_count = int(bins), binning, int(min_count)

@@ -12,7 +12,15 @@ from rich.text import Text
 from ..errors import TokcalError
 from ..report.terminal import plural
 from . import app
-from .common import console, err_console, friendly_errors, load_model, parse_groups, refuse_overwrite
+from .common import (
+    console,
+    err_console,
+    friendly_errors,
+    load_model,
+    parse_groups,
+    refuse_overwrite,
+    require_creatable_dir,
+)
 
 TASKS = ("causal", "seq2seq", "token-classification")
 
@@ -78,6 +86,7 @@ def collect(
     if task not in TASKS:
         raise TokcalError(f"--task must be one of {TASKS}, got {task!r}")
     refuse_overwrite({"--out": out}, [model_dir, *data])
+    require_creatable_dir("--out", out)
     items = _read_inputs(task, data, parse_groups(group), paragraphs, text_field, group_field, source_field,
                          target_field)
     model, tokenizer = load_model(model_dir, task, trust_remote_code, gguf_file, verbose=verbose)
@@ -142,6 +151,7 @@ def import_logprobs(
     from ..sources.logprobs import read_logprobs, tiktoken_encoding
 
     refuse_overwrite({"--out": out}, [file, Path(vocab) if vocab is not None and Path(vocab).exists() else None])
+    require_creatable_dir("--out", out)
     tokenizer = None
     if vocab is not None:
         if Path(vocab).is_dir():

@@ -102,6 +102,22 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
     err_console.print(Text("warning: ", style="bold yellow") + Text(str(message)), soft_wrap=True, highlight=False)
 
 
+def require_creatable_dir(name: str, path: Path) -> None:
+    """TokcalError unless ``path`` is a directory or could be made one (nothing is created): its
+    nearest existing ancestor must be a directory this process may write into."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise TokcalError(f"{name} {path}: exists and is not a directory")
+        anc = path
+    else:
+        anc = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+        if not anc.is_dir():
+            raise TokcalError(f"{name} {path}: cannot create it, {anc} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise TokcalError(f"{name} {path}: cannot write into {anc} (permission denied)")
+
+
 def parse_groups(pairs: list[str], flag: str = "--group") -> dict[str, str]:
     """``["domain=kjv", ...]`` -> ``{"domain": "kjv"}``; a pair without ``=`` or a name is an error naming it."""
     out: dict[str, str] = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, friendly_errors, quiet_transformers
+from .common import console, friendly_errors, quiet_transformers, require_creatable_dir
 
 
 @app.command()
@@ -23,6 +23,7 @@ def demo(
     """Run the embedded demo: collect, calibrate, evaluate by domain, write report.html and JSONs."""
     from ..demo.run import print_summary, run_demo
 
+    require_creatable_dir("--out", out)
     quiet_transformers(verbose)
     result = run_demo(out, n_in_domain=in_domain, n_shift=shift, bootstrap=bootstrap, seed=seed,
                       console=console)

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import ValidationError
 from . import app
-from .common import console, friendly_errors, refuse_overwrite
+from .common import console, friendly_errors, refuse_overwrite, require_creatable_dir
 
 
 def parse_named_paths(items: list[str]) -> dict[str, Path]:
@@ -49,6 +49,8 @@ def report(
     refuse_overwrite({"--out": out, "--markdown": markdown, "--png-dir": png_dir}, named.values())
     if recommend is not None and recommend not in named:
         raise ValidationError(f"--recommend {recommend!r}: not one of the evaluations ({', '.join(named)})")
+    if png_dir is not None:
+        require_creatable_dir("--png-dir", png_dir)
     evs = {name: load_evaluation(path) for name, path in named.items()}
     files = {"evaluations": {name: str(path) for name, path in named.items()}}
     if out is not None:

@@ -105,9 +105,14 @@ def codes(x: Any, n: int, n_slices: int, name: str = "slice_codes") -> np.ndarra
     return arr.astype(np.int64, copy=False)
 
 
+#: the most reliability bins any metric accepts (memory is O(bins x slice values); past a few hundred
+#: bins a binned ECE estimates nothing)
+MAX_BINS = 10_000
+
+
 def n_bins(bins: Any) -> int:
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValidationError(f"bins: expected a positive integer, got {bins!r}")
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= MAX_BINS:
+        raise ValidationError(f"bins: expected an integer in [1, {MAX_BINS:,}], got {bins!r}")
     return int(bins)
 
 

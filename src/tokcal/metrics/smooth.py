@@ -28,6 +28,9 @@ _DENS_EPS = 1e-4  # relplot BaseKernelMixin.smooth eps
 _SEARCH_EPS = 1e-3  # relplot smECE eps
 _SEARCH_REFINE = 10
 _MESH_MIN = 200  # relplot config.smECE_mesh_pts
+#: smallest bandwidth accepted: the automatic search's floor (its grid then has ~10^4 points; a bandwidth
+#: of 1e-6 would need ~10^7 points and gigabytes)
+MIN_BANDWIDTH = 2.0**-_SEARCH_REFINE
 
 
 def _grid_points(sigma: float) -> int:
@@ -117,8 +120,9 @@ def _bandwidth(bandwidth: Any) -> float | None:
     if bandwidth is None:
         return None
     bw = float(bandwidth)
-    if not (np.isfinite(bw) and bw > 0):
-        raise V.ValidationError(f"bandwidth: expected a positive number, got {bandwidth!r}")
+    if not (np.isfinite(bw) and MIN_BANDWIDTH <= bw):
+        raise V.ValidationError(f"bandwidth: expected a number >= {MIN_BANDWIDTH:.6g} (2^-{_SEARCH_REFINE}, the "
+                                f"smallest the automatic bandwidth reaches), got {bandwidth!r}")
     return bw
 
 

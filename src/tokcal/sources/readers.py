@@ -6,12 +6,12 @@ to resume, and reports a bad line as ``TokcalError("<file>:<line>: <problem>")``
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._io import parse_json
 from ..errors import TokcalError
 
 
@@ -86,10 +86,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TokcalError(f"{p}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                obj = parse_json(line, f"{p}:{lineno}", allow_nonfinite=True)
                 if not isinstance(obj, dict):
                     raise TokcalError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
                 yield lineno, obj
