@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: install test lint demo bench clean browser
+.PHONY: install test lint demo bench clean browser fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: install lint browser
 
 demo: $(DEMO_STAMP)
 	$(BIN)/tokcal demo --out demo-output
+
+# The seeded reader fuzzer and the CLI contract, the fuzzer at 20x the CI case count (about 50,000 cases).
+fuzz: install
+	TOKCAL_FUZZ_SCALE=20 $(BIN)/python -m pytest -q -n 2 tests/test_fuzz_readers.py tests/test_cli_contract.py
 
 bench: install
 	for b in metrics fit evaluate collect generate logprobs losses; do $(BIN)/python benchmarks/$${b}_bench.py || exit 1; done

@@ -44,6 +44,11 @@ class Skip(Exception):  # noqa: N818 - a control-flow signal, not an error
     request): skipped with one warning unless ``strict``."""
 
 
+def as_list(x: Any) -> list:
+    """``x`` when it is a list, else ``[]`` (format detection must not trip over a mistyped field)."""
+    return x if isinstance(x, list) else []
+
+
 def num(x: Any, where: str) -> float:
     """A log-probability: a number <= 0 (a tiny positive rounding error is tolerated)."""
     if x is None:

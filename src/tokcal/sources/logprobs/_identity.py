@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import TokcalError
+from ...sketch import MAX_VOCAB_SIZE
 from ...vocab import Vocabulary as TokenizerVocabulary
 
 _FFFD = "\ufffd"
@@ -135,6 +136,8 @@ class Vocabulary:
             key = token_key(token, token_bytes, server_id)
         except (TypeError, ValueError) as e:
             raise TokcalError(str(e)) from None
+        if isinstance(key, int) and not 0 <= key <= MAX_VOCAB_SIZE:
+            raise TokcalError(f"token id {key} outside [0, {MAX_VOCAB_SIZE:,}] (the largest vocabulary tokcal holds)")
         if self.reference:
             i = self._resolve(key, token)
             self._remember(token, token_bytes, server_id, decoded, key, i)
@@ -165,7 +168,7 @@ class Vocabulary:
 
     def _remember(self, token: Any, token_bytes: Any, server_id: Any, decoded: Any, key: Any, i: int) -> None:
         if (server_id is None and decoded is None and type(token) is str and type(key) is bytes
-                and (token_bytes is None or key == token.encode("utf-8"))
+                and (token_bytes is None or key == token.encode("utf-8", "surrogatepass"))
                 and not token.startswith(("bytes:", "token_id:")) and _FFFD not in token):
             self.cache[token] = i
 

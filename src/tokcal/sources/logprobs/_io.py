@@ -47,6 +47,8 @@ def _iter_document(p: Path, text: str) -> Iterator[tuple[int, Any]]:
             obj, i = dec.raw_decode(text, i)
         except json.JSONDecodeError as e:
             raise TokcalError(f"{p}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise TokcalError(f"{p}:{line}: not valid JSON (nested too deeply)") from None
         if isinstance(obj, list):
             for j, item in enumerate(obj):
                 yield line, (item, f"[{j}]")
@@ -78,6 +80,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, Any, str]]:
                 continue
             try:
                 obj = _loads(s)
+            except RecursionError:
+                raise TokcalError(f"{p}:{lineno}: not valid JSON (nested too deeply)") from None
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 if lineno == 1 and s[:1] == b"{":  # a pretty-printed document
                     yield from ((ln, o, ix) for ln, (o, ix) in _iter_document(p, _read_text(p)))

@@ -23,6 +23,8 @@ HINT = "llama.cpp /completion: n_probs >= 1"
 
 
 def _one(e: Any, w: str, vocab: Any, post: bool) -> tuple[int, float]:
+    if not isinstance(e, dict):
+        raise TokcalError(f"{w}: expected an object, got {type(e).__name__}")
     tok = e.get("token") if "token" in e else e.get("tok_str")
     tid = e.get("id")
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import TokcalError
-from ._common import SequenceBuilder, Skip, get, num
+from ._common import SequenceBuilder, Skip, as_list, get, num
 
 HINT = "OpenAI-style chat: logprobs=true with top_logprobs >= 1"
 
@@ -113,7 +113,7 @@ class Chat:
     def matches(obj: dict) -> bool:
         if obj.get("object") == "chat.completion.chunk":
             return True
-        for c in obj.get("choices") or []:
+        for c in as_list(obj.get("choices")):
             if isinstance(c, dict) and ("message" in c or "delta" in c):
                 return True
             if isinstance(c, dict) and isinstance(c.get("logprobs"), dict) and "content" in c["logprobs"]:
@@ -141,6 +141,8 @@ class Chat:
         for c, choice in enumerate(get(obj, "choices", where, list)):
             w = f"{where}: choices[{c}]"
             key = (obj.get("id"), choice.get("index", c) if isinstance(choice, dict) else c)
+            if not all(isinstance(k, (str, int, float, type(None))) for k in key):
+                raise TokcalError(f"{w}: 'id' and 'index' of a stream chunk must be strings or numbers")
             if key not in self.pending:
                 self.pending[key] = (ctx.collector.sequence(line, "generated"), obj)
             seq, first = self.pending[key]
@@ -209,7 +211,7 @@ class Completions:
 
     @staticmethod
     def matches(obj: dict) -> bool:
-        for c in obj.get("choices") or []:
+        for c in as_list(obj.get("choices")):
             if isinstance(c, dict) and (("text" in c and "logprobs" in c)
                                         or (isinstance(c.get("logprobs"), dict) and "tokens" in c["logprobs"])):
                 return True

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import TokcalError
-from ._common import SequenceBuilder, get, num
+from ._common import SequenceBuilder, as_list, get, num
 
 HINT = "TGI /generate: details=true with top_n_tokens >= 1"
 
@@ -100,7 +100,8 @@ class TGI:
             if isinstance(t, dict) and t.get("logprob") is not None:
                 _token(t, f"{w}.prefill[{j}]", ctx.vocab)
                 self.prefill += 1
-        seqs = [(d, w)] + [(b, f"{w}.best_of_sequences[{i}]") for i, b in enumerate(d.get("best_of_sequences") or [])]
+        best_of = as_list(d.get("best_of_sequences"))
+        seqs = [(d, w)] + [(b, f"{w}.best_of_sequences[{i}]") for i, b in enumerate(best_of)]
         for sd, sw in seqs:
             seq = ctx.collector.sequence(line, "generated")
             _sequence(sd, sw, seq, ctx.vocab)

@@ -54,7 +54,13 @@ def add_positions(entries: Any, ids: Any, where: str, seq: SequenceBuilder, voca
             lps.append(lp)
             ranks.append(r if isinstance(r, int) and not isinstance(r, bool) else None)
             by_id[i] = local
-        tok = int(ids[j]) if ids is not None else int(next(iter(m)))
+        own_id = ids[j] if ids is not None else next(iter(m))
+        if isinstance(own_id, bool) or not isinstance(own_id, (int, str)):
+            raise TokcalError(f"{wj}: the position's token id {own_id!r} is not an integer")
+        try:
+            tok = int(own_id)
+        except ValueError:
+            raise TokcalError(f"{wj}: the position's token id {own_id!r} is not an integer") from None
         if tok not in by_id:
             raise TokcalError(f"{wj}: the position's token {tok} has no entry")
         own = by_id[tok]
@@ -70,7 +76,8 @@ class VLLM:
     def matches(obj: dict) -> bool:
         if "outputs" in obj or "prompt_logprobs" in obj:
             return True
-        return any(isinstance(c, dict) and "prompt_logprobs" in c for c in obj.get("choices") or [])
+        choices = obj.get("choices")
+        return isinstance(choices, list) and any(isinstance(c, dict) and "prompt_logprobs" in c for c in choices)
 
     def parse(self, obj: dict, line: int, where: str, ctx: Any) -> None:
         n = 0
