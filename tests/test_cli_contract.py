@@ -175,6 +175,9 @@ def test_the_good_inputs_work(d, tmp_path):
                  ["check", "{d}/t.parquet", "--baseline", "{d}/ev.json", "--max-regression", "1", "--bootstrap", "0"],
                  ["report", "{d}/ev.json", "-o", "{o}.html"],
                  ["import-logprobs", "{d}/lp.jsonl", "-o", "{o}-lp", "--vocab-size", "1000"],
-                 ["annotate", "{d}/model", "-c", "{d}/cal.json", "--text", "In the", "--abstainer", "{d}/ab.json"]):
+                 ["annotate", "{d}/model", "-c", "{d}/cal.json", "--text", "In the", "--abstainer", "{d}/ab.json",
+                  "--html", "{o}.annotate.html"]):
         res = runner.invoke(app, [a.format(d=d, o=tmp_path / "ok") for a in args])
         assert res.exit_code == 0, f"{args}: {res.output}"
+    for page in ("ok.html", "ok.annotate.html"):  # self-contained pages that forbid scripts and remote loads
+        assert "Content-Security-Policy\" content=\"default-src 'none'" in (tmp_path / page).read_text()
