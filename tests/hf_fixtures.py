@@ -75,3 +75,11 @@ def tiny_bert_tagger(vocab_size: int, seed: int = 0):
                      id2label=dict(enumerate(TAGS)), label2id={t: i for i, t in enumerate(TAGS)},
                      pad_token_id=1, initializer_range=0.5)
     return BertForTokenClassification(cfg).eval()
+
+
+def save_tiny_causal(path, n_positions: int = 64):
+    """A tiny GPT-2 and the BPE tokenizer saved as a local from_pretrained folder; returns ``path``."""
+    tok = bpe_tokenizer()
+    tiny_gpt2(len(tok), n_positions=n_positions).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

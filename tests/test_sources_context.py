@@ -83,10 +83,18 @@ def test_cli_clamps_and_an_interrupted_first_block_leaves_nothing(tmp_path, gpt2
     ref = json.loads(ev.read_text())["settings"]["slices"]["freq"]["reference"]
     assert ref["kind"] == "text" and ref["name"] == "book.txt" and ref["n_tokens"] == len(tok(BOOK)["input_ids"])
 
-    def stop(docs: int, tokens: int) -> None:
+    def stop(*args) -> None:  # Ctrl-C inside the first forward pass: no document finished
         raise KeyboardInterrupt
 
     fresh = tmp_path / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        collect_causal(model, tok, [BOOK], top_k=4, out_dir=fresh, progress=stop)
+    hook = model.register_forward_pre_hook(stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            collect_causal(model, tok, [BOOK], top_k=4, out_dir=fresh)
+    finally:
+        hook.remove()
     assert not fresh.exists()
+    # Ctrl-C after a finished block (progress runs after it): that block is kept, to resume from
+    with pytest.raises(KeyboardInterrupt):
+        collect_causal(model, tok, [BOOK, BOOK], top_k=4, out_dir=fresh, block_tokens=1, progress=stop)
+    assert TokenTable.read_parquet(fresh).n_sequences == 1

@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from hf_fixtures import PARAGRAPHS, bpe_tokenizer, tiny_gpt2
+from hf_fixtures import PARAGRAPHS, save_tiny_causal
 from typer.testing import CliRunner
 
 from tokcal import TokenTable
@@ -24,10 +24,7 @@ TEXTS = [PARAGRAPHS[i % 5][(7 * i) % 40:] for i in range(24)]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    tok = bpe_tokenizer()
-    tiny_gpt2(len(tok), n_positions=64).save_pretrained(d)
-    tok.save_pretrained(d)
+    d = save_tiny_causal(tmp_path_factory.mktemp("model"))
     assert (d / "model.safetensors").exists()
     return d
 
@@ -100,12 +97,17 @@ def test_killed_run_resumes_to_the_uninterrupted_table(tmp_path, model_dir):
     assert 0 < len(done) < len(TEXTS)
     # leftovers of a crash between writing a part and the manifest, and a temp file
     first = out / m["parts"][0]["file"]
-    shutil.copy(first, out / "part-00099.parquet")
-    (out / ".part-00100.parquet.x.tmp").write_bytes(b"PAR1 half")
+    assert m["parts"][0]["file"] == "part-main-000000.parquet"
+    shutil.copy(first, out / "part-main-000099.parquet")
+    (out / ".part-main-000100.parquet.x.tmp").write_bytes(b"PAR1 half")
+    (out / "writers" / ".main.json.x.tmp").write_text("{")
+    # readers never see the unlisted part
+    assert TokenTable.read_parquet(out).n_sequences == len(done)
     seen = []
     collect_causal(model, tok, docs(), out_dir=out, progress=lambda d, n: seen.append((d, n)), **kw)
     assert seen[0] == (len(done), 0)  # the finished documents were skipped, not redone
-    assert not (out / "part-00099.parquet").exists() and not list(out.glob(".*.tmp"))
+    assert not (out / "part-main-000099.parquet").exists() and not list(out.glob(".*.tmp"))
+    assert not list((out / "writers").glob(".*.tmp"))
     assert_same(TokenTable.read_parquet(out), reference)
     m = read_manifest(out)
     ids = [d["id"] for p in m["parts"] for d in p["documents"]]

@@ -480,9 +480,17 @@ class TokenTable:
 
 
 def parquet_files(path: str | os.PathLike) -> list[Path]:
-    """The Parquet files behind ``path``: itself, or the ``*.parquet`` parts of a directory."""
+    """The Parquet files behind ``path``: itself, the parts a dataset directory's manifest lists, or the
+    ``*.parquet`` files of a plain directory."""
     path = Path(path)
     if path.is_dir():
+        from .sources.dataset import dataset_parts
+
+        listed = dataset_parts(path)  # a collected dataset: only the parts its journals list
+        if listed is not None:
+            if not listed:
+                raise SchemaError(f"{path}: dataset directory lists no parts yet")
+            return listed
         files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
         if not files:
             raise SchemaError(f"{path}: directory holds no *.parquet parts")

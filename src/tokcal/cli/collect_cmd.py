@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from rich.text import Text
 
 from ..errors import TokcalError
 from ..report.terminal import plural
+from ..sources.dataset import DEFAULT_FLUSH_SECONDS, DEFAULT_PART_ROWS
 from . import app
 from .common import (
     console,
@@ -49,11 +51,11 @@ def _read_inputs(task: str, data: list[Path], groups: dict[str, str], paragraphs
     return items
 
 
-def _progress(total: int) -> Progress:
+def _progress(total: int, show: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]collect"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
         TextColumn("{task.fields[rate]:>9} tok/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
+        console=console, transient=False, disable=not show,
     )
 
 
@@ -81,14 +83,26 @@ def collect(
     gguf_file: str | None = typer.Option(None, "--gguf-file", help="Load the weights (and tokenizer) from this GGUF "
                                                                    "file in MODEL_DIR (dequantised; extra gguf)."),
     verbose: bool = typer.Option(False, "--verbose", help="Show transformers' loading messages and bars."),
+    part_rows: int = typer.Option(DEFAULT_PART_ROWS, "--part-rows", min=1, help="Rows per Parquet part."),
+    flush_seconds: float = typer.Option(DEFAULT_FLUSH_SECONDS, "--flush-seconds", min=0.0,
+                                        help="Write finished documents at least this often (a kill loses less)."),
 ) -> None:
-    """Collect teacher-forced token predictions of a Hugging Face model into a Parquet dataset."""
+    """Collect teacher-forced token predictions of a Hugging Face model into a Parquet dataset.
+
+    Under ``torchrun --nproc-per-node N -m tokcal collect ...`` each process collects its share into
+    the same directory. Ctrl-C (or SIGTERM) writes the finished documents, says how to resume, exits 130.
+    """
     if task not in TASKS:
         raise TokcalError(f"--task must be one of {TASKS}, got {task!r}")
     refuse_overwrite({"--out": out}, [model_dir, *data])
     require_creatable_dir("--out", out)
     items = _read_inputs(task, data, parse_groups(group), paragraphs, text_field, group_field, source_field,
                          target_field)
+    from ..distributed.torchrun import Shard, init_from_env, launched_by_torchrun
+
+    shard = Shard()
+    if launched_by_torchrun():
+        shard, device = init_from_env(device)
     model, tokenizer = load_model(model_dir, task, trust_remote_code, gguf_file, verbose=verbose)
     import torch
 
@@ -96,9 +110,40 @@ def collect(
     from ..table import TokenTable
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    common = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=dev, out_dir=out)
-    with _progress(len(items)) as bar:
-        job = bar.add_task("collect", total=len(items), rate="-")
+    common = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=dev, out_dir=out,
+                  part_rows=part_rows, flush_seconds=flush_seconds)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: as Ctrl-C
+    try:
+        skipped, new_tokens = _run(task, items, model, tokenizer, hf, common, stride, append_eos,
+                                   show=shard.rank == 0, total=sum(shard.mine(i) for i in range(len(items))))
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the finished documents are written; keep it that way
+        where = f" (rank {shard.rank})" if shard.world > 1 else ""
+        err_console.print(f"interrupted{where}: {_done(out)} of {len(items):,} documents are saved in {out}; "
+                          "run the same command again to resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if shard.rank == 0:
+        n = sum(len(t) for t in TokenTable.iter_parquet(out, batch_rows=None))
+        console.print(resume_message(len(items), skipped, new_tokens, n, out), highlight=False)
+
+
+def _done(out: Path) -> int:
+    from ..sources.dataset import read_manifest
+
+    try:
+        m = read_manifest(out)
+    except TokcalError:
+        return 0
+    return 0 if m is None else sum(len(p["documents"]) for p in m["parts"])
+
+
+def _run(task: str, items: list, model, tokenizer, hf, common: dict, stride: int | None, append_eos: bool,
+         show: bool, total: int) -> tuple[int, int]:
+    """Run the task's collector with a progress bar; returns (documents skipped, tokens predicted)."""
+    with _progress(total, show) as bar:
+        job = bar.add_task("collect", total=total, rate="-")
         tokens, skipped = [0], [0]
 
         def update(docs: int, toks: int) -> None:
@@ -114,8 +159,7 @@ def collect(
             hf.collect_seq2seq(model, tokenizer, items, progress=update, **common)
         else:
             hf.collect_token_classification(model, tokenizer, items, progress=update, **common)
-    n = sum(len(t) for t in TokenTable.iter_parquet(out, batch_rows=None))
-    console.print(resume_message(len(items), skipped[0], tokens[0], n, out), highlight=False)
+    return skipped[0], tokens[0]
 
 
 def resume_message(n_docs: int, skipped: int, new_tokens: int, total_tokens: int, out: Path) -> str:

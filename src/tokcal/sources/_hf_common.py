@@ -19,7 +19,7 @@ from ..errors import TokcalError, TokcalWarning
 from ..sketch import LogitSketch, sketch_logits
 from ..table import TokenTable
 from ..vocab import Vocabulary
-from .dataset import DatasetWriter
+from .dataset import DEFAULT_FLUSH_SECONDS, WRITERS, DatasetWriter
 
 #: logits per sketched chunk. On CPU 512 MiB of float32: the output head's weights are re-read
 #: for every chunk, and GPT-2 small's head ran 20-35 % slower on 166-row chunks. On an accelerator
@@ -119,10 +119,12 @@ def _blocks(items: list[_Item], cost: Callable[[_Item], int], budget: int) -> li
 
 def _drive(items: list[_Item], predict: Callable[[list[_Item]], _Rows], cost: Callable[[_Item], int],
            budget: int, vocab: Vocabulary, source: dict[str, Any], settings: dict[str, Any],
-           out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None) -> TokenTable | Path:
+           out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None,
+           flush_seconds: float = DEFAULT_FLUSH_SECONDS) -> TokenTable | Path:
     fresh = out_dir is not None and not Path(out_dir).exists()
     try:
-        return _drive_blocks(items, predict, cost, budget, vocab, source, settings, out_dir, part_rows, progress)
+        return _drive_blocks(items, predict, cost, budget, vocab, source, settings, out_dir, part_rows, progress,
+                             flush_seconds)
     except BaseException:
         if fresh:
             _remove_if_unfinished(Path(out_dir))
@@ -133,35 +135,59 @@ def _remove_if_unfinished(out_dir: Path) -> None:
     """Remove a dataset directory this run created if no part was finished: nothing half-made stays."""
     if not out_dir.is_dir() or any(out_dir.glob("*.parquet")):
         return
+    writers = out_dir / WRITERS
+    if writers.is_dir() and any(p.suffix == ".json" for p in writers.iterdir()):
+        return  # a writer listed documents (perhaps without tokens), or another rank is writing
     names = {p.name for p in out_dir.iterdir()}
-    if names <= {"manifest.json"} or all(n == "manifest.json" or n.endswith(".tmp") for n in names):
-        for p in out_dir.iterdir():
-            p.unlink()
+    if all(n in ("manifest.json", WRITERS) or n.endswith(".tmp") for n in names):
+        for p in [*(writers.iterdir() if writers.is_dir() else ()), *out_dir.iterdir()]:
+            if p.is_dir():
+                p.rmdir()
+            else:
+                p.unlink(missing_ok=True)
         out_dir.rmdir()
 
 
 def _drive_blocks(items: list[_Item], predict: Callable[[list[_Item]], _Rows], cost: Callable[[_Item], int],
                   budget: int, vocab: Vocabulary, source: dict[str, Any], settings: dict[str, Any],
-                  out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None) -> TokenTable | Path:
-    writer = DatasetWriter(out_dir, settings, part_rows=part_rows) if out_dir is not None else None
-    todo = [it for it in items if writer is None or not writer.is_done(it.id, it.hash, it.seq)]
-    if progress is not None and len(todo) < len(items):
-        progress(len(items) - len(todo), 0)
+                  out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None,
+                  flush_seconds: float) -> TokenTable | Path:
+    """Predict ``items`` block by block; into a table, or into the dataset ``out_dir``.
+
+    With ``out_dir`` under an initialised ``torch.distributed`` process group, this rank takes the
+    items whose index is ``rank`` modulo the world size (:mod:`tokcal.distributed.torchrun`). On an
+    exception or ``KeyboardInterrupt`` the finished documents are flushed before it propagates.
+    """
+    from ..distributed.torchrun import Shard, barrier_and_merge, current_shard
+
+    shard = current_shard() if out_dir is not None else Shard()
+    writer = DatasetWriter(out_dir, settings, part_rows=part_rows, flush_seconds=flush_seconds,
+                           writer=shard.writer) if out_dir is not None else None
+    mine = [it for it in items if shard.mine(it.seq)]
+    todo = [it for it in mine if writer is None or not writer.is_done(it.id, it.hash, it.seq)]
+    if progress is not None and len(todo) < len(mine):
+        progress(len(mine) - len(todo), 0)
     tables = []
-    for block in _blocks(todo, cost, budget):
-        table = _table(predict(block), block, vocab, source)
-        n = 0 if table is None else len(table)
+    try:
+        for block in _blocks(todo, cost, budget):
+            table = _table(predict(block), block, vocab, source)
+            n = 0 if table is None else len(table)
+            if writer is not None:
+                counts = {} if table is None else dict(zip(*np.unique(table.sequence_id, return_counts=True),
+                                                           strict=True))
+                writer.add(table, [{"id": it.id, "hash": it.hash, "sequence_id": it.seq,
+                                    "rows": int(counts.get(it.seq, 0))} for it in block])
+            elif table is not None:
+                tables.append(table)
+            if progress is not None:
+                progress(len(block), n)
+    except BaseException:
         if writer is not None:
-            counts = {} if table is None else dict(zip(*np.unique(table.sequence_id, return_counts=True),
-                                                       strict=True))
-            writer.add(table, [{"id": it.id, "hash": it.hash, "sequence_id": it.seq,
-                                "rows": int(counts.get(it.seq, 0))} for it in block])
-        elif table is not None:
-            tables.append(table)
-        if progress is not None:
-            progress(len(block), n)
+            writer.flush()
+        raise
     if writer is not None:
-        writer.close()
+        writer.flush()
+        barrier_and_merge(writer)
         return Path(out_dir)
     if not tables:
         raise TokcalError("no tokens to predict: every input was empty or made only of special tokens")

@@ -72,7 +72,7 @@ from ._hf_common import (
     _Rows,
     _sketch_rows,
 )
-from .dataset import DEFAULT_PART_ROWS
+from .dataset import DEFAULT_FLUSH_SECONDS, DEFAULT_PART_ROWS
 from .readers import Document, Pair, TaggedSentence
 
 
@@ -147,6 +147,7 @@ def collect_causal(
     prepend_bos: bool | None = None,
     append_eos: bool = False,
     part_rows: int = DEFAULT_PART_ROWS,
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     block_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> TokenTable | Path:
@@ -156,7 +157,9 @@ def collect_causal(
     ``max_length``: window length (default: the model's context size); ``stride``: window step
     (default ``max_length // 2``). ``groups``: name -> one value for all texts or one per text.
     ``out_dir``: stream Parquet parts into this dataset directory (resumable, see
-    :mod:`tokcal.sources.dataset`) and return its path instead of a table. ``prepend_bos`` and
+    :mod:`tokcal.sources.dataset`; parts of ``part_rows`` rows, finished documents flushed at least
+    every ``flush_seconds``; under a ``torch.distributed`` process group each rank collects its share,
+    :mod:`tokcal.distributed.torchrun`) and return its path instead of a table. ``prepend_bos`` and
     ``append_eos``: see the module docstring. Texts are processed, and written, in blocks of about
     ``block_tokens`` tokens; ``progress(docs, tokens)`` is called with increments after each block.
     ``sequence_id`` is the index of the text in ``texts``.
@@ -245,7 +248,8 @@ def collect_causal(
     vocab = Vocabulary.from_tokenizer(tokenizer, size=vocab_size)
     return _drive(items, predict, lambda it: len(it.data) // 3 + 1,
                   budget=block_tokens or max(4096, 4 * batch_size * L), vocab=vocab, source=source,
-                  settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress)
+                  settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress,
+                  flush_seconds=flush_seconds)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,6 +283,7 @@ def collect_seq2seq(
     out_dir: str | os.PathLike | None = None,
     doc_ids: Sequence[str] | None = None,
     part_rows: int = DEFAULT_PART_ROWS,
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     block_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> TokenTable | Path:
@@ -342,7 +347,8 @@ def collect_seq2seq(
     vocab = Vocabulary.from_tokenizer(tokenizer, size=vocab_size)
     return _drive(items, predict, lambda it: (len(it.data[0]) + len(it.data[1])) // 3 + 1,
                   budget=block_tokens or max(4096, 16 * batch_size * 64), vocab=vocab, source=source, settings=settings,
-                  out_dir=out_dir, part_rows=part_rows, progress=progress)
+                  out_dir=out_dir, part_rows=part_rows, progress=progress,
+                  flush_seconds=flush_seconds)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,6 +370,7 @@ def collect_token_classification(
     out_dir: str | os.PathLike | None = None,
     doc_ids: Sequence[str] | None = None,
     part_rows: int = DEFAULT_PART_ROWS,
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     block_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> TokenTable | Path:
@@ -460,7 +467,8 @@ def collect_token_classification(
         return rows
 
     out = _drive(items, predict, lambda it: len(it.data[0]) + 1, budget=block_tokens or max(4096, 64 * batch_size),
-                 vocab=vocab, source=source, settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress)
+                 vocab=vocab, source=source, settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress,
+                  flush_seconds=flush_seconds)
     if truncated[0]:
         warnings.warn(f"{truncated[0]} words beyond max_length={L} were cut and are not in the table", stacklevel=2)
     return out
