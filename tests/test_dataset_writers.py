@@ -108,7 +108,7 @@ def test_damaged_or_foreign_journals_and_bad_arguments_are_clear_errors(tmp_path
     add(w, 0)
     w.close()
     (out / "writers" / "b.json").write_text("{")
-    with pytest.raises(TokcalError, match=r"b\.json: corrupt writer journal"):
+    with pytest.raises(TokcalError, match=r"b\.json: not valid JSON"):
         DatasetWriter(out, SETTINGS, writer="c")
     (out / "writers" / "b.json").write_text(json.dumps({"format": "tokcal-dataset-writer", "settings_hash": "x",
                                                         "parts": []}))
