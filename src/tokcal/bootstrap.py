@@ -274,6 +274,14 @@ class UnitStats:
         pairs = np.unique(group[m] * self.sizes[k] + value)
         return np.bincount(pairs % self.sizes[k], minlength=self.sizes[k])
 
+    def value_sums(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """NLL and Brier sums per value of part k."""
+        cell = self.cells[k]
+        m = cell >= 0
+        value = (cell[m] - self.offsets[k]) // self.bins
+        return (np.bincount(value, self.nll[m], minlength=self.sizes[k]),
+                np.bincount(value, self.brier[m], minlength=self.sizes[k]))
+
     def chunk_matrix(self, u0: int, u1: int) -> np.ndarray:
         """Dense X[u0:u1] (units u0..u1-1): one bincount per statistic over all parts."""
         t0, t1 = self.unit_start[u0], self.unit_start[u1]

@@ -274,7 +274,8 @@ def evaluate(
     sig = _signatures(bins, binning, bootstrap, seed, classwise_top, units)
     n = c.shape[0]
     replicates = overall_replicates(stats, boot)
-    overall = _overall(stats, replicates, c, a, p, nll_tok, brier_tok, bins, classwise_top, table.vocab_size)
+    point = _point_metrics(c, a, p, nll_tok, brier_tok, bins, classwise_top, table.vocab_size)
+    overall = _overall(stats, replicates, n, point)
     data = {
         "schema_version": SCHEMA_VERSION,
         "signature": sig["ece"],
@@ -284,7 +285,7 @@ def evaluate(
         "bins": _bins_list(stats, boot, edges),
         "slices": {s.name: _slice_rows(stats, boot, k + 1, s.labels) for k, s in enumerate(sl)},
         "worst_tokens": _worst_tokens(table, keep, p, c, a, bins, worst),
-        "risk_coverage": _risk_coverage(c, a, overall["aurc"]),
+        "risk_coverage": _curve(*risk_coverage(c, a), overall["aurc"]),
         "confidence_histogram": _histogram(c),
         "passage": _passage(table, probs),
         "slice_bins": {s.name: _slice_bins(stats, k + 1, s.labels) for k, s in enumerate(sl)},
@@ -335,32 +336,43 @@ def overall_replicates(st: UnitStats, sums: np.ndarray | None) -> dict[str, np.n
         }
 
 
-def _overall(st: UnitStats, values: dict[str, np.ndarray] | None, c: np.ndarray, a: np.ndarray, p: TokenProbs,
-             nll: np.ndarray, brier: np.ndarray, bins: int, classwise_top: int, vocab_size: int) -> dict[str, Any]:
+def _point_metrics(c: np.ndarray, a: np.ndarray, p: TokenProbs, nll: np.ndarray, brier: np.ndarray, bins: int,
+                   classwise_top: int, vocab_size: int) -> dict[str, float]:
+    """The overall metrics that are not functions of the binned sums, from the labelled tokens."""
+    return {
+        "accuracy": float(a.mean()), "confidence": float(c.mean()), "smooth_ece": float(smooth_ece(c, a)),
+        "brier": float(brier.mean()), "top_label_brier": float(np.mean((c - a) ** 2)), "nll": float(nll.mean()),
+        "signed_gap": float(c.mean() - a.mean()), "aurc": float(aurc(c, a)),
+        "classwise_ece": classwise_ece(p.top_ids, p.top_probs, p.label, top_m=classwise_top, bins=bins,
+                                       label_prob=p.label_prob, vocab_size=vocab_size),
+    }
+
+
+def _overall(st: UnitStats, values: dict[str, np.ndarray] | None, n: int, point: dict[str, float]) -> dict[str, Any]:
+    """The ``overall`` entry: binned metrics from ``st`` (any object with ``part``/``total``/``units``,
+    also the streamed sums of :mod:`tokcal.distributed.stats`), the others from ``point``."""
     count, conf, acc = st.part(st.total, 0)
-    n = c.shape[0]
     ece = stats_metrics(count, conf, acc, "l1")[0]
     over_share, under_share = ece_shares(conf[0], acc[0], n)
     out: dict[str, Any] = {
         "n": int(n),
         "n_sequences": int(st.units.n_sequences),
         "n_units": int(st.n_units),
-        "accuracy": float(a.mean()),
-        "confidence": float(c.mean()),
+        "accuracy": float(point["accuracy"]),
+        "confidence": float(point["confidence"]),
         "ece": float(ece),
         "ece_debiased": float(stats_metrics(count, conf, acc, "l1", True)[0]),
-        "smooth_ece": float(smooth_ece(c, a)),
+        "smooth_ece": float(point["smooth_ece"]),
         "mce": float(stats_metrics(count, conf, acc, "max")[0]),
         "rmsce": float(stats_metrics(count, conf, acc, "l2")[0]),
-        "brier": float(brier.mean()),
-        "top_label_brier": float(np.mean((c - a) ** 2)),
-        "nll": float(nll.mean()),
-        "signed_gap": float(c.mean() - a.mean()),
+        "brier": float(point["brier"]),
+        "top_label_brier": float(point["top_label_brier"]),
+        "nll": float(point["nll"]),
+        "signed_gap": float(point["signed_gap"]),
         "over_share": over_share,
         "under_share": under_share,
-        "aurc": float(aurc(c, a)),
-        "classwise_ece": _num(classwise_ece(p.top_ids, p.top_probs, p.label, top_m=classwise_top, bins=bins,
-                                            label_prob=p.label_prob, vocab_size=vocab_size)),
+        "aurc": float(point["aurc"]),
+        "classwise_ece": _num(point["classwise_ece"]),
     }
     ci: dict[str, list[float | None]] = {}
     if values is None:
@@ -393,7 +405,7 @@ def _slice_rows(st: UnitStats, boot: np.ndarray | None, k: int, labels: list[str
     count, conf, acc = st.part(st.total, k)
     n, mc, ma = gap_acc(count, conf, acc)
     ece = stats_metrics(count, conf, acc, "l1")
-    value_nll, value_brier = _per_value_sums(st, k)
+    value_nll, value_brier = st.value_sums(k)
     if boot is not None:
         bc, bconf, bacc = st.part(boot, k)
         bn, bmc, bma = gap_acc(bc, bconf, bacc)
@@ -418,14 +430,6 @@ def _slice_rows(st: UnitStats, boot: np.ndarray | None, k: int, labels: list[str
             "significant": bool(gap_ci[0] is not None and (gap_ci[0] > 0 or gap_ci[1] < 0)),
         })
     return rows
-
-
-def _per_value_sums(st: UnitStats, k: int) -> tuple[np.ndarray, np.ndarray]:
-    cell = st.cells[k]
-    m = cell >= 0
-    value = (cell[m] - st.offsets[k]) // st.bins
-    return (np.bincount(value, st.nll[m], minlength=st.sizes[k]),
-            np.bincount(value, st.brier[m], minlength=st.sizes[k]))
 
 
 # -- per-slice reliability, pairing data -----------------------------------------------------------
@@ -492,35 +496,41 @@ def _worst_tokens(table: TokenTable, keep: np.ndarray, p: TokenProbs, c: np.ndar
         return []
     pred = np.asarray(p.predicted, dtype=np.int64)
     v = table.vocab_size
-    cnt = np.bincount(pred, minlength=v).astype(np.float64)
-    sc = np.bincount(pred, c, minlength=v)
-    sa = np.bincount(pred, a, minlength=v)
-    contrib = np.abs(sc - sa)
-    total = contrib.sum()
-    ids = np.flatnonzero(cnt > 0)
-    ids = ids[np.argsort(-contrib[ids], kind="stable")][:worst]
     rows_all = np.flatnonzero(keep)
     order = np.lexsort((table.position, table.sequence_id))
     sorted_seq = table.sequence_id[order]
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
-    out = []
-    for t in ids:
-        ex = rows_all[pred == t][:3]
-        contexts = []
-        for r in ex:
+
+    def contexts(t: int) -> list[dict[str, str]]:
+        out = []
+        for r in rows_all[pred == t][:3]:
             i = rank[r]
             start = max(np.searchsorted(sorted_seq, table.sequence_id[r], side="left"), i - 8)
             prev = table.label[order[start:i]]
             text = _decode(table, prev[prev >= 0])
             gold = table.token_strings([table.label[r]])[0]
             tok = table.token_strings([t])[0]
-            contexts.append({"before": text, "token": tok, "gold": gold})
-        out.append({"id": int(t), "token": table.token_strings([t])[0], "n": int(cnt[t]),
-                    "confidence": float(sc[t] / cnt[t]), "accuracy": float(sa[t] / cnt[t]),
-                    "gap": float((sc[t] - sa[t]) / cnt[t]),
-                    "ece_share": float(contrib[t] / total) if total > 0 else 0.0, "contexts": contexts})
-    return out
+            out.append({"before": text, "token": tok, "gold": gold})
+        return out
+
+    return _worst_list(table, np.bincount(pred, minlength=v).astype(np.float64), np.bincount(pred, c, minlength=v),
+                       np.bincount(pred, a, minlength=v), worst, contexts)
+
+
+def _worst_list(table: TokenTable, cnt: np.ndarray, sc: np.ndarray, sa: np.ndarray, worst: int,
+                contexts: Any) -> list[dict[str, Any]]:
+    """The ``worst_tokens`` rows from per-predicted-id count, confidence and correctness sums;
+    ``contexts(t)`` gives the example contexts of id t (``table``: token strings)."""
+    contrib = np.abs(sc - sa)
+    total = contrib.sum()
+    ids = np.flatnonzero(cnt > 0)
+    ids = ids[np.argsort(-contrib[ids], kind="stable")][:worst]
+    return [{"id": int(t), "token": table.token_strings([t])[0], "n": int(cnt[t]),
+             "confidence": float(sc[t] / cnt[t]), "accuracy": float(sa[t] / cnt[t]),
+             "gap": float((sc[t] - sa[t]) / cnt[t]),
+             "ece_share": float(contrib[t] / total) if total > 0 else 0.0, "contexts": contexts(int(t))}
+            for t in ids]
 
 
 def _decode(table: TokenTable, ids: np.ndarray) -> str:
@@ -530,8 +540,8 @@ def _decode(table: TokenTable, ids: np.ndarray) -> str:
     return table.vocabulary.decode(ids)
 
 
-def _risk_coverage(c: np.ndarray, a: np.ndarray, area: float, points: int = 101) -> dict[str, Any]:
-    cov, risk = risk_coverage(c, a)
+def _curve(cov: np.ndarray, risk: np.ndarray, area: float, points: int = 101) -> dict[str, Any]:
+    """The ``risk_coverage`` entry: at most ``points`` of the curve, evenly spread over its points."""
     cov, risk = np.asarray(cov, dtype=np.float64), np.asarray(risk, dtype=np.float64)
     if cov.size > points:
         idx = np.unique(np.round(np.linspace(0, cov.size - 1, points)).astype(np.int64))

@@ -52,11 +52,9 @@ def _int_matrix(name: str, x: Any) -> np.ndarray:
     return arr
 
 
-def classwise_calibration(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any = None,
-                          classes: Any = None, top_m: int = 50, bins: int = 15, label_prob: Any = None,
-                          vocab_size: int | None = None) -> ClasswiseCalibration:
-    """Per-class binned calibration of p_i(j) against 1[y_i = j] (module docstring)."""
-    bins = V.n_bins(bins)
+def _prepare(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any, label_prob: Any,
+             vocab_size: int | None) -> tuple[np.ndarray, ...]:
+    """Validated ``(ids, probs, y, lp, tail, labeled)`` for the classwise kernel."""
     ids = _int_matrix("top_ids", top_ids)  # any integer dtype: the kernel compiles per dtype, no copy
     probs = np.asarray(top_probs, dtype=np.float64)
     if probs.shape != ids.shape:
@@ -84,6 +82,41 @@ def classwise_calibration(top_ids: Any, top_probs: Any, label: Any, tail_prob: A
     if label_prob is not None:
         V.same_length(label=y, label_prob=lp)
         lp = np.where(labeled, lp, 0.0)  # unknown labels carry NaN; those rows are skipped anyway
+    return ids, probs, y, lp, tail, labeled
+
+
+def _sums(ids: np.ndarray, probs: np.ndarray, y: np.ndarray, lp: np.ndarray, tail: np.ndarray, cls: np.ndarray,
+          bins: int, has_label_prob: bool) -> tuple[np.ndarray, np.ndarray]:
+    size = int(max(ids.max(), y.max(), cls.max())) + 1
+    lookup = np.full(size, -1, np.int64)
+    lookup[cls] = np.arange(cls.shape[0])
+    edges = width_edges(bins)
+    base = np.zeros((2, bins))
+    corr = np.zeros((3, cls.shape[0], bins))
+    i, what = kernels()["classwise"](ids, probs, y, lp, tail, lookup, bins, edges, has_label_prob, base, corr)
+    if i >= 0:
+        name, arr = {1: ("top_probs", probs[i]), 2: ("label_prob", lp[i]), 3: ("tail_prob", tail[i])}[what]
+        raise ValidationError(f"{name}: probabilities must be finite and in [0, 1]; row {i} holds {arr!r}")
+    return base, corr
+
+
+def classwise_sums(top_ids: Any, top_probs: Any, label: Any, classes: Any, bins: int = 15, tail_prob: Any = None,
+                   label_prob: Any = None, vocab_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The mergeable sums behind :func:`classwise_calibration` for fixed ``classes`` (unique ids):
+    ``base`` [2, bins] (count and probability sum of every token in every class's bins, as if no class
+    were in its top-k) and ``corr`` [3, n_classes, bins] (the corrections, and the correct counts).
+    Sums of shards add up to the sums of their union."""
+    ids, probs, y, lp, tail, _ = _prepare(top_ids, top_probs, label, tail_prob, label_prob, vocab_size)
+    cls = np.asarray(classes, dtype=np.int64)
+    return _sums(ids, probs, y, lp, tail, cls, V.n_bins(bins), label_prob is not None)
+
+
+def classwise_calibration(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any = None,
+                          classes: Any = None, top_m: int = 50, bins: int = 15, label_prob: Any = None,
+                          vocab_size: int | None = None) -> ClasswiseCalibration:
+    """Per-class binned calibration of p_i(j) against 1[y_i = j] (module docstring)."""
+    bins = V.n_bins(bins)
+    ids, probs, y, lp, tail, labeled = _prepare(top_ids, top_probs, label, tail_prob, label_prob, vocab_size)
     if classes is None:
         counts = np.bincount(y[labeled])
         m = min(int(top_m), int((counts > 0).sum()))
@@ -93,17 +126,8 @@ def classwise_calibration(top_ids: Any, top_probs: Any, label: Any, tail_prob: A
         cls = np.unique(V.as_1d("classes", classes).astype(np.int64))
         if (cls < 0).any():
             raise ValidationError("classes: ids must be >= 0")
+    base, corr = _sums(ids, probs, y, lp, tail, cls, bins, label_prob is not None)
     size = int(max(ids.max(), y.max(), cls.max())) + 1
-    lookup = np.full(size, -1, np.int64)
-    lookup[cls] = np.arange(cls.shape[0])
-    edges = width_edges(bins)
-    base = np.zeros((2, bins))
-    corr = np.zeros((3, cls.shape[0], bins))
-    i, what = kernels()["classwise"](ids, probs, y, lp, tail, lookup, bins, edges, label_prob is not None,
-                                     base, corr)
-    if i >= 0:
-        name, arr = {1: ("top_probs", probs[i]), 2: ("label_prob", lp[i]), 3: ("tail_prob", tail[i])}[what]
-        raise ValidationError(f"{name}: probabilities must be finite and in [0, 1]; row {i} holds {arr!r}")
     count = np.maximum(base[0][None, :] + corr[0], 0.0)  # exact small integers; max() drops -0.0
     conf_sum = base[1][None, :] + corr[1]
     support = np.bincount(y[labeled], minlength=size)[cls]

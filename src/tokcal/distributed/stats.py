@@ -1,0 +1,612 @@
+"""Mergeable statistics: :func:`tokcal.evaluate` and temperature fits on data that does not fit in memory,
+or whose shards live on several processes or machines (Ray). Only these sums travel, never logits.
+
+Two passes over the tokens, each a map (per batch or shard) and a merge (addition):
+
+1. :class:`DatasetSummary` reads only ``sequence_id``, ``position``, ``label`` and the group columns:
+   labelled tokens per sequence (to choose the resampling unit, :func:`tokcal.bootstrap.choose_unit`),
+   the units themselves (keys ``(sequence_id, floor(position / B))``, :func:`tokcal.bootstrap.unit_keys`,
+   numbered densely in key order as :func:`tokcal.bootstrap.units_from_arrays` does), gold-label
+   counts (frequency slices, the classwise classes), group categories and every sequence id (splits).
+2. :class:`EvaluationSums` accumulates, per batch, the same sufficient statistics as the in-memory
+   :class:`tokcal.bootstrap.UnitStats`: per-(part, value, bin) counts, confidence and correctness sums,
+   NLL and Brier sums, and the bootstrap sums ``W[:, units of the batch] @ X_batch`` with the
+   replicate weights ``W`` of :func:`tokcal.bootstrap.replicate_weights` -- so the intervals are those
+   of the in-memory path for the same units and seed (to the float32 rounding of the products).
+
+Exactness. Every sum-based number (binned ECE family, Brier, NLL, accuracy, confidence, slices,
+classwise ECE, worst-token numbers, confidence histogram) equals the in-memory one up to the order of
+float64 additions (~1e-15 relative). Smooth ECE is exact too: :func:`tokcal.metrics.smooth_ece` spreads
+tokens linearly onto grids whose sizes depend only on the bandwidth, and its bisection visits only
+multiples of 2^-10, so the grids of all those sizes (:data:`SMOOTH_GRIDS`, 11 of them) are summed.
+AURC and the risk-coverage curve need a global sort: they are computed from :data:`AURC_BINS`
+equal-width confidence bins, tokens of one bin taken as tied (the tie rule of
+:func:`tokcal.metrics.aurc`), and the evaluation records ``aurc_error_bound``, a bound on
+``|AURC_binned - AURC_exact|`` computed from the same bins (:func:`aurc_from_bins`). Equal-mass bin
+edges need all confidences: streaming supports ``binning="width"`` only. Worst-token contexts are taken
+from the rows stored before each example (rows of a sequence stored together in position order, as
+collected).
+
+Memory: O(batch + units + R x columns + vocabulary), independent of the number of tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..bootstrap import (
+    ResamplingUnits,
+    ResamplingWarning,
+    block_length_of,
+    choose_unit,
+    few_units_message,
+    replicate_weights,
+)
+from ..errors import ValidationError
+from ..metrics._kernels import kernels
+from ..metrics.binned import width_edges
+from ..metrics.signature import LABELS
+from ..metrics.smooth import _grid_points, _Smoother
+from ..probs import TokenProbs
+from ..slices import FrequencySlice, GroupSlice, Slice, TokenTypeSlice, parse_slices
+from ..table import TokenTable, parquet_files
+
+AURC_BINS = 1 << 18  #: equal-width confidence bins of the streamed AURC and risk-coverage curve
+SMOOTH_GRIDS = tuple(sorted({_grid_points(j / 1024) for j in range(1, 1025)}))  #: grid sizes smooth ECE can visit
+_TINY = np.finfo(np.float64).tiny
+_PASSAGE = 200
+_CONTEXT = 8
+
+
+# -- pass 1: what is known before the metrics --------------------------------------------------------
+
+
+@dataclass
+class DatasetSummary:
+    """Mergeable facts of a dataset read from its cheap columns (module docstring, pass 1)."""
+
+    vocab_size: int
+    block_length: int
+    n_rows: int = 0
+    label_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    seq_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # every sequence (sorted)
+    labelled_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted, with counts
+    labelled_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    block_keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # (seq, block), sorted
+    groups: dict[str, set[str]] = field(default_factory=dict)
+    first_labelled_seq: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.label_counts.size == 0:
+            self.label_counts = np.zeros(self.vocab_size)
+
+    @classmethod
+    def of_arrays(cls, vocab_size: int, block_length: int, sequence_id: np.ndarray, position: np.ndarray,
+                  label: np.ndarray, groups: dict[str, Iterable[str]]) -> DatasetSummary:
+        seq = np.asarray(sequence_id, np.int64)
+        lab = np.asarray(label, np.int64)
+        keep = lab >= 0
+        s_lab = seq[keep]
+        useq, cnt = np.unique(s_lab, return_counts=True)
+        keys = np.stack([s_lab, np.floor_divide(np.asarray(position, np.int64)[keep], block_length)], axis=1)
+        return cls(vocab_size, block_length, int(seq.size),
+                   np.bincount(lab[keep], minlength=vocab_size).astype(np.float64), np.unique(seq), useq,
+                   cnt.astype(np.int64), np.unique(keys, axis=0), {k: set(v) for k, v in groups.items()},
+                   int(s_lab[0]) if s_lab.size else None)
+
+    @classmethod
+    def of_table(cls, t: TokenTable, block_length: int) -> DatasetSummary:
+        return cls.of_arrays(t.vocab_size, block_length, t.sequence_id, t.position, t.label,
+                             {k: g.categories for k, g in t.groups.items()})
+
+    def merge(self, other: DatasetSummary) -> DatasetSummary:
+        """Add ``other`` (a later shard: its first labelled sequence counts only if this one has none)."""
+        if (other.vocab_size, other.block_length) != (self.vocab_size, self.block_length):
+            raise ValidationError(f"merge: summaries of vocab_size/block_length {other.vocab_size}/"
+                                  f"{other.block_length} and {self.vocab_size}/{self.block_length}")
+        if set(other.groups) != set(self.groups) and self.n_rows and other.n_rows:
+            raise ValidationError(f"merge: shards have groups {sorted(self.groups)} and {sorted(other.groups)}")
+        seq = np.concatenate([self.labelled_seq, other.labelled_seq])
+        cnt = np.concatenate([self.labelled_count, other.labelled_count])
+        useq, inv = np.unique(seq, return_inverse=True)
+        groups = {k: self.groups.get(k, set()) | other.groups.get(k, set()) for k in {*self.groups, *other.groups}}
+        return DatasetSummary(
+            self.vocab_size, self.block_length, self.n_rows + other.n_rows, self.label_counts + other.label_counts,
+            np.union1d(self.seq_ids, other.seq_ids), useq, np.bincount(inv.ravel(), cnt).astype(np.int64),
+            np.unique(np.concatenate([self.block_keys, other.block_keys]), axis=0), groups,
+            self.first_labelled_seq if self.first_labelled_seq is not None else other.first_labelled_seq)
+
+    def units(self, unit: str = "auto") -> StreamUnits:
+        """The resampling units (same kind, numbering and reason as :func:`tokcal.bootstrap.resampling_units`)."""
+        if not self.labelled_seq.size:
+            raise ValidationError("evaluate: no token has a known label (all labels are -1)")
+        kind, reason = choose_unit(self.labelled_count, unit)
+        n_seq = int(self.labelled_seq.size)
+        if kind == "block":
+            keys = self.block_keys
+            if keys.shape[0] == n_seq and unit == "auto":
+                kind, reason = "sequence", f"{reason}; no sequence spans more than one block of {self.block_length}"
+            else:
+                reason = f"{reason}: blocks of {self.block_length} positions"
+        if kind == "sequence":
+            keys = np.stack([self.labelled_seq, np.zeros(n_seq, np.int64)], axis=1)
+        seq_of_unit = np.searchsorted(self.labelled_seq, keys[:, 0])
+        info = ResamplingUnits(np.zeros(0, np.int64), seq_of_unit.astype(np.int64), kind,
+                               self.block_length if kind == "block" else None, n_seq, reason)
+        return StreamUnits(info, keys, self.block_length if kind == "block" else None)
+
+
+@dataclass(frozen=True)
+class StreamUnits:
+    """Resampling units known from a summary; :meth:`ids` numbers the units of any batch of tokens."""
+
+    info: ResamplingUnits
+    keys: np.ndarray  # [U, 2] (sequence_id, block), sorted
+    block_length: int | None
+
+    def ids(self, sequence_id: np.ndarray, position: np.ndarray) -> np.ndarray:
+        seq = np.asarray(sequence_id, np.int64)
+        blk = (np.floor_divide(np.asarray(position, np.int64), self.block_length) if self.block_length
+               else np.zeros_like(seq))
+        # lexicographic search of (seq, blk) in the sorted keys
+        lo = np.searchsorted(self.keys[:, 0], seq, side="left")
+        hi = np.searchsorted(self.keys[:, 0], seq, side="right")
+        out = lo.copy()
+        multi = hi - lo > 1
+        if multi.any():
+            for i in np.flatnonzero(multi):
+                out[i] = lo[i] + np.searchsorted(self.keys[lo[i]:hi[i], 1], blk[i])
+        ok = (out < len(self.keys)) & (self.keys[np.minimum(out, len(self.keys) - 1), 0] == seq) & \
+             (self.keys[np.minimum(out, len(self.keys) - 1), 1] == blk)
+        if not ok.all():
+            raise ValidationError("evaluate: a token's resampling unit was not in the dataset summary "
+                                  "(the data changed between the passes?)")
+        return out
+
+
+def _arrow_summary(path: Path, vocab_size: int | None, block_length: int | None) -> Iterator[tuple[Any, ...]]:
+    import pyarrow.parquet as pq
+
+    for file in parquet_files(path):
+        pf = pq.ParquetFile(file)
+        names = pf.schema_arrow.names
+        cols = ["sequence_id", "position", "label", *(n for n in names if n.startswith("group:"))]
+        for batch in pf.iter_batches(batch_size=1 << 20, columns=cols):
+            groups = {}
+            for n in cols[3:]:
+                col = batch.column(n)
+                groups[n[6:]] = [str(x) for x in (col.dictionary if hasattr(col, "dictionary")
+                                                  else col.unique()).to_pylist()]
+            yield (batch.column("sequence_id").to_numpy(), batch.column("position").to_numpy(),
+                   batch.column("label").to_numpy(), groups)
+
+
+def summarize(path: str | Path, *, block_length: int | None = None) -> tuple[DatasetSummary, TokenTable]:
+    """Pass 1 over a Parquet file or dataset directory; also returns its first rows (metadata carrier)."""
+    first = next(TokenTable.iter_parquet(path, batch_rows=1))
+    b = block_length_of(first.source) if block_length is None else int(block_length)
+    total = DatasetSummary(first.vocab_size, b)
+    for seq, pos, lab, groups in _arrow_summary(Path(path), first.vocab_size, b):
+        total = total.merge(DatasetSummary.of_arrays(first.vocab_size, b, seq, pos, lab, groups))
+    return total, first
+
+
+# -- pass 2: the sums of evaluate ----------------------------------------------------------------------
+
+
+class _Layout:
+    """The cell layout of :class:`tokcal.bootstrap.UnitStats` (parts x values x bins), without tokens."""
+
+    def __init__(self, bins: int, sizes: list[int]) -> None:
+        self.bins = bins
+        self.sizes = sizes
+        self.offsets = np.concatenate([[0], np.cumsum(np.asarray(sizes) * bins)]).astype(np.int64)
+        self.n_cells = int(self.offsets[-1])
+        self.n_cols = 3 * self.n_cells + 2
+
+    def part(self, sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lo, hi = self.offsets[k], self.offsets[k + 1]
+        shape = (*sums.shape[:-1], self.sizes[k], self.bins)
+        return tuple(sums[..., j * self.n_cells + lo:j * self.n_cells + hi].reshape(shape) for j in range(3))
+
+
+class EvaluationSums:
+    """Mergeable sums of :func:`evaluate_stream` (module docstring, pass 2). Build one per shard with the
+    same ``summary`` and settings, :meth:`update` it with TokenTables, :meth:`merge` the shards."""
+
+    def __init__(self, summary: DatasetSummary, meta: TokenTable, *, calibrator: Any = None, slices: Any = None,
+                 bins: int = 15, bootstrap: int = 200, seed: int = 0, worst: int = 20, classwise_top: int = 100,
+                 unit: str = "auto", weights: np.ndarray | None = None) -> None:
+        self.summary, self.calibrator = summary, calibrator
+        self.bins, self.bootstrap, self.seed = bins, bootstrap, seed
+        self.worst, self.classwise_top = worst, classwise_top
+        self.units = summary.units(unit)
+        self.vocab_size = summary.vocab_size
+        self.meta = meta
+        self.slices = _global_slices(parse_slices(slices, meta), summary)
+        self.layout = _Layout(bins, [1, *(len(s.labels) for s in self.slices)])
+        self.edges = width_edges(bins)
+        n_units = self.units.info.n_units
+        if weights is None and bootstrap and n_units >= 2:
+            weights = replicate_weights(n_units, bootstrap, seed)
+        self.weights = weights
+        lay = self.layout
+        self.total = np.zeros(lay.n_cols)
+        self.cell_nll = np.zeros(lay.n_cells)
+        self.cell_brier = np.zeros(lay.n_cells)
+        self.boot = np.zeros((bootstrap, lay.n_cols)) if weights is not None else None
+        self.pairs = np.zeros(0, np.int64)  # unit * n_values + global value, unique
+        self.n_values = int(sum(lay.sizes))
+        self.scalars = np.zeros(6)  # n, sum c, sum a, sum brier, sum nll, sum (c - a)^2
+        self.smooth = {g: np.zeros((3, g)) for g in SMOOTH_GRIDS}
+        self.aurc = np.zeros((2, AURC_BINS))  # count, errors
+        self.hist = np.zeros(50)
+        counts = summary.label_counts
+        m = min(int(classwise_top), int((counts > 0).sum()))
+        self.classes = np.lexsort((np.arange(counts.shape[0]), -counts))[:m].astype(np.int64)
+        self.class_base = np.zeros((2, bins))
+        self.class_corr = np.zeros((3, self.classes.shape[0], bins))
+        self.tok = np.zeros((3, self.vocab_size))  # predicted id: count, conf sum, acc sum
+        self.examples: dict[int, list[tuple[int, np.ndarray, int]]] = {}
+        self.passage: TokenTable | None = None
+        self.passage_probs: TokenProbs | None = None
+        self._carry: tuple[np.ndarray, np.ndarray] | None = None  # last rows' (sequence_id, label)
+
+    # -- map --------------------------------------------------------------------------------------------
+
+    def update(self, table: TokenTable) -> EvaluationSums:
+        """Add one batch (any rows, in storage order)."""
+        probs = _probs(table, self.calibrator)
+        keep = table.labeled
+        self._passage(table, probs)
+        if keep.any():
+            self._add(table, probs, keep)
+        self._carry = (table.sequence_id[-_CONTEXT:], table.label[-_CONTEXT:])
+        return self
+
+    def _add(self, table: TokenTable, probs: TokenProbs, keep: np.ndarray) -> None:
+        lay = self.layout
+        p = probs.select(keep) if not keep.all() else probs
+        c = np.clip(np.asarray(p.confidence, dtype=np.float64), 0.0, 1.0)
+        a = np.asarray(p.correct, dtype=np.float64)
+        py = np.clip(np.asarray(p.label_prob, dtype=np.float64), 0.0, 1.0)
+        nll = -np.log(np.maximum(py, _TINY))
+        brier = np.asarray(p.sum_sq, dtype=np.float64) - 2.0 * py + 1.0
+        tok_bin = np.clip(np.searchsorted(self.edges, c, side="right") - 1, 0, self.bins - 1)
+        codes = [np.zeros(c.shape[0], np.int64)]
+        for s in self.slices:
+            codes.append(_global_codes(s, table, probs)[keep])
+        cells = np.stack([np.where(k >= 0, off + k * self.bins + tok_bin, -1)
+                          for k, off in zip(codes, lay.offsets[:-1], strict=True)])
+        m = cells >= 0
+        flat = cells[m]
+        nc = lay.n_cells
+        cw = np.broadcast_to(c, cells.shape)[m]
+        aw = np.broadcast_to(a, cells.shape)[m]
+        self.total[:nc] += np.bincount(flat, minlength=nc)
+        self.total[nc:2 * nc] += np.bincount(flat, cw, minlength=nc)
+        self.total[2 * nc:3 * nc] += np.bincount(flat, aw, minlength=nc)
+        self.total[-2] += nll.sum()
+        self.total[-1] += brier.sum()
+        self.cell_nll += np.bincount(flat, np.broadcast_to(nll, cells.shape)[m], minlength=nc)
+        self.cell_brier += np.bincount(flat, np.broadcast_to(brier, cells.shape)[m], minlength=nc)
+        unit = self.units.ids(table.sequence_id[keep], table.position[keep])
+        # (unit, value) pairs: how many units / sequences have a token in each slice value
+        value = np.concatenate([k[k >= 0] + off // self.bins for k, off in zip(codes, lay.offsets[:-1], strict=True)])
+        who = np.concatenate([unit[k >= 0] for k in codes])
+        self.pairs = np.union1d(self.pairs, who * self.n_values + value)
+        if self.boot is not None:
+            uniq, local = np.unique(unit, return_inverse=True)
+            local = local.ravel()
+            x = np.zeros((uniq.size, lay.n_cols))
+            key = (np.broadcast_to(local, cells.shape)[m] * nc + flat)
+            for j, w in enumerate((None, cw, aw)):
+                x[:, j * nc:(j + 1) * nc] = np.bincount(key, w, minlength=uniq.size * nc).reshape(uniq.size, nc)
+            x[:, -2] = np.bincount(local, nll, minlength=uniq.size)
+            x[:, -1] = np.bincount(local, brier, minlength=uniq.size)
+            self.boot += self.weights[:, uniq] @ x.astype(np.float32)
+        self.scalars += (c.size, c.sum(), a.sum(), brier.sum(), nll.sum(), np.sum((c - a) ** 2))
+        grid_hist = kernels()["grid_hist"]
+        for g, out in self.smooth.items():
+            part = np.zeros((3, g))
+            grid_hist(c, a, np.empty(0), g, part)
+            out += part
+        ab = np.minimum((c * AURC_BINS).astype(np.int64), AURC_BINS - 1)
+        self.aurc[0] += np.bincount(ab, minlength=AURC_BINS)
+        self.aurc[1] += np.bincount(ab, 1.0 - a, minlength=AURC_BINS)
+        self.hist += np.histogram(c, bins=50, range=(0.0, 1.0))[0]
+        self._classwise(p)
+        self._tokens(table, keep, p, c, a)
+
+    def _classwise(self, p: TokenProbs) -> None:
+        from ..metrics.classwise import classwise_sums
+
+        if self.classes.size:
+            base, corr = classwise_sums(p.top_ids, p.top_probs, p.label, self.classes, self.bins,
+                                        label_prob=p.label_prob, vocab_size=self.vocab_size)
+            self.class_base += base
+            self.class_corr += corr
+
+    def _tokens(self, table: TokenTable, keep: np.ndarray, p: TokenProbs, c: np.ndarray, a: np.ndarray) -> None:
+        pred = np.asarray(p.predicted, dtype=np.int64)
+        v = self.vocab_size
+        self.tok[0] += np.bincount(pred, minlength=v)
+        self.tok[1] += np.bincount(pred, c, minlength=v)
+        self.tok[2] += np.bincount(pred, a, minlength=v)
+        if self.worst <= 0:
+            return
+        need = np.full(v, 3, np.int64)
+        for t, ex in self.examples.items():
+            need[t] = 3 - len(ex)
+        order = np.argsort(pred, kind="stable")
+        sp = pred[order]
+        rank = np.arange(sp.size) - np.searchsorted(sp, sp, side="left")  # occurrence number of each id
+        picked = np.sort(order[rank < need[sp]])  # the first still-needed occurrences, in storage order
+        if not picked.size:
+            return
+        rows = np.flatnonzero(keep)[picked]
+        seq_all, lab_all = table.sequence_id, table.label
+        shift = 0
+        if self._carry is not None:
+            seq_all = np.concatenate([self._carry[0], seq_all])
+            lab_all = np.concatenate([self._carry[1], lab_all])
+            shift = self._carry[0].size
+        for t, r in zip(pred[picked], rows + shift, strict=True):
+            start = r
+            while start > 0 and r - start < _CONTEXT and seq_all[start - 1] == seq_all[r]:
+                start -= 1
+            self.examples.setdefault(int(t), []).append((int(t), lab_all[start:r].copy(), int(lab_all[r])))
+
+    def _passage(self, table: TokenTable, probs: TokenProbs) -> None:
+        if self.summary.first_labelled_seq is None:
+            return
+        rows = np.flatnonzero(table.sequence_id == self.summary.first_labelled_seq)
+        if not rows.size:
+            return
+        part, pp = table.select(rows), probs.select(rows)
+        if self.passage is not None:
+            part = TokenTable.concat([self.passage, part])
+            pp = TokenProbs(*(np.concatenate([getattr(self.passage_probs, f), getattr(pp, f)])
+                              for f in ("top_ids", "top_probs", "label", "label_prob", "sum_sq", "entropy")))
+        order = np.argsort(part.position, kind="stable")[:_PASSAGE]
+        self.passage, self.passage_probs = part.select(order), pp.select(order)
+
+    # -- reduce -----------------------------------------------------------------------------------------
+
+    def merge(self, other: EvaluationSums) -> EvaluationSums:
+        """Add a later shard's sums (its passage rows and examples come after this one's)."""
+        for name in ("total", "cell_nll", "cell_brier", "scalars", "aurc", "hist", "class_base", "class_corr", "tok"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if self.boot is not None:
+            self.boot = self.boot + other.boot
+        self.pairs = np.union1d(self.pairs, other.pairs)
+        for g in self.smooth:
+            self.smooth[g] = self.smooth[g] + other.smooth[g]
+        for t, ex in other.examples.items():
+            mine = self.examples.setdefault(t, [])
+            mine.extend(ex[:3 - len(mine)])
+        if other.passage is not None:
+            if self.passage is None:
+                self.passage, self.passage_probs = other.passage, other.passage_probs
+            else:
+                self.update_passage_from(other)
+        return self
+
+    def update_passage_from(self, other: EvaluationSums) -> None:
+        part = TokenTable.concat([self.passage, other.passage])
+        pp = TokenProbs(*(np.concatenate([getattr(self.passage_probs, f), getattr(other.passage_probs, f)])
+                          for f in ("top_ids", "top_probs", "label", "label_prob", "sum_sq", "entropy")))
+        order = np.argsort(part.position, kind="stable")[:_PASSAGE]
+        self.passage, self.passage_probs = part.select(order), pp.select(order)
+
+    # -- the result -------------------------------------------------------------------------------------
+
+    def value_sums(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        lay = self.layout
+        lo, hi = lay.offsets[k], lay.offsets[k + 1]
+        shape = (lay.sizes[k], lay.bins)
+        return self.cell_nll[lo:hi].reshape(shape).sum(1), self.cell_brier[lo:hi].reshape(shape).sum(1)
+
+    def result(self) -> Any:
+        """The :class:`tokcal.evaluation.Evaluation` of everything added and merged."""
+        from .. import evaluation as E
+
+        info = self.units.info
+        n, sc, sa, sbrier, snll, stl = self.scalars
+        if n == 0:
+            raise ValidationError("evaluate: no token has a known label (all labels are -1)")
+        if self.bootstrap and info.n_units < 2:
+            warnings.warn(few_units_message(_with_size(info, int(n))), ResamplingWarning, stacklevel=2)
+        stats = _StreamStats(self, info)
+        sm = _Smoother.__new__(_Smoother)  # the smoother of the merged grids: it reads nothing else
+        sm._grids, sm._ece = {g: v.copy() for g, v in self.smooth.items()}, {}
+        aurc, bound, cov, risk = aurc_from_bins(self.aurc[0], self.aurc[1])
+        point = {
+            "accuracy": sa / n, "confidence": sc / n, "smooth_ece": sm.ece(sm.fixed_point()),
+            "brier": sbrier / n, "top_label_brier": stl / n, "nll": snll / n, "signed_gap": sc / n - sa / n,
+            "aurc": aurc, "classwise_ece": self._classwise_ece(),
+        }
+        replicates = E.overall_replicates(stats, self.boot)
+        settings = {"bins": self.bins, "binning": "width", "bootstrap": self.bootstrap, "seed": self.seed,
+                    "calibrator": E._calibrator_dict(self.calibrator), "tokcal": __version__, "labels": LABELS,
+                    "resampling": _with_size(info, int(n)).to_dict(),
+                    "streaming": {"aurc_bins": AURC_BINS, "aurc_error_bound": bound}}
+        sig = E._signatures(self.bins, "width", self.bootstrap, self.seed, self.classwise_top, info)
+        overall = E._overall(stats, replicates, int(n), point)
+        edges = np.linspace(0.0, 1.0, 51)
+        data = {
+            "schema_version": E.SCHEMA_VERSION,
+            "signature": sig["ece"],
+            "settings": settings,
+            "overall": overall,
+            "signatures": sig,
+            "bins": E._bins_list(stats, self.boot, self.edges),
+            "slices": {s.name: E._slice_rows(stats, self.boot, k + 1, s.labels) for k, s in enumerate(self.slices)},
+            "worst_tokens": self._worst_tokens(E),
+            "risk_coverage": E._curve(cov, risk, aurc),
+            "confidence_histogram": {"edges": edges.tolist(), "counts": self.hist.astype(int).tolist()},
+            "passage": E._passage(self.passage, self.passage_probs) if self.passage is not None else [],
+        }
+        return E.Evaluation(E._json_safe(data), replicates)
+
+    def _classwise_ece(self) -> float:
+        from ..metrics.binned import stats_metrics
+
+        if not self.classes.size:
+            return math.nan
+        count = np.maximum(self.class_base[0][None, :] + self.class_corr[0], 0.0)
+        conf = self.class_base[1][None, :] + self.class_corr[1]
+        return float(np.mean(stats_metrics(count, conf, self.class_corr[2], "l1")))
+
+    def _worst_tokens(self, E: Any) -> list[dict[str, Any]]:
+        if self.worst <= 0:
+            return []
+
+        def contexts(t: int) -> list[str]:
+            out = []
+            for _, prev, gold in self.examples.get(int(t), [])[:3]:
+                text = E._decode(self.meta, prev[prev >= 0])
+                gold_s = self.meta.token_strings([gold])[0]
+                tok = self.meta.token_strings([t])[0]
+                note = "" if gold == t else f" (gold: {gold_s!r})"
+                out.append(f"{text}[[{tok}]]{note}")
+            return out
+
+        return E._worst_list(self.meta, self.tok[0], self.tok[1], self.tok[2], self.worst, contexts)
+
+
+class _StreamStats(_Layout):
+    """What :mod:`tokcal.evaluation`'s result builders read of a :class:`~tokcal.bootstrap.UnitStats`."""
+
+    def __init__(self, sums: EvaluationSums, info: ResamplingUnits) -> None:
+        super().__init__(sums.bins, sums.layout.sizes)
+        self.units = info
+        self.n_units = info.n_units
+        self.total = sums.total
+        self._sums = sums
+        unit, value = np.divmod(sums.pairs, sums.n_values)
+        self.value_units, self.value_seqs = [], []
+        starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        for k in range(len(self.sizes)):
+            sel = (value >= starts[k]) & (value < starts[k + 1])
+            v = value[sel] - starts[k]
+            self.value_units.append(np.bincount(v, minlength=self.sizes[k]))
+            seq_pairs = np.unique(info.sequence_of_unit[unit[sel]] * self.sizes[k] + v)
+            self.value_seqs.append(np.bincount(seq_pairs % self.sizes[k], minlength=self.sizes[k]))
+
+    def value_sums(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._sums.value_sums(k)
+
+
+def _with_size(info: ResamplingUnits, n: int) -> ResamplingUnits:
+    """``info`` whose ``ids`` has ``n`` entries (messages count tokens by it); a broadcast view, no memory."""
+    return ResamplingUnits(np.broadcast_to(np.zeros(1, np.int64), (n,)), info.sequence_of_unit, info.kind,
+                           info.block_length, info.n_sequences, info.reason)
+
+
+def _probs(table: TokenTable, calibrator: Any) -> TokenProbs:
+    from ..evaluation import _probs as probs
+
+    return probs(table, calibrator)
+
+
+def _global_slices(slices: list[Slice], summary: DatasetSummary) -> list[Slice]:
+    """Slices whose labels do not depend on the batch: frequency ranks from the dataset's gold counts,
+    group categories from the union of all parts (sorted, as :meth:`TokenTable.concat` orders them)."""
+    out: list[Slice] = []
+    for s in slices:
+        if isinstance(s, FrequencySlice) and s.counts is None and s.reference is None:
+            s = FrequencySlice(name=s.name, on=s.on, counts=summary.label_counts, edges=s.edges)
+        elif isinstance(s, GroupSlice):
+            if s.group not in summary.groups:
+                raise ValidationError(f"slice '{s.name}': no group column '{s.group}' (groups: "
+                                      f"{sorted(summary.groups)})")
+            s = GroupSlice(name=s.name, labels=sorted(summary.groups[s.group]), group=s.group)
+        elif isinstance(s, TokenTypeSlice):
+            s = TokenTypeSlice(name=s.name, on=s.on)
+        out.append(s)
+    return out
+
+
+def _global_codes(s: Slice, table: TokenTable, probs: TokenProbs) -> np.ndarray:
+    if isinstance(s, GroupSlice):
+        g = table.group(s.group)
+        lookup = np.searchsorted(np.asarray(s.labels, dtype=object), np.asarray(g.categories, dtype=object))
+        return lookup[g.codes].astype(np.int64) if g.codes.size else np.zeros(0, np.int64)
+    return np.asarray(s.codes(table, probs), dtype=np.int64)
+
+
+def aurc_from_bins(count: np.ndarray, errors: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """AURC of tokens binned by confidence, each bin a tie group (:func:`tokcal.metrics.aurc`), a bound on
+    its distance to the exact AURC, and the risk-coverage points at the bin ends (highest bin first).
+
+    Group g (tokens s+1 .. s+m in rank order, e of them errors) contributes sum_k risk(k)/n with the
+    tied risk ``(E_s + (k - s) e / m) / k``. Any order of the group gives an error count after k - s of
+    its tokens within ``min(k - s, e, m - e)`` of the tied one, so
+    ``|AURC_binned - AURC_exact| <= (1/n) sum_g sum_{j=1..m} min(j, e, m - e) / (s + j)``, in closed
+    form with harmonic numbers H (digamma). Exact (bound 0) when no two distinct confidences share a bin.
+    """
+    from scipy.special import digamma
+
+    keep = count[::-1] > 0
+    m = count[::-1][keep]
+    e = errors[::-1][keep]
+    n = float(m.sum())
+    s = np.concatenate([[0.0], np.cumsum(m)[:-1]])
+    e_before = np.concatenate([[0.0], np.cumsum(e)[:-1]])
+
+    def harmonic(x: np.ndarray) -> np.ndarray:
+        return digamma(x + 1.0) + np.euler_gamma
+
+    # sum_{k=s+1}^{s+m} (E_s + (k - s) e/m) / k = (E_s - s e/m) (H(s+m) - H(s)) + e
+    area = np.sum((e_before - s * e / m) * (harmonic(s + m) - harmonic(s)) + e) / n
+    cap = np.minimum(e, m - e)
+    # sum_{j=1}^{m} min(j, c)/(s+j) = c - s (H(s+c) - H(s)) + c (H(s+m) - H(s+c))
+    bound = np.sum(cap - s * (harmonic(s + cap) - harmonic(s)) + cap * (harmonic(s + m) - harmonic(s + cap))) / n
+    kept = s + m
+    return float(area), float(max(bound, 0.0)), kept / n, (e_before + e) / kept
+
+
+# -- evaluate and fit from a path ----------------------------------------------------------------------
+
+
+def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = None, bins: int = 15,
+                    binning: str = "width", bootstrap: int = 200, seed: int = 0, worst: int = 20,
+                    classwise_top: int = 100, unit: str = "auto", block_length: int | None = None,
+                    batch_rows: int = 65536, rows: Callable[[TokenTable], np.ndarray] | None = None) -> Any:
+    """:func:`tokcal.evaluate` of a Parquet file or dataset directory, streamed in batches of
+    ``batch_rows`` rows: memory independent of its size (module docstring for what is exact).
+    ``rows(batch)``: an optional boolean mask of the rows to evaluate (a held-out split)."""
+    if binning != "width":
+        raise ValidationError("evaluate: binning='mass' needs all confidences at once; streaming evaluation "
+                              "uses binning='width'")
+    summary, first = summarize(source, block_length=block_length) if rows is None else \
+        _summarize_rows(source, rows, block_length)
+    acc = EvaluationSums(summary, first, calibrator=calibrator, slices=slices, bins=bins, bootstrap=bootstrap,
+                         seed=seed, worst=worst, classwise_top=classwise_top, unit=unit)
+    for batch in TokenTable.iter_parquet(source, batch_rows=batch_rows):
+        if rows is not None:
+            batch = batch.select(rows(batch))
+            if not len(batch):
+                continue
+        acc.update(batch)
+    return acc.result()
+
+
+def _summarize_rows(source: str | Path, rows: Callable[[TokenTable], np.ndarray],
+                    block_length: int | None) -> tuple[DatasetSummary, TokenTable]:
+    first = next(TokenTable.iter_parquet(source, batch_rows=1))
+    b = block_length_of(first.source) if block_length is None else int(block_length)
+    total = DatasetSummary(first.vocab_size, b)
+    for batch in TokenTable.iter_parquet(source, batch_rows=1 << 20):
+        sel = batch.select(rows(batch))
+        total = total.merge(DatasetSummary.of_table(sel, b))
+    return total, first
