@@ -209,16 +209,21 @@ def _count_lines(tokenizer: Any, lines: list[str], V: int, where: Path) -> np.nd
     return np.bincount(flat, minlength=V).astype(np.float64)
 
 
-def default_reference(table: TokenTable) -> FrequencyReference:
-    """No reference given: the id-order proxy for byte-level BPE, else the evaluated table (warned)."""
+def default_reference(table: TokenTable, labelled_counts: np.ndarray | None = None) -> FrequencyReference:
+    """No reference given: the id-order proxy for byte-level BPE, else the evaluated table (warned).
+    ``labelled_counts``: the evaluated data's gold counts when ``table`` holds only part of it (streaming)."""
     v = table.vocabulary
     if v is not None and v.convention in ID_ORDER_CONVENTIONS:
         return FrequencyReference.id_order(v)
     what = "no vocabulary" if v is None else f"a {v.convention!r} vocabulary"
+    n = int(table.labeled.sum()) if labelled_counts is None else int(labelled_counts.sum())
     warnings.warn(f"freq slice: no frequency reference, and {what} has no frequency proxy, so token frequency "
-                  f"is counted on the evaluated table itself ({int(table.labeled.sum())} tokens: few ids rank as "
+                  f"is counted on the evaluated table itself ({n} tokens: few ids rank as "
                   "rare). Pass a reference: --freq-ref COUNTS.json, a TokenTable or a text corpus",
                   TokcalWarning, stacklevel=4)
+    if labelled_counts is not None:
+        c = np.asarray(labelled_counts, dtype=np.float64)
+        return FrequencyReference("evaluated-table", int(c.size), c, c > 0, "evaluated table")
     return FrequencyReference.from_table(table, kind="evaluated-table")
 
 

@@ -97,6 +97,11 @@ def held_out_metrics(table: TokenTable, calibrator: Calibrator | None = None, *,
     from ..evaluation import evaluate
 
     o = evaluate(table, calibrator, slices=[], bins=bins, bootstrap=bootstrap, seed=seed, worst=0).overall
+    return held_out_row(o, bootstrap)
+
+
+def held_out_row(o: dict[str, Any], bootstrap: int) -> dict[str, Any]:
+    """The :func:`held_out_metrics` dict from an evaluation's ``overall`` entry."""
     out: dict[str, Any] = {"n": o["n"], **{k: o[k] for k in HELD_OUT_METRICS}}
     if bootstrap:
         for key in HELD_OUT_METRICS:

@@ -37,6 +37,9 @@ def evaluate(
     html_out: Annotated[Path | None, typer.Option("--html", help="Write an HTML report here.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Name of this evaluation in the HTML report "
                                              "(default: the table's file or folder name).")] = None,
+    stream: Annotated[bool | None, typer.Option(
+        "--stream/--in-memory", help="Read TABLE in batches, in bounded memory (width bins; AURC from fine bins). "
+        "Default: stream when the table is large against the free memory.")] = None,
 ) -> None:
     """Measure token-level calibration of TABLE and print the summary."""
     from ..evaluation import evaluate as run_evaluate
@@ -49,9 +52,16 @@ def evaluate(
         from ..calibrators import load_calibrator
 
         cal = load_calibrator(calibrator)
-    tbl = TokenTable.read_parquet(table)
-    ev = run_evaluate(tbl, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
-                      bootstrap=bootstrap, seed=seed, freq_ref=freq_ref, unit=unit, block_length=block_length)
+    from ..distributed.stats import evaluate_stream, should_stream
+
+    if should_stream(table, stream, binning):
+        ev = evaluate_stream(table, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
+                             bootstrap=bootstrap, seed=seed, freq_ref=freq_ref, unit=unit, block_length=block_length)
+        tbl = next(TokenTable.iter_parquet(table, batch_rows=1))  # its metadata
+    else:
+        tbl = TokenTable.read_parquet(table)
+        ev = run_evaluate(tbl, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
+                          bootstrap=bootstrap, seed=seed, freq_ref=freq_ref, unit=unit, block_length=block_length)
     if json_out is not None:
         ev.to_json(json_out)
     if html_out is not None:

@@ -67,17 +67,29 @@ def fit_command(
     freq_ref: Path | None = typer.Option(None, "--freq-ref", help="Reference frequency (as tokcal evaluate "
                                          "--freq-ref) of adaptive's frequency feature (default: the fitting "
                                          "table's counts) or of group --by freq's buckets."),
+    stream: bool | None = typer.Option(None, "--stream/--in-memory",
+                                       help="Fit (temperature, group) and report by passes over TABLE in batches, in "
+                                            "bounded memory. Default: when the table is large against the free "
+                                            "memory."),
 ) -> None:
     """Fit a calibrator; print held-out ECE/NLL/Brier before and after; write it as JSON."""
     from ..calibrators import held_out_metrics
-    from ..calibrators.hygiene import HELD_OUT_METRICS, held_out_split
+    from ..calibrators.hygiene import held_out_split
+    from ..distributed.stats import should_stream
     from ..errors import ValidationError
     from ..table import TokenTable
 
     refuse_overwrite({"--output": output}, [table])
-    data = TokenTable.read_parquet(table)
     cal = build_calibrator(method, by=by, alpha=alpha, threshold=threshold, score=score, inner=inner,
                            bins=bins, seed=seed)
+    streamable = method == "temperature" or (method == "group" and by != "freq")
+    if streamable and freq_ref is None and should_stream(table, stream):
+        _fit_streamed(table, cal, method, output, holdout, bins, bootstrap, seed)
+        return
+    if stream:
+        raise ValidationError(f"--stream: method {method!r} needs the table in memory (streamed: temperature, "
+                              "group by a group column, without --freq-ref)")
+    data = TokenTable.read_parquet(table)
     blocks = False  # split by contiguous blocks (one long document, few sequences): say so
     if holdout > 0:
         split = held_out_split(data, holdout, seed)
@@ -109,7 +121,13 @@ def fit_command(
         return
     before = held_out_metrics(test, None, bins=bins, bootstrap=bootstrap, seed=seed)
     after = held_out_metrics(test, cal, bins=bins, bootstrap=bootstrap, seed=seed)
-    tab = Table(title=f"held out: {plural(before['n'], 'token')}, {plural(test.n_sequences, _unit(blocks))} "
+    _print_held_out(before, after, test.n_sequences, _unit(blocks), output)
+
+
+def _print_held_out(before: dict[str, Any], after: dict[str, Any], n_units: int, unit: str, output: Path) -> None:
+    from ..calibrators.hygiene import HELD_OUT_METRICS
+
+    tab = Table(title=f"held out: {plural(before['n'], 'token')}, {plural(n_units, unit)} "
                       "(95% bootstrap intervals, as tokcal evaluate)")
     tab.add_column("metric")
     tab.add_column("before", justify="right")
@@ -122,6 +140,51 @@ def fit_command(
 
 def _unit(blocks: bool) -> str:
     return "block" if blocks else "sequence"
+
+
+def _fit_streamed(table: Path, cal: Any, method: str, output: Path, holdout: float, bins: int, bootstrap: int,
+                  seed: int) -> None:
+    """``tokcal fit`` by passes over the table in batches: the same split, fit and report as in memory
+    (a held-out split by sequences; one by blocks needs the table in memory)."""
+    import numpy as np
+
+    from ..bootstrap import choose_unit
+    from ..calibrators.hygiene import held_out_row
+    from ..distributed.fit import Batches, fit_stream
+    from ..distributed.stats import evaluate_stream, summarize
+    from ..errors import ValidationError
+
+    summary, _ = summarize(table)
+    held = np.zeros(0, np.int64)
+    if holdout > 0:
+        if not 0.0 < float(holdout) < 1.0:
+            raise ValidationError(f"split_by_sequence: frac must be in (0, 1), got {holdout!r}")
+        seqs = summary.seq_ids
+        kind, reason = choose_unit(summary.seq_counts) if seqs.size >= 2 else ("block", "one sequence")
+        if kind != "sequence":
+            raise ValidationError(f"--stream: {reason}, so the held-out split is by blocks, which needs the table "
+                                  "in memory; use --in-memory, or --holdout 0")
+        n_out = min(max(1, round(holdout * seqs.size)), seqs.size - 1)
+        held = np.sort(np.random.default_rng(seed).choice(seqs, size=n_out, replace=False))  # as held_out_split
+
+    def train(b: Any) -> np.ndarray:
+        return ~np.isin(b.sequence_id, held)
+
+    fit_stream(cal, Batches(table, rows=train if held.size else None))
+    cal.save(output)
+    n = cal.fit_info["n"] if method == "temperature" else sum(cal.counts.values())
+    console.print(Text.assemble("fitted ", (method, "bold"), f" on {n} tokens ({summary.seq_ids.size - held.size} "
+                                f"sequences, streamed): {cal!r}"), highlight=False)
+    if not held.size:
+        console.print(f"wrote {output}")
+        return
+
+    def test(b: Any) -> np.ndarray:
+        return np.isin(b.sequence_id, held)
+
+    rows = [held_out_row(evaluate_stream(table, c, slices=[], bins=bins, bootstrap=bootstrap, seed=seed, worst=0,
+                                         rows=test).overall, bootstrap) for c in (None, cal)]
+    _print_held_out(rows[0], rows[1], held.size, "sequence", output)
 
 
 def _fmt(m: dict[str, Any], key: str) -> str:

@@ -78,6 +78,7 @@ class DatasetSummary:
     n_rows: int = 0
     label_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seq_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # every sequence (sorted)
+    seq_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # its rows (labelled or not)
     labelled_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted, with counts
     labelled_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     block_keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # (seq, block), sorted
@@ -96,11 +97,12 @@ class DatasetSummary:
         keep = lab >= 0
         s_lab = seq[keep]
         useq, cnt = np.unique(s_lab, return_counts=True)
-        keys = np.stack([s_lab, np.floor_divide(np.asarray(position, np.int64)[keep], block_length)], axis=1)
+        blk = np.floor_divide(np.asarray(position, np.int64)[keep], block_length)
+        all_seq, all_cnt = np.unique(seq, return_counts=True)
         return cls(vocab_size, block_length, int(seq.size),
-                   np.bincount(lab[keep], minlength=vocab_size).astype(np.float64), np.unique(seq), useq,
-                   cnt.astype(np.int64), np.unique(keys, axis=0), {k: set(v) for k, v in groups.items()},
-                   int(s_lab[0]) if s_lab.size else None)
+                   np.bincount(lab[keep], minlength=vocab_size).astype(np.float64), all_seq,
+                   all_cnt.astype(np.int64), useq, cnt.astype(np.int64), _unique_pairs(s_lab, blk),
+                   {k: set(v) for k, v in groups.items()}, int(s_lab[0]) if s_lab.size else None)
 
     @classmethod
     def of_table(cls, t: TokenTable, block_length: int) -> DatasetSummary:
@@ -114,14 +116,13 @@ class DatasetSummary:
                                   f"{other.block_length} and {self.vocab_size}/{self.block_length}")
         if set(other.groups) != set(self.groups) and self.n_rows and other.n_rows:
             raise ValidationError(f"merge: shards have groups {sorted(self.groups)} and {sorted(other.groups)}")
-        seq = np.concatenate([self.labelled_seq, other.labelled_seq])
-        cnt = np.concatenate([self.labelled_count, other.labelled_count])
-        useq, inv = np.unique(seq, return_inverse=True)
+        useq, lcnt = _add_counts(self.labelled_seq, self.labelled_count, other.labelled_seq, other.labelled_count)
+        aseq, acnt = _add_counts(self.seq_ids, self.seq_counts, other.seq_ids, other.seq_counts)
         groups = {k: self.groups.get(k, set()) | other.groups.get(k, set()) for k in {*self.groups, *other.groups}}
         return DatasetSummary(
             self.vocab_size, self.block_length, self.n_rows + other.n_rows, self.label_counts + other.label_counts,
-            np.union1d(self.seq_ids, other.seq_ids), useq, np.bincount(inv.ravel(), cnt).astype(np.int64),
-            np.unique(np.concatenate([self.block_keys, other.block_keys]), axis=0), groups,
+            aseq, acnt, useq, lcnt,
+            _unique_pairs(*np.concatenate([self.block_keys, other.block_keys]).T), groups,
             self.first_labelled_seq if self.first_labelled_seq is not None else other.first_labelled_seq)
 
     def units(self, unit: str = "auto") -> StreamUnits:
@@ -142,6 +143,24 @@ class DatasetSummary:
         info = ResamplingUnits(np.zeros(0, np.int64), seq_of_unit.astype(np.int64), kind,
                                self.block_length if kind == "block" else None, n_seq, reason)
         return StreamUnits(info, keys, self.block_length if kind == "block" else None)
+
+
+def _add_counts(k1: np.ndarray, c1: np.ndarray, k2: np.ndarray, c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keys, inv = np.unique(np.concatenate([k1, k2]), return_inverse=True)
+    return keys, np.bincount(inv.ravel(), np.concatenate([c1, c2]), minlength=keys.size).astype(np.int64)
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted unique rows of ``[a, b]`` (int64 [M, 2]); one 1-D unique when both fit in one int64."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    if not a.size:
+        return np.zeros((0, 2), np.int64)
+    a0, b0 = int(a.min()), int(b.min())
+    span = int(b.max()) - b0 + 1
+    if a0 >= 0 and b0 >= 0 and int(a.max()) < (1 << 62) // span:
+        key = np.unique(a * span + (b - b0))
+        return np.stack([key // span, key % span + b0], axis=1)
+    return np.unique(np.stack([a, b], axis=1), axis=0)
 
 
 @dataclass(frozen=True)
@@ -224,14 +243,15 @@ class EvaluationSums:
 
     def __init__(self, summary: DatasetSummary, meta: TokenTable, *, calibrator: Any = None, slices: Any = None,
                  bins: int = 15, bootstrap: int = 200, seed: int = 0, worst: int = 20, classwise_top: int = 100,
-                 unit: str = "auto", weights: np.ndarray | None = None) -> None:
+                 unit: str = "auto", freq_ref: Any = None, weights: np.ndarray | None = None) -> None:
         self.summary, self.calibrator = summary, calibrator
         self.bins, self.bootstrap, self.seed = bins, bootstrap, seed
         self.worst, self.classwise_top = worst, classwise_top
         self.units = summary.units(unit)
         self.vocab_size = summary.vocab_size
         self.meta = meta
-        self.slices = _global_slices(parse_slices(slices, meta), summary)
+        ref = _reference(freq_ref, meta, summary)
+        self.slices = _global_slices(parse_slices(slices, meta, reference=ref), summary, ref)
         self.layout = _Layout(bins, [1, *(len(s.labels) for s in self.slices)])
         self.edges = width_edges(bins)
         n_units = self.units.info.n_units
@@ -518,13 +538,24 @@ def _probs(table: TokenTable, calibrator: Any) -> TokenProbs:
     return probs(table, calibrator)
 
 
-def _global_slices(slices: list[Slice], summary: DatasetSummary) -> list[Slice]:
-    """Slices whose labels do not depend on the batch: frequency ranks from the dataset's gold counts,
-    group categories from the union of all parts (sorted, as :meth:`TokenTable.concat` orders them)."""
+def _reference(freq_ref: Any, meta: TokenTable, summary: DatasetSummary) -> Any:
+    """The frequency reference of the freq slices: :func:`tokcal.frequency.load_reference`, where "the
+    evaluated table" means the gold counts of the whole dataset (pass 1), not of one batch."""
+    from ..frequency import default_reference, load_reference
+
+    if freq_ref is not None:
+        return load_reference(freq_ref, meta)
+    return default_reference(meta, labelled_counts=summary.label_counts)
+
+
+def _global_slices(slices: list[Slice], summary: DatasetSummary, ref: Any) -> list[Slice]:
+    """Slices whose labels do not depend on the batch: frequency ranks from one reference for the
+    dataset, group categories from the union of all parts (sorted, as :meth:`TokenTable.concat` orders
+    them)."""
     out: list[Slice] = []
     for s in slices:
         if isinstance(s, FrequencySlice) and s.counts is None and s.reference is None:
-            s = FrequencySlice(name=s.name, on=s.on, counts=summary.label_counts, edges=s.edges)
+            s = FrequencySlice(name=s.name, on=s.on, reference=ref, edges=s.edges)
         elif isinstance(s, GroupSlice):
             if s.group not in summary.groups:
                 raise ValidationError(f"slice '{s.name}': no group column '{s.group}' (groups: "
@@ -578,10 +609,50 @@ def aurc_from_bins(count: np.ndarray, errors: np.ndarray) -> tuple[float, float,
 # -- evaluate and fit from a path ----------------------------------------------------------------------
 
 
+def prefetch(batches: Iterator[TokenTable], depth: int = 1) -> Iterator[TokenTable]:
+    """``batches``, the next ``depth`` read ahead on a thread (Parquet decoding releases the GIL, so
+    reading overlaps the computation). Memory: ``depth + 1`` batches."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for b in batches:
+                if stop.is_set():
+                    return
+                q.put(b)
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():  # unblock a pending put, then let the thread end
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(0.05)
+
+
 def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = None, bins: int = 15,
                     binning: str = "width", bootstrap: int = 200, seed: int = 0, worst: int = 20,
                     classwise_top: int = 100, unit: str = "auto", block_length: int | None = None,
-                    batch_rows: int = 65536, rows: Callable[[TokenTable], np.ndarray] | None = None) -> Any:
+                    freq_ref: Any = None, batch_rows: int = 65536,
+                    rows: Callable[[TokenTable], np.ndarray] | None = None) -> Any:
     """:func:`tokcal.evaluate` of a Parquet file or dataset directory, streamed in batches of
     ``batch_rows`` rows: memory independent of its size (module docstring for what is exact).
     ``rows(batch)``: an optional boolean mask of the rows to evaluate (a held-out split)."""
@@ -591,8 +662,8 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
     summary, first = summarize(source, block_length=block_length) if rows is None else \
         _summarize_rows(source, rows, block_length)
     acc = EvaluationSums(summary, first, calibrator=calibrator, slices=slices, bins=bins, bootstrap=bootstrap,
-                         seed=seed, worst=worst, classwise_top=classwise_top, unit=unit)
-    for batch in TokenTable.iter_parquet(source, batch_rows=batch_rows):
+                         seed=seed, worst=worst, classwise_top=classwise_top, unit=unit, freq_ref=freq_ref)
+    for batch in prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows)):
         if rows is not None:
             batch = batch.select(rows(batch))
             if not len(batch):
@@ -610,3 +681,23 @@ def _summarize_rows(source: str | Path, rows: Callable[[TokenTable], np.ndarray]
         sel = batch.select(rows(batch))
         total = total.merge(DatasetSummary.of_table(sel, b))
     return total, first
+
+
+def should_stream(source: str | Path, stream: bool | None, binning: str = "width") -> bool:
+    """Whether to stream ``source``: ``stream`` when given, else when its Parquet bytes times
+    :data:`EXPANSION` exceed half of the memory available now (and the binning allows it)."""
+    if stream is not None:
+        return bool(stream)
+    if binning != "width":
+        return False
+    import os
+
+    size = sum(f.stat().st_size for f in parquet_files(source))
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return False
+    return size * EXPANSION > free / 2
+
+
+EXPANSION = 12  #: in-memory bytes of an evaluated table per compressed Parquet byte (measured: 8-10)

@@ -1,0 +1,279 @@
+"""Temperature and group-temperature fits as map-reduce passes over batches (out of core, Ray).
+
+The in-memory fits (:func:`tokcal.calibrators.temperature.fit_beta`, :meth:`Temperature.fit`,
+:meth:`GroupTemperature.fit`) run Newton's method on ``beta = 1/T`` whose every step needs
+``[sum NLL, sum NLL', sum NLL'']`` over the labelled tokens (:func:`~tokcal.calibrators.temperature.nll_sums`).
+Here each step is one pass: every batch (or shard) returns those three sums per group at the
+current betas, the passes add them, and the very same :func:`~tokcal.calibrators.temperature.newton_beta`
+consumes them -- one Newton per group, each in a thread that waits for the pass its step needs, so
+all groups share each pass. Big groups are warm-started, as in memory, on the same random sub-sample
+(:data:`~tokcal.calibrators.temperature._WARM_ROWS` rows drawn by the same seed among the group's
+labelled rows in storage order), collected by one more pass. So the iterates are those of the
+in-memory fit up to the order of float64 additions, and T agrees to ~1e-12 (tested to 1e-9). The
+cluster-robust standard error takes one last pass (per-sequence gradient sums).
+
+A pass is :meth:`Batches.map`: a function applied to every batch, outputs in storage order. Locally
+that reads a Parquet file or dataset directory in batches; :mod:`tokcal.distributed.ray` runs it as
+Ray tasks. Only the sums cross process boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..calibrators.group import GroupTemperature, _shrink
+from ..calibrators.temperature import (
+    _WARM_ROWS,
+    CalibrationWarning,
+    Temperature,
+    newton_beta,
+    nll_sums,
+    nll_terms,
+)
+from ..errors import ValidationError
+from ..sketch import LogitSketch
+from ..table import TokenTable
+
+
+class Batches:
+    """A dataset read in batches: :meth:`map` (one pass, outputs in storage order) and iteration."""
+
+    def __init__(self, source: str | Path, batch_rows: int = 65536,
+                 rows: Callable[[TokenTable], np.ndarray] | None = None) -> None:
+        self.source, self.batch_rows, self.rows = source, batch_rows, rows
+
+    def __iter__(self) -> Iterator[TokenTable]:
+        from .stats import prefetch
+
+        for batch in prefetch(TokenTable.iter_parquet(self.source, batch_rows=self.batch_rows)):
+            yield batch if self.rows is None else batch.select(self.rows(batch))
+
+    def map(self, fn: Callable[[TokenTable], Any]) -> list[Any]:
+        return [fn(b) for b in self]
+
+
+def _labelled(batch: TokenTable) -> TokenTable | None:
+    m = batch.labeled
+    if not m.any():
+        return None
+    return batch if m.all() else batch.select(m)
+
+
+def _concat(parts: list[LogitSketch]) -> LogitSketch:
+    fields = ("top_ids", "top_logits", "label_logit", "log_normalizer", "tail")
+    return LogitSketch(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields),
+                       layout=parts[0].layout, vocab_size=parts[0].vocab_size)
+
+
+class _GroupedPasses:
+    """Passes over the labelled rows of ``batches``, split into groups by ``key(labelled batch) -> values``."""
+
+    def __init__(self, batches: Batches, key: Callable[[TokenTable], np.ndarray]) -> None:
+        self.batches, self.key = batches, key
+        outs = batches.map(lambda b: self._count(b))
+        cats = sorted({c for o in outs if o is not None for c in o[0]})
+        if not cats:
+            raise ValidationError("fit: the data have no labelled rows (all labels are -1)")
+        self.cats = np.asarray(cats, dtype=object)
+        self.counts = np.zeros(len(cats), np.int64)
+        for o in outs:
+            if o is not None:
+                self.counts[np.searchsorted(self.cats, np.asarray(o[0], dtype=object))] += o[1]
+
+    def _count(self, batch: TokenTable) -> tuple[list[str], np.ndarray] | None:
+        lab = _labelled(batch)
+        if lab is None:
+            return None
+        values, counts = np.unique(np.asarray(self.key(lab)).astype(str), return_counts=True)
+        return values.tolist(), counts
+
+    def codes(self, lab: TokenTable) -> np.ndarray:
+        return np.searchsorted(self.cats, np.asarray(self.key(lab)).astype(str).astype(object))
+
+    def sums(self, betas: dict[int, float]) -> dict[int, np.ndarray]:
+        """``{group: [sum NLL, sum NLL', sum NLL'']}`` at each group's beta: one pass."""
+        def kernel(batch: TokenTable) -> np.ndarray:
+            out = np.zeros((len(self.cats), 3))
+            lab = _labelled(batch)
+            if lab is None:
+                return out
+            codes = self.codes(lab)
+            for g, beta in betas.items():
+                rows = np.flatnonzero(codes == g)
+                if rows.size:
+                    sk = lab.sketch if rows.size == len(lab) else lab.select(rows).sketch
+                    out[g] = nll_sums(sk, beta)
+            return out
+
+        total = np.sum(self.batches.map(kernel), axis=0)
+        return {g: total[g] for g in betas}
+
+    def warm_rows(self, groups: list[int], seed: int) -> dict[int, LogitSketch]:
+        """The in-memory warm-start sub-sample of each group: rows ``sort(choice(n_g, _WARM_ROWS))`` of its
+        labelled rows in storage order (one sequential pass)."""
+        want = {g: np.sort(np.random.default_rng(seed).choice(int(self.counts[g]), _WARM_ROWS, replace=False))
+                for g in groups}
+        seen = dict.fromkeys(groups, 0)
+        parts: dict[int, list[LogitSketch]] = {g: [] for g in groups}
+        for batch in self.batches:
+            lab = _labelled(batch)
+            if lab is None:
+                continue
+            codes = self.codes(lab)
+            for g in groups:
+                rows = np.flatnonzero(codes == g)
+                idx = want[g]
+                lo, hi = np.searchsorted(idx, [seen[g], seen[g] + rows.size])
+                if hi > lo:
+                    parts[g].append(lab.select(rows[idx[lo:hi] - seen[g]]).sketch)
+                seen[g] += rows.size
+        return {g: _concat(parts[g]) for g in groups}
+
+    def score(self, betas: dict[int, float]) -> dict[int, tuple[np.ndarray, float, int]]:
+        """Per group at its beta: per-sequence gradient sums, the curvature sum, the sequence count."""
+        def kernel(batch: TokenTable) -> dict[int, tuple[np.ndarray, np.ndarray, float]]:
+            out = {}
+            lab = _labelled(batch)
+            if lab is None:
+                return out
+            codes = self.codes(lab)
+            for g, beta in betas.items():
+                rows = np.flatnonzero(codes == g)
+                if rows.size:
+                    part = lab if rows.size == len(lab) else lab.select(rows)
+                    _, grad, hess = nll_terms(part.sketch, np.full(rows.size, beta))
+                    seq, inv = np.unique(part.sequence_id, return_inverse=True)
+                    out[g] = (seq, np.bincount(inv.ravel(), grad), float(hess.sum()))
+            return out
+
+        acc: dict[int, list[Any]] = {g: [[], [], 0.0] for g in betas}
+        for o in self.batches.map(kernel):
+            for g, (seq, gsum, h) in o.items():
+                acc[g][0].append(seq)
+                acc[g][1].append(gsum)
+                acc[g][2] += h
+        res = {}
+        for g, (seqs, gsums, h) in acc.items():
+            seq, inv = np.unique(np.concatenate(seqs), return_inverse=True)
+            res[g] = (np.bincount(inv.ravel(), np.concatenate(gsums)), h, int(seq.size))
+        return res
+
+
+def _newton_groups(passes: _GroupedPasses, groups: list[int], beta0: dict[int, float], bounds: tuple[float, float],
+                   seed: int, what: Callable[[int], str]) -> dict[int, tuple[float, dict[str, Any]]]:
+    """:func:`~tokcal.calibrators.temperature.fit_beta` for each group at once, one pass per Newton step."""
+    big = [g for g in groups if passes.counts[g] > 2 * _WARM_ROWS]
+    if big:
+        subs = passes.warm_rows(big, seed)
+        for g in big:
+            sub = subs[g]
+            beta0[g], _ = newton_beta(lambda b, s=sub: nll_sums(s, b) / len(s), beta0[g], bounds, rtol=1e-3,
+                                      what=what(g))
+    requests: queue.Queue = queue.Queue()
+    answers = {g: queue.Queue() for g in groups}
+    out: dict[int, Any] = {}
+
+    def run(g: int) -> None:
+        def evaluate(beta: float) -> np.ndarray:
+            requests.put((g, beta))
+            return answers[g].get() / passes.counts[g]
+
+        try:
+            out[g] = newton_beta(evaluate, beta0[g], bounds, what=what(g))
+        except BaseException as e:  # noqa: BLE001 - re-raised below, in the caller's thread
+            out[g] = e
+        finally:
+            requests.put((g, None))
+
+    threads = [threading.Thread(target=run, args=(g,), daemon=True) for g in groups]
+    for t in threads:
+        t.start()
+    alive = set(groups)
+    while alive:
+        pending: dict[int, float] = {}
+        while len(pending) < len(alive):
+            g, beta = requests.get()
+            if beta is None:
+                alive.discard(g)
+            else:
+                pending[g] = beta
+        if pending:
+            for g, s in passes.sums(pending).items():
+                answers[g].put(s)
+    for t in threads:
+        t.join()
+    for g in groups:
+        if isinstance(out[g], BaseException):
+            raise out[g]
+        out[g][1]["n"] = int(passes.counts[g])
+    return out
+
+
+def fit_temperature(batches: Batches, calibrator: Temperature | None = None) -> Temperature:
+    """:meth:`Temperature.fit` on every labelled row of ``batches``, by passes (module docstring)."""
+    cal = calibrator if calibrator is not None else Temperature()
+    if cal.fixed:
+        return cal
+    passes = _GroupedPasses(batches, lambda lab: np.zeros(len(lab), np.int64))
+    bounds = (1.0 / cal.bounds[1], 1.0 / cal.bounds[0])
+    beta, info = _newton_groups(passes, [0], {0: 1.0}, bounds, cal.seed, lambda g: "temperature")[0]
+    grad, hess, _ = passes.score({0: beta})[0]
+    info["se_beta"] = float(np.sqrt(np.sum(grad * grad)) / hess) if hess > 0 else math.inf
+    cal._set(beta, info)
+    return cal
+
+
+def fit_group_temperature(batches: Batches, calibrator: GroupTemperature) -> GroupTemperature:
+    """:meth:`GroupTemperature.fit` on every labelled row of ``batches``, by passes (module docstring)."""
+    from ..calibrators.group import TOKEN_TYPE, type_code_string
+
+    cal = calibrator
+    first = next(iter(batches))
+    if cal.by == TOKEN_TYPE and cal.by not in first.groups and first.vocabulary is not None:
+        cal.type_codes = type_code_string(first.vocabulary)
+    bounds = (1.0 / cal.bounds[1], 1.0 / cal.bounds[0])
+    whole = _GroupedPasses(batches, lambda lab: np.zeros(len(lab), np.int64))
+    beta0, info0 = _newton_groups(whole, [0], {0: 1.0}, bounds, cal.seed, lambda g: "GroupTemperature (global)")[0]
+    if info0["at_bound"]:
+        warnings.warn(f"GroupTemperature: the global temperature hit a bound ({info0['at_bound']})",
+                      CalibrationWarning, stacklevel=2)
+    passes = _GroupedPasses(batches, cal._table_groups)
+    groups = list(range(len(passes.cats)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        fits = _newton_groups(passes, groups, dict.fromkeys(groups, beta0), bounds, cal.seed,
+                              lambda g: f"GroupTemperature[{passes.cats[g]}]")
+    scores = passes.score({g: fits[g][0] for g in groups})
+    logb, var = np.empty(len(groups)), np.empty(len(groups))
+    for g in groups:
+        b, info = fits[g]
+        grad, hess, n_seq = scores[g]
+        se = float(np.sqrt(np.sum(grad * grad)) / hess) if hess > 0 else math.inf
+        logb[g] = math.log(b)
+        var[g] = math.inf if info["at_bound"] or n_seq < 2 else (se / b) ** 2
+    shrunk, tau2 = _shrink(logb, var, math.log(beta0)) if cal.shrink else (logb, math.inf)
+    cats = passes.cats
+    cal.global_temperature = 1.0 / beta0
+    cal.temperatures = {str(c): float(math.exp(-s)) for c, s in zip(cats, shrunk, strict=True)}
+    cal.raw_temperatures = {str(c): float(math.exp(-s)) for c, s in zip(cats, logb, strict=True)}
+    cal.counts = {str(c): int(n) for c, n in zip(cats, passes.counts, strict=True)}
+    cal.tau = float(math.sqrt(tau2)) if math.isfinite(tau2) else None
+    return cal
+
+
+def fit_stream(calibrator: Any, batches: Batches) -> Any:
+    """Fit ``calibrator`` (a :class:`Temperature` or :class:`GroupTemperature`) by passes over ``batches``."""
+    if type(calibrator) is Temperature:
+        return fit_temperature(batches, calibrator)
+    if type(calibrator) is GroupTemperature:
+        return fit_group_temperature(batches, calibrator)
+    raise ValidationError(f"streaming fit supports temperature and group temperature, not "
+                          f"{type(calibrator).__name__}; load the table into memory for it")
