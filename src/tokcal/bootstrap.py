@@ -148,6 +148,14 @@ def unit_keys(sequence_id: Any, position: Any, kind: str, block_length: int | No
     return np.stack([seq, block], axis=1)
 
 
+def blocks_or_sequences(reason: str, n_blocks: int, n_sequences: int, unit: str, block_length: int) -> tuple[str, str]:
+    """``(kind, reason)`` once blocks were chosen: with ``unit="auto"``, blocks that are the sequences
+    (none spans more than one block) are reported as sequences."""
+    if n_blocks == n_sequences and unit == "auto":
+        return "sequence", f"{reason}; no sequence spans more than one block of {block_length}"
+    return "block", reason
+
+
 def units_from_arrays(sequence_id: Any, position: Any, *, unit: str = "auto",
                       block_length: int = DEFAULT_BLOCK_LENGTH) -> ResamplingUnits:
     """The :class:`ResamplingUnits` of tokens with these sequence ids and positions (module docstring)."""
@@ -167,8 +175,7 @@ def units_from_arrays(sequence_id: Any, position: Any, *, unit: str = "auto",
         keys, ids = np.unique(key, return_inverse=True)
         ids = ids.ravel()
         seq_of_unit = keys // (int(block.max()) + 1)
-        if keys.size == seq_values.size and unit == "auto":
-            kind, reason = "sequence", f"{reason}; no sequence spans more than one block of {block_length}"
+        kind, reason = blocks_or_sequences(reason, int(keys.size), int(seq_values.size), unit, block_length)
     else:
         ids, seq_of_unit = seq_idx, np.arange(seq_values.size)
     return ResamplingUnits(ids.astype(np.int64), np.asarray(seq_of_unit, dtype=np.int64), kind,

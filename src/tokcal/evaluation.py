@@ -267,14 +267,30 @@ def evaluate(
         warnings.warn(few, ResamplingWarning, stacklevel=2)
     boot = stats.bootstrap(bootstrap, seed)
 
+    n = c.shape[0]
+    point = _point_metrics(c, a, p, nll_tok, brier_tok, bins, classwise_top, table.vocab_size)
+    cov, risk = risk_coverage(c, a)
+    return _result(stats, boot, sl, units, edges, n, point, bins=bins, binning=binning, bootstrap=bootstrap,
+                   seed=seed, classwise_top=classwise_top, calibrator=calibrator,
+                   worst_tokens=lambda: _worst_tokens(table, keep, p, c, a, bins, worst),
+                   curve=(cov, risk), histogram=_histogram(c), passage=_passage(table, probs),
+                   fingerprint=table_fingerprint(table, keep))
+
+
+def _result(stats: Any, boot: np.ndarray | None, sl: list[Any], units: ResamplingUnits, edges: np.ndarray, n: int,
+            point: dict[str, float], *, bins: int, binning: str, bootstrap: int, seed: int, classwise_top: int,
+            calibrator: Any, worst_tokens: Any, curve: tuple[np.ndarray, np.ndarray], histogram: dict[str, Any],
+            passage: list[dict[str, Any]], fingerprint: str | None,
+            extra_settings: dict[str, Any] | None = None) -> Evaluation:
+    """The :class:`Evaluation` from the unit statistics ``stats`` (a :class:`~tokcal.bootstrap.UnitStats`
+    or the streamed sums of :mod:`tokcal.distributed.stats`), their bootstrap sums and the rest."""
     settings = {"bins": bins, "binning": binning, "bootstrap": bootstrap, "seed": seed,
                 "calibrator": _calibrator_dict(calibrator), "tokcal": __version__, "labels": LABELS,
                 "resampling": units.to_dict(),
-                "slices": {s.name: {**s.settings(), "signature": s.signature()} for s in sl}}
+                "slices": {s.name: {**s.settings(), "signature": s.signature()} for s in sl},
+                **(extra_settings or {})}
     sig = _signatures(bins, binning, bootstrap, seed, classwise_top, units)
-    n = c.shape[0]
     replicates = overall_replicates(stats, boot)
-    point = _point_metrics(c, a, p, nll_tok, brier_tok, bins, classwise_top, table.vocab_size)
     overall = _overall(stats, replicates, n, point)
     data = {
         "schema_version": SCHEMA_VERSION,
@@ -284,12 +300,12 @@ def evaluate(
         "signatures": sig,
         "bins": _bins_list(stats, boot, edges),
         "slices": {s.name: _slice_rows(stats, boot, k + 1, s.labels) for k, s in enumerate(sl)},
-        "worst_tokens": _worst_tokens(table, keep, p, c, a, bins, worst),
-        "risk_coverage": _curve(*risk_coverage(c, a), overall["aurc"]),
-        "confidence_histogram": _histogram(c),
-        "passage": _passage(table, probs),
+        "worst_tokens": worst_tokens(),
+        "risk_coverage": _curve(*curve, overall["aurc"]),
+        "confidence_histogram": histogram,
+        "passage": passage,
         "slice_bins": {s.name: _slice_bins(stats, k + 1, s.labels) for k, s in enumerate(sl)},
-        "table_fingerprint": table_fingerprint(table, keep),
+        "table_fingerprint": fingerprint,
         "replicates": _replicates(stats, boot, replicates, sl),
     }
     assert data["overall"]["n"] == n

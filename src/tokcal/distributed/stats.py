@@ -41,11 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from .._version import __version__
 from ..bootstrap import (
     ResamplingUnits,
     ResamplingWarning,
     block_length_of,
+    blocks_or_sequences,
     choose_unit,
     few_units_message,
     replicate_weights,
@@ -53,7 +53,6 @@ from ..bootstrap import (
 from ..errors import ValidationError
 from ..metrics._kernels import kernels
 from ..metrics.binned import width_edges
-from ..metrics.signature import LABELS
 from ..metrics.smooth import _grid_points, _Smoother
 from ..probs import TokenProbs
 from ..slices import FrequencySlice, GroupSlice, Slice, TokenTypeSlice, parse_slices
@@ -133,10 +132,7 @@ class DatasetSummary:
         n_seq = int(self.labelled_seq.size)
         if kind == "block":
             keys = self.block_keys
-            if keys.shape[0] == n_seq and unit == "auto":
-                kind, reason = "sequence", f"{reason}; no sequence spans more than one block of {self.block_length}"
-            else:
-                reason = f"{reason}: blocks of {self.block_length} positions"
+            kind, reason = blocks_or_sequences(reason, int(keys.shape[0]), n_seq, unit, self.block_length)
         if kind == "sequence":
             keys = np.stack([self.labelled_seq, np.zeros(n_seq, np.int64)], axis=1)
         seq_of_unit = np.searchsorted(self.labelled_seq, keys[:, 0])
@@ -264,6 +260,7 @@ class EvaluationSums:
         self.cell_brier = np.zeros(lay.n_cells)
         self.boot = np.zeros((bootstrap, lay.n_cols)) if weights is not None else None
         self.pairs = np.zeros(0, np.int64)  # unit * n_values + global value, unique
+        self.bin_pairs = np.zeros(0, np.int64)  # unit * bins + bin (all tokens), unique
         self.n_values = int(sum(lay.sizes))
         self.scalars = np.zeros(6)  # n, sum c, sum a, sum brier, sum nll, sum (c - a)^2
         self.smooth = {g: np.zeros((3, g)) for g in SMOOTH_GRIDS}
@@ -276,6 +273,7 @@ class EvaluationSums:
         self.class_corr = np.zeros((3, self.classes.shape[0], bins))
         self.tok = np.zeros((3, self.vocab_size))  # predicted id: count, conf sum, acc sum
         self.examples: dict[int, list[tuple[int, np.ndarray, int]]] = {}
+        self.fingerprint: str | None = None  # of the whole dataset, set by the caller (:func:`fingerprint`)
         self.passage: TokenTable | None = None
         self.passage_probs: TokenProbs | None = None
         self._carry: tuple[np.ndarray, np.ndarray] | None = None  # last rows' (sequence_id, label)
@@ -323,6 +321,7 @@ class EvaluationSums:
         value = np.concatenate([k[k >= 0] + off // self.bins for k, off in zip(codes, lay.offsets[:-1], strict=True)])
         who = np.concatenate([unit[k >= 0] for k in codes])
         self.pairs = np.union1d(self.pairs, who * self.n_values + value)
+        self.bin_pairs = np.union1d(self.bin_pairs, unit * self.bins + tok_bin)
         if self.boot is not None:
             uniq, local = np.unique(unit, return_inverse=True)
             local = local.ravel()
@@ -408,6 +407,7 @@ class EvaluationSums:
         if self.boot is not None:
             self.boot = self.boot + other.boot
         self.pairs = np.union1d(self.pairs, other.pairs)
+        self.bin_pairs = np.union1d(self.bin_pairs, other.bin_pairs)
         for g in self.smooth:
             self.smooth[g] = self.smooth[g] + other.smooth[g]
         for t, ex in other.examples.items():
@@ -454,28 +454,15 @@ class EvaluationSums:
             "brier": sbrier / n, "top_label_brier": stl / n, "nll": snll / n, "signed_gap": sc / n - sa / n,
             "aurc": aurc, "classwise_ece": self._classwise_ece(),
         }
-        replicates = E.overall_replicates(stats, self.boot)
-        settings = {"bins": self.bins, "binning": "width", "bootstrap": self.bootstrap, "seed": self.seed,
-                    "calibrator": E._calibrator_dict(self.calibrator), "tokcal": __version__, "labels": LABELS,
-                    "resampling": _with_size(info, int(n)).to_dict(),
-                    "streaming": {"aurc_bins": AURC_BINS, "aurc_error_bound": bound}}
-        sig = E._signatures(self.bins, "width", self.bootstrap, self.seed, self.classwise_top, info)
-        overall = E._overall(stats, replicates, int(n), point)
         edges = np.linspace(0.0, 1.0, 51)
-        data = {
-            "schema_version": E.SCHEMA_VERSION,
-            "signature": sig["ece"],
-            "settings": settings,
-            "overall": overall,
-            "signatures": sig,
-            "bins": E._bins_list(stats, self.boot, self.edges),
-            "slices": {s.name: E._slice_rows(stats, self.boot, k + 1, s.labels) for k, s in enumerate(self.slices)},
-            "worst_tokens": self._worst_tokens(E),
-            "risk_coverage": E._curve(cov, risk, aurc),
-            "confidence_histogram": {"edges": edges.tolist(), "counts": self.hist.astype(int).tolist()},
-            "passage": E._passage(self.passage, self.passage_probs) if self.passage is not None else [],
-        }
-        return E.Evaluation(E._json_safe(data), replicates)
+        hist = {"edges": edges.tolist(), "counts": self.hist.astype(int).tolist()}
+        passage = E._passage(self.passage, self.passage_probs) if self.passage is not None else []
+        return E._result(stats, self.boot, self.slices, _with_size(info, int(n)), self.edges, int(n), point,
+                         bins=self.bins, binning="width", bootstrap=self.bootstrap, seed=self.seed,
+                         classwise_top=self.classwise_top, calibrator=self.calibrator,
+                         worst_tokens=lambda: self._worst_tokens(E), curve=(cov, risk), histogram=hist,
+                         passage=passage, fingerprint=self.fingerprint,
+                         extra_settings={"streaming": {"aurc_bins": AURC_BINS, "aurc_error_bound": bound}})
 
     def _classwise_ece(self) -> float:
         from ..metrics.binned import stats_metrics
@@ -512,6 +499,7 @@ class _StreamStats(_Layout):
         self.n_units = info.n_units
         self.total = sums.total
         self._sums = sums
+        self.bin_units = np.bincount(sums.bin_pairs % sums.bins, minlength=sums.bins)
         unit, value = np.divmod(sums.pairs, sums.n_values)
         self.value_units, self.value_seqs = [], []
         starts = np.concatenate([[0], np.cumsum(self.sizes)])
@@ -669,7 +657,26 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
             if not len(batch):
                 continue
         acc.update(batch)
+    acc.fingerprint = fingerprint(source) if rows is None else None
     return acc.result()
+
+
+def fingerprint(source: str | Path) -> str:
+    """:func:`tokcal.evaluation.table_fingerprint` of every labelled token of a Parquet file or dataset
+    directory (sha256 of all sequence ids, then all positions, then all labels): three scans of one
+    integer column each."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    files = parquet_files(source)
+    h = hashlib.sha256()
+    for col in ("sequence_id", "position", "label"):
+        for f in files:
+            for b in pq.ParquetFile(f).iter_batches(batch_size=1 << 20, columns=[col, "label"]):
+                keep = b.column(1).to_numpy() >= 0
+                h.update(np.ascontiguousarray(b.column(0).to_numpy()[keep], dtype=np.int64).tobytes())
+    return "sha256:" + h.hexdigest()
 
 
 def _summarize_rows(source: str | Path, rows: Callable[[TokenTable], np.ndarray],
