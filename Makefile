@@ -14,7 +14,7 @@ $(BIN)/python:
 # torch==2.13.0 first: the CPU build that lies on local disk (never a CUDA download).
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[hf,report,api,gguf,demo,dev,train]"
+	$(BIN)/pip install -q -e ".[hf,report,api,gguf,demo,dev,train,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -45,12 +45,16 @@ class _Item:
 
 
 def _items(raw: Sequence[Any], kind: type, doc_ids: Sequence[str] | None,
-           groups: Mapping[str, Any] | None, to_data: Callable[[Any], Any]) -> list[_Item]:
+           groups: Mapping[str, Any] | None, to_data: Callable[[Any], Any],
+           sequence_ids: Sequence[int] | None = None) -> list[_Item]:
     if isinstance(raw, (str, bytes)):
         raise TokcalError("expected a sequence of inputs, got a single string")
     raw = list(raw)
     if doc_ids is not None and len(doc_ids) != len(raw):
         raise TokcalError(f"doc_ids: {len(doc_ids)} ids for {len(raw)} inputs")
+    if sequence_ids is not None and len(sequence_ids) != len(raw):
+        raise TokcalError(f"sequence_ids: {len(sequence_ids)} ids for {len(raw)} inputs")
+    seqs = list(range(len(raw))) if sequence_ids is None else [int(s) for s in sequence_ids]
     extra: dict[str, list[str]] = {}
     for name, val in (groups or {}).items():
         if isinstance(val, str):
@@ -67,7 +71,7 @@ def _items(raw: Sequence[Any], kind: type, doc_ids: Sequence[str] | None,
         data = to_data(x)
         did = doc_ids[i] if doc_ids is not None else (x.id if isinstance(x, kind) else f"#{i}")
         h = hashlib.sha256(repr((data, sorted(own.items()))).encode()).hexdigest()[:16]
-        out.append(_Item(str(did), i, h, own, data))
+        out.append(_Item(str(did), seqs[i], h, own, data))
     names = {frozenset(it.groups) for it in out}
     if len(names) > 1:
         raise TokcalError(f"inputs disagree on group names: {sorted(sorted(n) for n in names)}")
@@ -120,11 +124,11 @@ def _blocks(items: list[_Item], cost: Callable[[_Item], int], budget: int) -> li
 def _drive(items: list[_Item], predict: Callable[[list[_Item]], _Rows], cost: Callable[[_Item], int],
            budget: int, vocab: Vocabulary, source: dict[str, Any], settings: dict[str, Any],
            out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None,
-           flush_seconds: float = DEFAULT_FLUSH_SECONDS) -> TokenTable | Path:
+           flush_seconds: float = DEFAULT_FLUSH_SECONDS, writer: str | None = None) -> TokenTable | Path:
     fresh = out_dir is not None and not Path(out_dir).exists()
     try:
         return _drive_blocks(items, predict, cost, budget, vocab, source, settings, out_dir, part_rows, progress,
-                             flush_seconds)
+                             flush_seconds, writer)
     except BaseException:
         if fresh:
             _remove_if_unfinished(Path(out_dir))
@@ -151,18 +155,19 @@ def _remove_if_unfinished(out_dir: Path) -> None:
 def _drive_blocks(items: list[_Item], predict: Callable[[list[_Item]], _Rows], cost: Callable[[_Item], int],
                   budget: int, vocab: Vocabulary, source: dict[str, Any], settings: dict[str, Any],
                   out_dir: str | os.PathLike | None, part_rows: int, progress: Progress | None,
-                  flush_seconds: float) -> TokenTable | Path:
+                  flush_seconds: float, name: str | None) -> TokenTable | Path:
     """Predict ``items`` block by block; into a table, or into the dataset ``out_dir``.
 
     With ``out_dir`` under an initialised ``torch.distributed`` process group, this rank takes the
-    items whose index is ``rank`` modulo the world size (:mod:`tokcal.distributed.torchrun`). On an
-    exception or ``KeyboardInterrupt`` the finished documents are flushed before it propagates.
+    items whose index is ``rank`` modulo the world size (:mod:`tokcal.distributed.torchrun`). A given
+    writer ``name`` (a Ray actor) takes every item and leaves the manifest merge to its coordinator. On
+    an exception or ``KeyboardInterrupt`` the finished documents are flushed before it propagates.
     """
     from ..distributed.torchrun import Shard, barrier_and_merge, current_shard
 
-    shard = current_shard() if out_dir is not None else Shard()
+    shard = current_shard() if out_dir is not None and name is None else Shard()
     writer = DatasetWriter(out_dir, settings, part_rows=part_rows, flush_seconds=flush_seconds,
-                           writer=shard.writer) if out_dir is not None else None
+                           writer=name or shard.writer) if out_dir is not None else None
     mine = [it for it in items if shard.mine(it.seq)]
     todo = [it for it in mine if writer is None or not writer.is_done(it.id, it.hash, it.seq)]
     if progress is not None and len(todo) < len(mine):
@@ -187,7 +192,8 @@ def _drive_blocks(items: list[_Item], predict: Callable[[list[_Item]], _Rows], c
         raise
     if writer is not None:
         writer.flush()
-        barrier_and_merge(writer)
+        if name is None:
+            barrier_and_merge(writer)
         return Path(out_dir)
     if not tables:
         raise TokcalError("no tokens to predict: every input was empty or made only of special tokens")

@@ -271,21 +271,8 @@ class DatasetWriter:
         self._last_flush = time.monotonic()
 
     def merge(self) -> dict[str, Any]:
-        """Rewrite ``manifest.json`` atomically with the union of all journals; returns it. Call it
-        when no writer of the directory is running (a coordinator after a barrier)."""
-        m = read_manifest(self.out_dir)
-        assert m is not None
-        merged = {"format": FORMAT, "version": VERSION, "settings_hash": m["settings_hash"],
-                  "settings": m["settings"], "parts": m["parts"]}
-        seen: dict[str, str] = {}
-        for p in merged["parts"]:
-            for d in p["documents"]:
-                if d["id"] in seen:
-                    raise TokcalError(f"{self.out_dir}: document {d['id']!r} is listed by two parts "
-                                      f"({seen[d['id']]} and {p['file']}); two collections ran at once")
-                seen[d["id"]] = str(p["file"])
-        self._write_json(self.out_dir / MANIFEST, merged)
-        return merged
+        """:func:`merge_manifest` of this writer's directory."""
+        return merge_manifest(self.out_dir)
 
     def close(self, merge: bool = True) -> None:
         self.flush()
@@ -300,3 +287,23 @@ class DatasetWriter:
             self.close()
         else:
             self.flush()  # finished documents survive an exception or Ctrl-C (KeyboardInterrupt)
+
+
+def merge_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Rewrite ``manifest.json`` atomically with the union of all journals; returns it. Call it when no
+    writer of the directory is running (a coordinator after a barrier, or after its actors finished)."""
+    out_dir = Path(out_dir)
+    m = read_manifest(out_dir)
+    if m is None:
+        raise TokcalError(f"{out_dir}: no {MANIFEST} to merge")
+    merged = {"format": FORMAT, "version": VERSION, "settings_hash": m["settings_hash"],
+              "settings": m["settings"], "parts": m["parts"]}
+    seen: dict[str, str] = {}
+    for p in merged["parts"]:
+        for d in p["documents"]:
+            if d["id"] in seen:
+                raise TokcalError(f"{out_dir}: document {d['id']!r} is listed by two parts "
+                                  f"({seen[d['id']]} and {p['file']}); two collections ran at once")
+            seen[d["id"]] = str(p["file"])
+    DatasetWriter._write_json(out_dir / MANIFEST, merged)
+    return merged

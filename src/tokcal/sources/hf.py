@@ -148,6 +148,8 @@ def collect_causal(
     append_eos: bool = False,
     part_rows: int = DEFAULT_PART_ROWS,
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    writer: str | None = None,
+    sequence_ids: Sequence[int] | None = None,
     block_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> TokenTable | Path:
@@ -159,7 +161,9 @@ def collect_causal(
     ``out_dir``: stream Parquet parts into this dataset directory (resumable, see
     :mod:`tokcal.sources.dataset`; parts of ``part_rows`` rows, finished documents flushed at least
     every ``flush_seconds``; under a ``torch.distributed`` process group each rank collects its share,
-    :mod:`tokcal.distributed.torchrun`) and return its path instead of a table. ``prepend_bos`` and
+    :mod:`tokcal.distributed.torchrun`; ``writer`` names this process among several writing the
+    directory, whose coordinator merges the manifest, :mod:`tokcal.distributed.ray`) and return its path
+    instead of a table. ``sequence_ids``: the ``sequence_id`` of each text (default: its index). ``prepend_bos`` and
     ``append_eos``: see the module docstring. Texts are processed, and written, in blocks of about
     ``block_tokens`` tokens; ``progress(docs, tokens)`` is called with increments after each block.
     ``sequence_id`` is the index of the text in ``texts``.
@@ -167,7 +171,8 @@ def collect_causal(
     _check_top_k(top_k)
     if batch_size < 1:
         raise TokcalError(f"batch_size must be >= 1, got {batch_size}")
-    items = _items(texts, Document, doc_ids, groups, lambda x: x.text if isinstance(x, Document) else str(x))
+    items = _items(texts, Document, doc_ids, groups, lambda x: x.text if isinstance(x, Document) else str(x),
+                   sequence_ids)
     L = max_length or _context_length(model, tokenizer)
     if L is None:
         raise TokcalError("cannot tell the model's context length; pass max_length")
@@ -249,7 +254,7 @@ def collect_causal(
     return _drive(items, predict, lambda it: len(it.data) // 3 + 1,
                   budget=block_tokens or max(4096, 4 * batch_size * L), vocab=vocab, source=source,
                   settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress,
-                  flush_seconds=flush_seconds)
+                  flush_seconds=flush_seconds, writer=writer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,6 +289,8 @@ def collect_seq2seq(
     doc_ids: Sequence[str] | None = None,
     part_rows: int = DEFAULT_PART_ROWS,
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    writer: str | None = None,
+    sequence_ids: Sequence[int] | None = None,
     block_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> TokenTable | Path:
@@ -297,7 +304,7 @@ def collect_seq2seq(
     """
     _check_top_k(top_k)
     items = _items(pairs, Pair, doc_ids, groups,
-                   lambda x: (x.source, x.target) if isinstance(x, Pair) else (str(x[0]), str(x[1])))
+                   lambda x: (x.source, x.target) if isinstance(x, Pair) else (str(x[0]), str(x[1])), sequence_ids)
     L, asked = _clamp_to_context(model, max_length or _context_length(model, tokenizer) or 512, "max_length")
     LT, asked_t = _clamp_to_context(model, max_target_length or L, "max_target_length")
     dev = _device(model, device)
@@ -348,7 +355,7 @@ def collect_seq2seq(
     return _drive(items, predict, lambda it: (len(it.data[0]) + len(it.data[1])) // 3 + 1,
                   budget=block_tokens or max(4096, 16 * batch_size * 64), vocab=vocab, source=source, settings=settings,
                   out_dir=out_dir, part_rows=part_rows, progress=progress,
-                  flush_seconds=flush_seconds)
+                  flush_seconds=flush_seconds, writer=writer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,6 +378,8 @@ def collect_token_classification(
     doc_ids: Sequence[str] | None = None,
     part_rows: int = DEFAULT_PART_ROWS,
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    writer: str | None = None,
+    sequence_ids: Sequence[int] | None = None,
     block_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> TokenTable | Path:
@@ -396,7 +405,7 @@ def collect_token_classification(
 
     wrapped = [TaggedSentence(x.id, *to_data((i, x)), x.groups) if isinstance(x, TaggedSentence)
                else TaggedSentence(f"#{i}", *to_data((i, x))) for i, x in enumerate(words)]
-    items = _items(wrapped, TaggedSentence, doc_ids, groups, lambda x: (x.words, x.tags))
+    items = _items(wrapped, TaggedSentence, doc_ids, groups, lambda x: (x.words, x.tags), sequence_ids)
     if not getattr(tokenizer, "is_fast", False):
         raise TokcalError("token classification needs a fast tokenizer (word_ids)")
     cfg = model.config
@@ -468,7 +477,7 @@ def collect_token_classification(
 
     out = _drive(items, predict, lambda it: len(it.data[0]) + 1, budget=block_tokens or max(4096, 64 * batch_size),
                  vocab=vocab, source=source, settings=settings, out_dir=out_dir, part_rows=part_rows, progress=progress,
-                  flush_seconds=flush_seconds)
+                  flush_seconds=flush_seconds, writer=writer)
     if truncated[0]:
         warnings.warn(f"{truncated[0]} words beyond max_length={L} were cut and are not in the table", stacklevel=2)
     return out
