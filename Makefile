@@ -45,7 +45,7 @@ fuzz: install
 	TOKCAL_FUZZ_SCALE=20 $(BIN)/python -m pytest -q -n 2 tests/test_fuzz_readers.py tests/test_cli_contract.py
 
 bench: install
-	for b in metrics fit evaluate collect generate logprobs losses; do $(BIN)/python benchmarks/$${b}_bench.py || exit 1; done
+	for b in metrics fit evaluate collect generate logprobs losses stream; do $(BIN)/python benchmarks/$${b}_bench.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
