@@ -34,7 +34,7 @@ import ray
 from ..errors import TokcalError
 from ..table import TokenTable, parquet_files
 from .fit import Batches, fit_stream
-from .stats import DatasetSummary, EvaluationSums, summarize
+from .stats import DatasetSummary, EvaluationSums, fingerprint, summarize
 
 _TASKS = ("causal", "seq2seq", "token-classification")
 
@@ -149,6 +149,7 @@ def evaluate(source: str | Path, calibrator: Any = None, *, slices: Any = None, 
     total = parts[0]
     for p in parts[1:]:
         total.merge(p)
+    total.fingerprint = fingerprint(source)
     return total.result()
 
 
