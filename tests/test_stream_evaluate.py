@@ -55,7 +55,7 @@ def compare(a, b, path="", *, ci_rtol=1e-5):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             compare(x, y, f"{path}[{i}]", ci_rtol=ci_rtol)
     elif isinstance(a, float) and not isinstance(a, bool):
-        boot = "_ci" in path or ".ci." in path
+        boot = "_ci" in path or ".ci." in path or path.startswith(".replicates")
         rtol, atol = (ci_rtol, 1e-6) if boot else (1e-12, 1e-12)
         assert b is not None and math.isclose(a, b, rel_tol=rtol, abs_tol=atol), (path, a, b)
     else:

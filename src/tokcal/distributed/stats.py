@@ -477,14 +477,11 @@ class EvaluationSums:
         if self.worst <= 0:
             return []
 
-        def contexts(t: int) -> list[str]:
+        def contexts(t: int) -> list[dict[str, str]]:  # as tokcal.evaluation._worst_tokens
             out = []
             for _, prev, gold in self.examples.get(int(t), [])[:3]:
-                text = E._decode(self.meta, prev[prev >= 0])
-                gold_s = self.meta.token_strings([gold])[0]
-                tok = self.meta.token_strings([t])[0]
-                note = "" if gold == t else f" (gold: {gold_s!r})"
-                out.append(f"{text}[[{tok}]]{note}")
+                out.append({"before": E._decode(self.meta, prev[prev >= 0]),
+                            "token": self.meta.token_strings([t])[0], "gold": self.meta.token_strings([gold])[0]})
             return out
 
         return E._worst_list(self.meta, self.tok[0], self.tok[1], self.tok[2], self.worst, contexts)
@@ -673,9 +670,9 @@ def fingerprint(source: str | Path) -> str:
     h = hashlib.sha256()
     for col in ("sequence_id", "position", "label"):
         for f in files:
-            for b in pq.ParquetFile(f).iter_batches(batch_size=1 << 20, columns=[col, "label"]):
-                keep = b.column(1).to_numpy() >= 0
-                h.update(np.ascontiguousarray(b.column(0).to_numpy()[keep], dtype=np.int64).tobytes())
+            for b in pq.ParquetFile(f).iter_batches(batch_size=1 << 20, columns=sorted({col, "label"})):
+                keep = b.column("label").to_numpy() >= 0
+                h.update(np.ascontiguousarray(b.column(col).to_numpy()[keep], dtype=np.int64).tobytes())
     return "sha256:" + h.hexdigest()
 
 
