@@ -122,6 +122,16 @@ def test_streamed_fits_equal_in_memory_fits_with_warm_start(dataset, monkeypatch
         assert g2.temperatures[k] == pytest.approx(g1.temperatures[k], rel=1e-9)
         assert g2.raw_temperatures[k] == pytest.approx(g1.raw_temperatures[k], rel=1e-9)
     assert g2.tau == pytest.approx(g1.tau, rel=1e-9)
+    # one long text per domain: the standard errors are clustered by blocks in both paths
+    long = write_parts(make_table(12000, 400, domains={"news": 0.7, "code": 1.5}, seq_len=4000, top_k=16, seed=9),
+                       dataset.parent / "long", 2500)
+    full = TokenTable.read_parquet(long)
+    a, b = Temperature().fit(full), fit_stream(Temperature(), Batches(long, batch_rows=1100))
+    assert b.fit_info["se_beta"] == pytest.approx(a.fit_info["se_beta"], rel=1e-9) and a.fit_info["se_beta"] > 0
+    g1 = GroupTemperature("domain").fit(full)
+    g2 = fit_stream(GroupTemperature("domain"), Batches(long, batch_rows=1100))
+    for k in g1.temperatures:
+        assert g2.temperatures[k] == pytest.approx(g1.temperatures[k], rel=1e-9)
 
 
 def test_cli_stream_matches_in_memory(dataset, tmp_path):

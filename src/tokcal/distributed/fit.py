@@ -10,7 +10,8 @@ all groups share each pass. Big groups are warm-started, as in memory, on the sa
 (:data:`~tokcal.calibrators.temperature._WARM_ROWS` rows drawn by the same seed among the group's
 labelled rows in storage order), collected by one more pass. So the iterates are those of the
 in-memory fit up to the order of float64 additions, and T agrees to ~1e-12 (tested to 1e-9). The
-cluster-robust standard error takes one last pass (per-sequence gradient sums).
+cluster-robust standard error takes two more passes (the resampling units of :mod:`tokcal.bootstrap`,
+then the gradient sums per unit).
 
 A pass is :meth:`Batches.map`: a function applied to every batch, outputs in storage order. Locally
 that reads a Parquet file or dataset directory in batches; :mod:`tokcal.distributed.ray` runs it as
@@ -137,8 +138,10 @@ class _GroupedPasses:
                 seen[g] += rows.size
         return {g: _concat(parts[g]) for g in groups}
 
-    def score(self, betas: dict[int, float]) -> dict[int, tuple[np.ndarray, float, int]]:
-        """Per group at its beta: per-sequence gradient sums, the curvature sum, the sequence count."""
+    def score(self, betas: dict[int, float], units: Any) -> dict[int, tuple[np.ndarray, float, int]]:
+        """Per group at its beta: gradient sums per resampling unit (``units``: the
+        :class:`~tokcal.distributed.stats.StreamUnits` of the labelled rows, the clusters of the
+        in-memory standard errors), the curvature sum, the number of units."""
         def kernel(batch: TokenTable) -> dict[int, tuple[np.ndarray, np.ndarray, float]]:
             out = {}
             lab = _labelled(batch)
@@ -150,7 +153,7 @@ class _GroupedPasses:
                 if rows.size:
                     part = lab if rows.size == len(lab) else lab.select(rows)
                     _, grad, hess = nll_terms(part.sketch, np.full(rows.size, beta))
-                    seq, inv = np.unique(part.sequence_id, return_inverse=True)
+                    seq, inv = np.unique(units.ids(part.sequence_id, part.position), return_inverse=True)
                     out[g] = (seq, np.bincount(inv.ravel(), grad), float(hess.sum()))
             return out
 
@@ -217,6 +220,19 @@ def _newton_groups(passes: _GroupedPasses, groups: list[int], beta0: dict[int, f
     return out
 
 
+def _units(batches: Batches) -> Any:
+    """The resampling units of the labelled rows (:func:`tokcal.bootstrap.resampling_units`), by one pass."""
+    from ..bootstrap import block_length_of
+    from .stats import DatasetSummary
+
+    first = next(iter(batches))
+    b = block_length_of(first.source)
+    total = DatasetSummary(first.vocab_size, b)
+    for part in batches.map(lambda t: DatasetSummary.of_table(t, b)):
+        total = total.merge(part)
+    return total.units()
+
+
 def fit_temperature(batches: Batches, calibrator: Temperature | None = None) -> Temperature:
     """:meth:`Temperature.fit` on every labelled row of ``batches``, by passes (module docstring)."""
     cal = calibrator if calibrator is not None else Temperature()
@@ -225,7 +241,7 @@ def fit_temperature(batches: Batches, calibrator: Temperature | None = None) -> 
     passes = _GroupedPasses(batches, lambda lab: np.zeros(len(lab), np.int64))
     bounds = (1.0 / cal.bounds[1], 1.0 / cal.bounds[0])
     beta, info = _newton_groups(passes, [0], {0: 1.0}, bounds, cal.seed, lambda g: "temperature")[0]
-    grad, hess, _ = passes.score({0: beta})[0]
+    grad, hess, _ = passes.score({0: beta}, _units(batches))[0]
     info["se_beta"] = float(np.sqrt(np.sum(grad * grad)) / hess) if hess > 0 else math.inf
     cal._set(beta, info)
     return cal
@@ -251,7 +267,7 @@ def fit_group_temperature(batches: Batches, calibrator: GroupTemperature) -> Gro
         warnings.simplefilter("ignore", CalibrationWarning)
         fits = _newton_groups(passes, groups, dict.fromkeys(groups, beta0), bounds, cal.seed,
                               lambda g: f"GroupTemperature[{passes.cats[g]}]")
-    scores = passes.score({g: fits[g][0] for g in groups})
+    scores = passes.score({g: fits[g][0] for g in groups}, _units(batches))
     logb, var = np.empty(len(groups)), np.empty(len(groups))
     for g in groups:
         b, info = fits[g]
