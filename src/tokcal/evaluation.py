@@ -75,6 +75,7 @@ from .metrics.smooth import smooth_ece
 from .probs import TokenProbs, token_probs
 from .slices import parse_slices
 from .table import TokenTable
+from .validation import validate_evaluation
 
 #: the most bootstrap resamples evaluate draws (the replicate weights are resamples x units)
 MAX_BOOTSTRAP = 10_000
@@ -136,16 +137,13 @@ class Evaluation:
         missing = [k for k in cls._KEYS if k not in d]
         if missing:
             raise SchemaError(f"{where}: not a tokcal evaluation, missing key(s) {', '.join(missing)}")
-        for key, kind in (("overall", dict), ("bins", list), ("slices", dict), ("worst_tokens", list)):
-            if not isinstance(d[key], kind):
-                raise SchemaError(f"{where}: '{key}' must be a JSON {'object' if kind is dict else 'array'}, "
-                                  f"got {type(d[key]).__name__}")
-        return cls(d)
+        return cls(validate_evaluation(d, where))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Evaluation:
         """Read what :meth:`to_json` (``tokcal evaluate --json``) wrote. Every problem -- no such file, not
-        readable, not JSON, not an evaluation -- is a :class:`~tokcal.errors.SchemaError` naming the file."""
+        readable, not JSON, not an evaluation (its schema: :class:`tokcal.validation.EvaluationDoc`) -- is a
+        :class:`~tokcal.errors.SchemaError` naming the file."""
         return cls.from_dict(read_json(path, "evaluation file"), where=str(path))
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 1) -> str:

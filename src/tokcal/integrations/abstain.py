@@ -30,6 +30,7 @@ import numpy as np
 
 from .._io import atomic_write, read_json
 from ..errors import SchemaError, ValidationError
+from ..validation import validate_abstainer
 
 Method = Literal["bound", "empirical"]
 
@@ -220,12 +221,10 @@ class Abstainer:
     def from_dict(cls, d: dict[str, Any], where: str = "abstainer") -> Abstainer:
         if not isinstance(d, dict) or d.get("type") != "abstainer":
             raise SchemaError(f"{where}: not a tokcal abstainer")
-        try:
-            vals = {k: (math.nan if d.get(k) is None else float(d[k])) for k in ("target_risk", "coverage")}
-            thr = math.inf if d.get("threshold") is None else float(d["threshold"])
-        except (TypeError, ValueError) as e:
-            raise SchemaError(f"{where}: malformed abstainer ({e})") from None
-        return cls(thr, **vals)
+        doc = validate_abstainer(d, where)
+        undefined = {k: (math.nan if v is None else v) for k, v in
+                     (("target_risk", doc.target_risk), ("coverage", doc.coverage))}
+        return cls(math.inf if doc.threshold is None else doc.threshold, **undefined)
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
