@@ -62,7 +62,8 @@ def test_json_round_trip_gives_identical_outputs(over, tmp_path, name):
     ctx = {"position": np.arange(8), "domain": ["a", "b"] * 4}
     np.testing.assert_array_equal(cal.transform_logits(z, ctx), back.transform_logits(z, ctx))
     d = json.loads(path.read_text())
-    assert d["schema_version"] == 1 and d["type"] == cal.type_name
+    assert d["schema_version"] == 2 and d["type"] == cal.type_name
+    assert d["settings"] == cal.params.model_dump(mode="json")
     assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temp file
 
 
@@ -76,14 +77,29 @@ def test_temperature_json_names_are_stable(tmp_path):
 def test_corrupt_foreign_and_wrong_type_files(tmp_path):
     good = Temperature(temperature=2.0).save(tmp_path / "good.json")
     text = good.read_text()
+    d = json.loads(text)
+
+    def variant(**changes):
+        out = {**d, **changes}
+        return json.dumps({k: v for k, v in out.items() if v is not ...})
+
     cases = {
         "truncated.json": (text[: len(text) // 2], "not valid JSON"),
         "foreign.json": (json.dumps({"model": "gpt2", "temperature": 2.0}), "not a tokcal calibrator"),
         "array.json": ("[1, 2, 3]", "expected a JSON object"),
-        "future.json": (text.replace('"schema_version": 1', '"schema_version": 99'), "schema version 99"),
-        "unknown.json": (text.replace('"type": "temperature"', '"type": "magic"'), "unknown calibrator type"),
-        "negative.json": (text.replace('"temperature": 2.0', '"temperature": -2.0'), "malformed"),
-        "missing.json": (text.replace('"temperature": 2.0,', ''), "malformed"),
+        "future.json": (variant(schema_version=99), "schema version 99"),
+        "unknown.json": (variant(type="magic"), "unknown calibrator type"),
+        "negative.json": (variant(temperature=-2.0, settings={}),
+                          r"negative.json: temperature must be greater than or equal to 0.001, got -2.0"),
+        "missing.json": (variant(temperature=...), "negative.json|missing.json: temperature is required"),
+        "nan.json": (text.replace('"temperature": 2.0', '"temperature": NaN'), "NaN is not a JSON number"),
+        "bool.json": (variant(temperature=True, settings={}), "temperature must be a number, got True"),
+        "string.json": (variant(temperature="1.5", settings={}), "temperature must be a number, got '1.5'"),
+        "tiny.json": (variant(temperature=1e-300, settings={}), "temperature must be greater than or equal to 0.001"),
+        "outside.json": (variant(temperature=25.0, settings={}),
+                         r"temperature must lie within settings.bounds \[0.05, 20\]"),
+        "settings.json": (variant(settings={"bounds": [5, 1]}), r"settings.bounds must satisfy 0 < T_min < T_max"),
+        "unknown_setting.json": (variant(settings={"colour": 1}), "settings.colour is not a known field"),
     }
     for fname, (content, message) in cases.items():
         p = tmp_path / fname

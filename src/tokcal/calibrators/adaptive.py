@@ -20,19 +20,37 @@ logits at apply time (:meth:`AdaptiveTemperature.transform_logits`), so decoding
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BeforeValidator, model_validator
 from scipy.optimize import minimize
 
 from .. import sketch as _sketch
 from ..errors import ConvergenceError, ValidationError
 from ..table import TokenTable
-from .base import as_rows, is_tensor, labeled_rows
-from .temperature import DEFAULT_BOUNDS, TemperatureFamily, fit_beta, nll_terms
+from ..validation import Bool, Float, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from .base import CalibratorDoc, as_rows, is_tensor, labeled_rows
+from .temperature import (
+    DEFAULT_BOUNDS,
+    CalibrationWarning,
+    TemperatureFamily,
+    TemperatureFamilyParams,
+    fit_beta,
+    json_info,
+    nll_terms,
+)
 
 BASE_FEATURES = ("entropy", "top1_logprob", "margin", "log_position", "freq_bucket")
+
+
+def _names(v: Any) -> Any:
+    """Group names as a tuple (a single string is one name, not its characters)."""
+    if isinstance(v, str):
+        return (v,)
+    return tuple(v) if isinstance(v, list | tuple) else v
 
 
 def _freq_bucket(counts: np.ndarray) -> np.ndarray:
@@ -78,23 +96,74 @@ def table_logit_features(table: TokenTable) -> np.ndarray:
     return np.stack([ent, top1, margin], axis=1)
 
 
+class AdaptiveTemperatureParams(TemperatureFamilyParams):
+    """``groups``: group columns to one-hot encode; ``use_features``: ``"auto"``, True or False; ``l2``: ridge
+    penalty (>= 0); ``max_iter``: L-BFGS iterations."""
+
+    groups: Annotated[tuple[str, ...], BeforeValidator(_names)] = ()
+    use_features: Literal["auto"] | Bool = "auto"
+    l2: NonNegativeFloat = 1e-3
+    max_iter: PositiveInt = 500
+
+
+class AdaptiveTemperatureDoc(CalibratorDoc):
+    settings: AdaptiveTemperatureParams = AdaptiveTemperatureParams()
+    feature_names: list[str]
+    categories: dict[str, list[str]]
+    n_user_features: NonNegativeInt
+    freq_ids: list[NonNegativeInt]
+    freq_counts: list[NonNegativeFloat]
+    mean: list[Float]
+    scale: list[PositiveFloat]
+    weights: list[Float]
+    bias: Float
+    fit: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdaptiveTemperatureDoc:
+        groups = self.settings.groups
+        if sorted(self.categories) != sorted(groups):
+            raise ValueError(f"categories must have one entry per settings.groups {list(groups)}, "
+                             f"got {sorted(self.categories)}")
+        expect = feature_names(groups, self.categories, self.n_user_features)
+        if self.feature_names != expect:
+            raise ValueError(f"feature_names must be {expect} (from groups, categories and n_user_features), "
+                             f"got {self.feature_names}")
+        f = len(expect)
+        for name in ("mean", "scale", "weights"):
+            if len(getattr(self, name)) != f:
+                raise ValueError(f"{name} must have {f} values (one per feature), got {len(getattr(self, name))}")
+        if len(self.freq_ids) != len(self.freq_counts):
+            raise ValueError(f"freq_ids and freq_counts must have the same length, got {len(self.freq_ids)} "
+                             f"and {len(self.freq_counts)}")
+        if any(b <= a for a, b in zip(self.freq_ids, self.freq_ids[1:], strict=False)):
+            raise ValueError("freq_ids must be strictly increasing")
+        return self
+
+
+def feature_names(groups: Sequence[str], categories: dict[str, list[str]], n_user: int) -> list[str]:
+    """Names of the feature columns: the base features, one per (group, category), one per user feature."""
+    return [*BASE_FEATURES, *(f"{g}={c}" for g in groups for c in categories[g]),
+            *(f"feature{j}" for j in range(n_user))]
+
+
 class AdaptiveTemperature(TemperatureFamily):
     """Per-token temperature ``T_i = exp(-(w . phi_i + b))`` (see the module docstring).
 
     ``groups``: group columns to one-hot encode; ``use_features``: ``"auto"`` (use ``table.features``
-    when present), True or False; ``l2``: ridge penalty on w (standardised features).
+    when present), True or False; ``l2``: ridge penalty on w (standardised features). A fit whose
+    temperatures reach a bound for some tokens gives a :class:`CalibrationWarning` with their share.
     """
 
     type_name = "adaptive_temperature"
+    Params = AdaptiveTemperatureParams
+    Doc = AdaptiveTemperatureDoc
+    legacy_settings = ("groups", "use_features", "l2", "bounds")
 
     def __init__(self, *, groups: Sequence[str] = (), use_features: bool | str = "auto", l2: float = 1e-3,
                  bounds: tuple[float, float] = DEFAULT_BOUNDS, max_iter: int = 500, seed: int = 0) -> None:
-        self.groups = tuple(groups)
-        self.use_features = use_features
-        self.l2 = float(l2)
-        self.bounds = (float(bounds[0]), float(bounds[1]))
-        self.max_iter = max_iter
-        self.seed = seed
+        super().__init__(groups=groups, use_features=use_features, l2=l2, bounds=bounds, max_iter=max_iter,
+                         seed=seed)
         self.feature_names: list[str] = []
         self.categories: dict[str, list[str]] = {}
         self.n_user_features = 0
@@ -197,8 +266,7 @@ class AdaptiveTemperature(TemperatureFamily):
             freq_note = "fitting table"
             ids, counts = np.unique(lab.label, return_counts=True)
             self.freq_ids, self.freq_counts = ids.astype(np.int64), counts.astype(np.float64)
-        self.feature_names = [*BASE_FEATURES, *(f"{g}={c}" for g in self.groups for c in self.categories[g]),
-                              *(f"feature{j}" for j in range(self.n_user_features))]
+        self.feature_names = feature_names(self.groups, self.categories, self.n_user_features)
         raw = self.table_features(lab)
         self.mean = raw.mean(axis=0)
         sd = raw.std(axis=0)
@@ -225,8 +293,18 @@ class AdaptiveTemperature(TemperatureFamily):
         if not np.all(np.isfinite(res.x)) or (not res.success and res.nit >= self.max_iter):
             raise ConvergenceError(f"AdaptiveTemperature: L-BFGS did not converge ({res.message})")
         self.weights, self.bias = res.x[:f].copy(), float(res.x[f])
+        lb = phi @ self.weights + self.bias
+        at_lo, at_hi = float(np.mean(lb <= lo)), float(np.mean(lb >= hi))
         self.fit_info = {"n": n, "iterations": int(res.nit), "nll": float(res.fun), "message": str(res.message),
-                         "global_temperature": 1.0 / beta0, "freq_reference": freq_note}
+                         "global_temperature": 1.0 / beta0, "freq_reference": freq_note,
+                         "share_at_T_max": at_lo, "share_at_T_min": at_hi}
+        for share, bound in ((at_hi, "T_min"), (at_lo, "T_max")):
+            if share > 0:
+                t = self.bounds[0] if bound == "T_min" else self.bounds[1]
+                warnings.warn(f"AdaptiveTemperature: the temperature of {share:.1%} of the fitting tokens hit the "
+                              f"bound T={t:g} ({bound}); the model wants a temperature outside bounds="
+                              f"{self.bounds}: widen the bounds or check those tokens", CalibrationWarning,
+                              stacklevel=2)
         return self
 
     def coefficients(self) -> dict[str, float]:
@@ -237,31 +315,19 @@ class AdaptiveTemperature(TemperatureFamily):
     # -- persistence ---------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        return {"groups": list(self.groups), "use_features": self.use_features, "l2": self.l2,
-                "bounds": list(self.bounds), "feature_names": self.feature_names, "categories": self.categories,
+        return {"feature_names": self.feature_names, "categories": self.categories,
                 "n_user_features": self.n_user_features, "freq_ids": self.freq_ids.tolist(),
                 "freq_counts": self.freq_counts.tolist(), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                "weights": self.weights.tolist(), "bias": self.bias,
-                "fit": {k: v for k, v in self.fit_info.items() if isinstance(v, int | float | str)}}
+                "weights": self.weights.tolist(), "bias": self.bias, "fit": json_info(self.fit_info)}
 
-    @classmethod
-    def _from_state(cls, s: dict[str, Any]) -> AdaptiveTemperature:
-        cal = cls(groups=list(s["groups"]), use_features=s["use_features"], l2=float(s["l2"]),
-                  bounds=tuple(s["bounds"]))
-        cal.feature_names = [str(x) for x in s["feature_names"]]
-        cal.categories = {str(k): [str(c) for c in v] for k, v in dict(s["categories"]).items()}
-        cal.n_user_features = int(s["n_user_features"])
-        cal.freq_ids = np.asarray(s["freq_ids"], dtype=np.int64)
-        cal.freq_counts = np.asarray(s["freq_counts"], dtype=np.float64)
-        cal.mean = np.asarray(s["mean"], dtype=np.float64)
-        cal.scale = np.asarray(s["scale"], dtype=np.float64)
-        cal.weights = np.asarray(s["weights"], dtype=np.float64)
-        cal.bias = float(s["bias"])
-        f = len(cal.feature_names)
-        if not (cal.mean.shape == cal.scale.shape == cal.weights.shape == (f,)) or \
-                not np.all(np.isfinite(np.concatenate([cal.mean, cal.scale, cal.weights, [cal.bias]]))):
-            raise ValueError(f"mean/scale/weights must be {f} finite numbers")
-        if len(cal.freq_ids) != len(cal.freq_counts):
-            raise ValueError("freq_ids and freq_counts differ in length")
-        cal.fit_info = dict(s.get("fit") or {})
-        return cal
+    def _load_state(self, doc: AdaptiveTemperatureDoc) -> None:
+        self.feature_names, self.categories = list(doc.feature_names), dict(doc.categories)
+        self.n_user_features = doc.n_user_features
+        self.freq_ids = np.asarray(doc.freq_ids, dtype=np.int64)
+        self.freq_counts = np.asarray(doc.freq_counts, dtype=np.float64)
+        self.mean, self.scale = np.asarray(doc.mean, np.float64), np.asarray(doc.scale, np.float64)
+        self.weights, self.bias = np.asarray(doc.weights, np.float64), doc.bias
+        self.fit_info = dict(doc.fit or {})
+
+    def _learned_summary(self) -> dict[str, Any]:
+        return {"features": len(self.feature_names), "bias": self.bias}

@@ -10,19 +10,50 @@ Scores on n calibration tokens (probabilities from ``calibrator``, or the model 
 exchangeable data ``P(y in set) >= 1 - alpha``. Sets are read from the sketch: they can list only the
 top-k ids; a row whose set would reach past the k-th id is flagged ``truncated``. For APS a gold label
 outside the top-k gets the conservative score 1 (its rank among the tail ids is unknown).
+
+Truncation breaks the guarantee for the sets as listed: a truncated set misses ids that belong to it
+(at a threshold near 1 every set is the whole top-k). :meth:`ConformalTokenSets.fit` and
+:meth:`~ConformalTokenSets.coverage` then warn (:class:`~tokcal.calibrators.CalibrationWarning`) with the
+share of truncated sets, the result says ``"guarantee": False`` with the coverage of the listed sets
+beside the nominal one, and the JSON records ``truncated_share`` of the calibration tokens. The cure: a
+table collected with a larger top-k (``tokcal collect --top-k``), or a larger alpha.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, InstanceOf
 
-from ..errors import ValidationError
 from ..probs import TokenProbs, token_probs
 from ..table import TokenTable
-from .base import Calibrator, labeled_rows
+from ..validation import Bool, Float, NonNegativeInt, OpenProbability, Params, Probability, Seed
+from .base import Calibrator, CalibratorDoc, labeled_rows
+from .temperature import CalibrationWarning
+
+
+class ConformalSettings(Params):
+    """``alpha`` in (0, 1): the miscoverage level; ``score``: "lac" or "aps"; ``seed`` of the APS uniforms."""
+
+    alpha: OpenProbability = 0.1
+    score: Literal["lac", "aps"] = "lac"
+    seed: Seed = 0
+
+
+class ConformalParams(ConformalSettings):
+    calibrator: InstanceOf[Calibrator] | None = Field(default=None, exclude=True)
+
+
+class ConformalDoc(CalibratorDoc):
+    settings: ConformalSettings = ConformalSettings()
+    threshold: Annotated[Float, Field(ge=0, le=1 + 1e-9)] | None  # null: +inf (every id is in every set)
+    n_calibration: NonNegativeInt = 0
+    truncated_share: Probability | None = None
+    truncated: Bool | None = None
+    calibrator: dict[str, Any] | None = None
 
 
 class ConformalTokenSets(Calibrator):
@@ -30,19 +61,16 @@ class ConformalTokenSets(Calibrator):
     (default: the model at T = 1), which this wrapper does not change."""
 
     type_name = "conformal"
+    Params = ConformalParams
+    Doc = ConformalDoc
+    legacy_settings = ("alpha", "score", "seed")
 
     def __init__(self, alpha: float = 0.1, score: str = "lac", *, calibrator: Calibrator | None = None,
                  seed: int = 0) -> None:
-        if not 0.0 < float(alpha) < 1.0:
-            raise ValidationError(f"ConformalTokenSets: alpha must be in (0, 1), got {alpha!r}")
-        if score not in ("lac", "aps"):
-            raise ValidationError(f"ConformalTokenSets: score must be 'lac' or 'aps', got {score!r}")
-        self.alpha = float(alpha)
-        self.score = score
-        self.calibrator = calibrator
-        self.seed = int(seed)
+        super().__init__(alpha=alpha, score=score, calibrator=calibrator, seed=seed)
         self.threshold: float | None = None
         self.n_calibration = 0
+        self.truncated_share: float | None = None
 
     @property
     def preserves_argmax(self) -> bool:  # type: ignore[override]
@@ -87,7 +115,20 @@ class ConformalTokenSets(Calibrator):
         rank = math.ceil((n + 1) * (1.0 - self.alpha))
         self.threshold = float(s[rank - 1]) if rank <= n else math.inf
         self.n_calibration = n
+        self.truncated_share = float(self.set_mask(lab)[2].mean())
+        if self.truncated_share > 0:
+            warnings.warn(self._truncation_message(self.truncated_share, "calibration", lab), CalibrationWarning,
+                          stacklevel=2)
         return self
+
+    def _truncation_message(self, share: float, which: str, table: TokenTable,
+                            listed: float | None = None) -> str:
+        k = table.top_ids.shape[1]
+        cover = "" if listed is None else f"; the listed sets cover {listed:.1%} of the gold tokens"
+        return (f"ConformalTokenSets: {share:.1%} of the {which} sets need more ids than the table's top-k={k} "
+                f"and are truncated (threshold {self.threshold:.6g}){cover}: the listed sets do not carry the "
+                f"{1 - self.alpha:.0%} coverage guarantee. Collect the table with a larger top-k "
+                f"(tokcal collect --top-k), or use a larger alpha.")
 
     def token_probs(self, table: TokenTable) -> TokenProbs:
         return self._probs(table)
@@ -117,19 +158,29 @@ class ConformalTokenSets(Calibrator):
 
     def coverage(self, table: TokenTable, slices: str | None = None) -> dict[str, Any]:
         """Empirical coverage, mean listed set size and truncated share on the labelled rows, overall
-        and per value of the group column ``slices``. A gold id counts as covered when its score is within
-        the threshold, also when the set reaches past the top-k ids and the gold id is not listed."""
+        and per value of the group column ``slices``.
+
+        ``coverage``: a gold id counts as covered when its score is within the threshold, also when the
+        set reaches past the top-k ids and the gold id is not listed; ``listed_coverage``: the gold id is
+        among the listed ids. ``"guarantee"`` is False (with a warning) when any set is truncated: the
+        listed sets then do not carry the guarantee (module docstring)."""
         lab = labeled_rows(table, "ConformalTokenSets.coverage")
         ids, member, trunc = self.set_mask(lab)
         covered = self.scores(lab) <= self.threshold  # the gold id is in its set, listed or past the top-k
+        listed = (member & (ids == lab.label[:, None])).any(axis=1)
         size = member.sum(axis=1)
 
         def summary(mask: np.ndarray) -> dict[str, float]:
             return {"n": int(mask.sum()), "coverage": float(covered[mask].mean()),
+                    "listed_coverage": float(listed[mask].mean()),
                     "mean_set_size": float(size[mask].mean()), "truncated": float(trunc[mask].mean())}
 
+        overall = summary(np.ones(len(lab), bool))
         out: dict[str, Any] = {"alpha": self.alpha, "target": 1.0 - self.alpha, "score": self.score,
-                               "threshold": self.threshold, "overall": summary(np.ones(len(lab), bool))}
+                               "threshold": self.threshold, "guarantee": not trunc.any(), "overall": overall}
+        if trunc.any():
+            warnings.warn(self._truncation_message(overall["truncated"], "evaluated", lab, overall["listed_coverage"]),
+                          CalibrationWarning, stacklevel=2)
         if slices is not None:
             g = lab.group(slices)
             out["slices"] = {slices: {c: summary(g.codes == i) for i, c in enumerate(g.categories)
@@ -137,15 +188,20 @@ class ConformalTokenSets(Calibrator):
         return out
 
     def _state(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "score": self.score, "seed": self.seed,
-                "threshold": None if math.isinf(self.threshold) else self.threshold,
-                "n_calibration": self.n_calibration,
+        share = self.truncated_share
+        return {"threshold": None if math.isinf(self.threshold) else self.threshold,
+                "n_calibration": self.n_calibration, "truncated_share": share,
+                "truncated": None if share is None else share > 0,
                 "calibrator": None if self.calibrator is None else self.calibrator.to_dict()}
 
+    def _load_state(self, doc: ConformalDoc) -> None:
+        self.threshold = math.inf if doc.threshold is None else doc.threshold
+        self.n_calibration, self.truncated_share = doc.n_calibration, doc.truncated_share
+
     @classmethod
-    def _from_state(cls, s: dict[str, Any]) -> ConformalTokenSets:
-        inner = None if s.get("calibrator") is None else Calibrator.from_dict(s["calibrator"], "conformal.calibrator")
-        cal = cls(float(s["alpha"]), str(s["score"]), calibrator=inner, seed=int(s.get("seed", 0)))
-        cal.threshold = math.inf if s["threshold"] is None else float(s["threshold"])
-        cal.n_calibration = int(s.get("n_calibration", 0))
+    def _from_doc(cls, doc: ConformalDoc, where: str) -> ConformalTokenSets:
+        inner = None if doc.calibrator is None else Calibrator.from_dict(doc.calibrator, f"{where}: calibrator")
+        s = doc.settings
+        cal = cls(s.alpha, s.score, calibrator=inner, seed=s.seed)
+        cal._load_state(doc)
         return cal

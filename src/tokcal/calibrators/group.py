@@ -18,16 +18,27 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from ..bootstrap import resampling_units
 from ..errors import ValidationError
 from ..table import TokenTable
+from ..validation import Bool, NonNegativeFloat, NonNegativeInt, TemperatureValue
 from ..vocab import TOKEN_TYPES, Vocabulary
-from .base import as_rows, is_tensor, labeled_rows
-from .temperature import DEFAULT_BOUNDS, CalibrationWarning, TemperatureFamily, cluster_se, fit_beta, nll_terms
+from .base import CalibratorDoc, as_rows, is_tensor, labeled_rows
+from .temperature import (
+    DEFAULT_BOUNDS,
+    CalibrationWarning,
+    TemperatureFamily,
+    TemperatureFamilyParams,
+    _inside,
+    cluster_se,
+    fit_beta,
+    nll_terms,
+)
 
 TOKEN_TYPE = "token_type"
 FREQ = "freq"
@@ -45,6 +56,47 @@ def type_code_string(vocab: Vocabulary) -> str:
     return "".join(letters[i] for i in vocab.token_types())
 
 
+class GroupTemperatureParams(TemperatureFamilyParams):
+    """``by``: the group column (or ``"token_type"``); ``shrink``: empirical-Bayes shrinkage."""
+
+    by: Annotated[str, Field(min_length=1)] = "domain"
+    shrink: Bool = True
+
+
+_TYPE_LETTERS = "".join(TYPE_CODES)
+
+
+class GroupTemperatureDoc(CalibratorDoc):
+    settings: GroupTemperatureParams = GroupTemperatureParams()
+    global_temperature: TemperatureValue
+    temperatures: dict[str, TemperatureValue]
+    raw_temperatures: dict[str, TemperatureValue] = {}
+    counts: dict[str, NonNegativeInt] = {}
+    tau: NonNegativeFloat | None = None
+    type_codes: Annotated[str, Field(pattern=f"^[{_TYPE_LETTERS}]*$")] | None = None
+    freq_codes: Annotated[str, Field(pattern="^[0-9]*$")] | None = None
+    freq_labels: list[str] = []
+    freq_reference: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GroupTemperatureDoc:
+        bounds = self.settings.bounds
+        values = {"global_temperature": self.global_temperature,
+                  **{f"temperatures[{k!r}]": v for k, v in self.temperatures.items()}}
+        for name, t in values.items():
+            if not _inside(t, bounds):
+                raise ValueError(f"{name} must lie within settings.bounds [{bounds[0]:g}, {bounds[1]:g}], got {t!r}")
+        if self.freq_codes and int(max(self.freq_codes)) >= len(self.freq_labels):
+            raise ValueError(f"freq_codes must index freq_labels ({len(self.freq_labels)} labels), "
+                             f"got the digit {max(self.freq_codes)}")
+        for name in ("raw_temperatures", "counts"):
+            keys = set(getattr(self, name))
+            if keys and keys != set(self.temperatures):
+                raise ValueError(f"{name} must have the groups of temperatures {sorted(self.temperatures)}, "
+                                 f"got {sorted(keys)}")
+        return self
+
+
 class GroupTemperature(TemperatureFamily):
     """A temperature per value of ``by`` (a group column, or ``"token_type"`` of the predicted token).
 
@@ -54,13 +106,13 @@ class GroupTemperature(TemperatureFamily):
     """
 
     type_name = "group_temperature"
+    Params = GroupTemperatureParams
+    Doc = GroupTemperatureDoc
+    legacy_settings = ("by", "shrink", "bounds")
 
     def __init__(self, by: str = "domain", *, shrink: bool = True, bounds: tuple[float, float] = DEFAULT_BOUNDS,
                  seed: int = 0) -> None:
-        self.by = by
-        self.shrink = shrink
-        self.bounds = (float(bounds[0]), float(bounds[1]))
-        self.seed = seed
+        super().__init__(by=by, shrink=shrink, bounds=bounds, seed=seed)
         self.global_temperature: float | None = None
         self.temperatures: dict[str, float] = {}
         self.raw_temperatures: dict[str, float] = {}
@@ -164,50 +216,41 @@ class GroupTemperature(TemperatureFamily):
     # -- persistence ---------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        return {"by": self.by, "shrink": self.shrink, "bounds": list(self.bounds),
-                "global_temperature": self.global_temperature, "temperatures": self.temperatures,
+        return {"global_temperature": self.global_temperature, "temperatures": self.temperatures,
                 "raw_temperatures": self.raw_temperatures, "counts": self.counts, "tau": self.tau,
                 "type_codes": self.type_codes, "freq_codes": self.freq_codes, "freq_labels": self.freq_labels,
                 "freq_reference": self.freq_reference}
 
-    @classmethod
-    def _from_state(cls, s: dict[str, Any]) -> GroupTemperature:
-        cal = cls(str(s["by"]), shrink=bool(s["shrink"]), bounds=tuple(s["bounds"]))
-        cal.global_temperature = _positive(s["global_temperature"], "global_temperature")
-        cal.temperatures = {str(k): _positive(v, f"temperatures[{k}]") for k, v in dict(s["temperatures"]).items()}
-        cal.raw_temperatures = {str(k): float(v) for k, v in dict(s.get("raw_temperatures", {})).items()}
-        cal.counts = {str(k): int(v) for k, v in dict(s.get("counts", {})).items()}
-        cal.tau = None if s.get("tau") is None else float(s["tau"])
-        codes = s.get("type_codes")
-        if codes is not None and (not isinstance(codes, str) or set(codes) - set(TYPE_CODES)):
-            raise ValueError("type_codes must be a string of letters from " + "".join(TYPE_CODES))
-        cal.type_codes = codes
-        fcodes, flabels = s.get("freq_codes"), list(s.get("freq_labels") or [])
-        if fcodes is not None and (not isinstance(fcodes, str) or not fcodes.isdigit()
-                                   or int(max(fcodes)) >= len(flabels)):
-            raise ValueError("freq_codes must be a string of digits indexing freq_labels")
-        cal.freq_codes, cal.freq_labels = fcodes, [str(x) for x in flabels]
-        cal.freq_reference = None if s.get("freq_reference") is None else str(s["freq_reference"])
-        if cal.by == TOKEN_TYPE and codes is not None:  # older files: word/punct/number (same letters)
+    def _load_state(self, doc: GroupTemperatureDoc) -> None:
+        self.global_temperature = doc.global_temperature
+        self.temperatures, self.raw_temperatures = dict(doc.temperatures), dict(doc.raw_temperatures)
+        self.counts, self.tau, self.type_codes = dict(doc.counts), doc.tau, doc.type_codes
+        self.freq_codes, self.freq_labels = doc.freq_codes, list(doc.freq_labels)
+        self.freq_reference = doc.freq_reference
+        if self.by == TOKEN_TYPE and self.type_codes is not None:  # older files: word/punct/number (same letters)
             for name in ("temperatures", "raw_temperatures", "counts"):
-                setattr(cal, name, {_LEGACY_NAMES.get(k, k): v for k, v in getattr(cal, name).items()})
-        return cal
+                setattr(self, name, {_LEGACY_NAMES.get(k, k): v for k, v in getattr(self, name).items()})
+
+    def _learned_summary(self) -> dict[str, Any]:
+        return {"global_temperature": self.global_temperature, "groups": len(self.temperatures)}
 
 
-def _positive(x: Any, name: str) -> float:
-    v = float(x)
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {x!r}")
-    return v
+def _check_ids(codes: str, ids: np.ndarray, by: str, what: str) -> None:
+    ids = np.asarray(ids)
+    if ids.size and int(ids.max()) >= len(codes):
+        raise ValidationError(f"GroupTemperature({by}): token id {int(ids.max())} is outside the "
+                              f"{len(codes)} ids whose {what} were stored at fit time (another vocabulary?)")
 
 
 def _types_of(codes: str, ids: np.ndarray) -> np.ndarray:
+    _check_ids(codes, ids, "by='token_type'", "types")
     letters = np.frombuffer(codes.encode("ascii"), dtype="S1")
     names = {k.encode(): v for k, v in TYPE_CODES.items()}
     return np.asarray([names[c] for c in letters[np.asarray(ids)]], dtype=object)
 
 
 def _freq_of(codes: str, labels: list[str], ids: np.ndarray) -> np.ndarray:
+    _check_ids(codes, ids, "by='freq'", "frequency buckets")
     digits = np.frombuffer(codes.encode("ascii"), dtype=np.uint8) - ord("0")
     return np.asarray(labels, dtype=object)[digits[np.asarray(ids)]]
 

@@ -8,14 +8,16 @@ the population it will be applied to.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, InstanceOf
 
 from ..errors import ValidationError
 from ..probs import TokenProbs, token_probs
 from ..table import TokenTable
-from .base import Calibrator, check_logits, is_tensor, labeled_rows
+from ..validation import Float, Params
+from .base import Calibrator, CalibratorDoc, check_logits, is_tensor, labeled_rows
 
 
 def logit_confidence(logits: Any) -> np.ndarray:
@@ -31,21 +33,34 @@ def logit_confidence(logits: Any) -> np.ndarray:
     return np.exp(-np.log(np.exp(z - mx[:, None]).sum(axis=1)))
 
 
+class SelectiveSettings(Params):
+    """``threshold`` in (0, 1]: rows with confidence below it are calibrated; ``fit_on``: "below" or "all"."""
+
+    threshold: Annotated[Float, Field(gt=0, le=1)] = 0.5
+    fit_on: Literal["below", "all"] = "below"
+
+
+class SelectiveParams(SelectiveSettings):
+    """The settings and the wrapped calibrator (saved as ``"calibrator"``, its own file inside this one)."""
+
+    calibrator: InstanceOf[Calibrator] = Field(exclude=True)
+
+
+class SelectiveDoc(CalibratorDoc):
+    settings: SelectiveSettings = SelectiveSettings()
+    calibrator: dict[str, Any]
+
+
 class Selective(Calibrator):
     """Wrap ``calibrator``; only rows with confidence < ``threshold`` are calibrated."""
 
     type_name = "selective"
+    Params = SelectiveParams
+    Doc = SelectiveDoc
+    legacy_settings = ("threshold", "fit_on")
 
     def __init__(self, calibrator: Calibrator, threshold: float = 0.5, *, fit_on: str = "below") -> None:
-        if not isinstance(calibrator, Calibrator):
-            raise ValidationError(f"Selective: calibrator must be a tokcal Calibrator, got {type(calibrator).__name__}")
-        if not 0.0 < float(threshold) <= 1.0:
-            raise ValidationError(f"Selective: threshold must be in (0, 1], got {threshold!r}")
-        if fit_on not in ("below", "all"):
-            raise ValidationError(f"Selective: fit_on must be 'below' or 'all', got {fit_on!r}")
-        self.calibrator = calibrator
-        self.threshold = float(threshold)
-        self.fit_on = fit_on
+        super().__init__(calibrator=calibrator, threshold=threshold, fit_on=fit_on)
 
     @property
     def preserves_argmax(self) -> bool:  # type: ignore[override]
@@ -97,12 +112,18 @@ class Selective(Calibrator):
         return out
 
     def _state(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "fit_on": self.fit_on, "calibrator": self.calibrator.to_dict()}
+        return {"calibrator": self.calibrator.to_dict()}
+
+    def _load_state(self, doc: SelectiveDoc) -> None:  # the state is the wrapped calibrator's
+        pass
 
     @classmethod
-    def _from_state(cls, s: dict[str, Any]) -> Selective:
-        inner = Calibrator.from_dict(s["calibrator"], where="selective.calibrator")
-        return cls(inner, float(s["threshold"]), fit_on=str(s.get("fit_on", "below")))
+    def _from_doc(cls, doc: SelectiveDoc, where: str) -> Selective:
+        inner = Calibrator.from_dict(doc.calibrator, where=f"{where}: calibrator")
+        return cls(inner, doc.settings.threshold, fit_on=doc.settings.fit_on)
+
+    def _learned_summary(self) -> dict[str, Any]:
+        return {}  # the wrapped calibrator's repr (a setting) shows what it learned
 
 
 def _select_context(context: dict[str, Any] | None, rows: np.ndarray, n: int) -> dict[str, Any] | None:

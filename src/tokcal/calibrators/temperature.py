@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from pydantic import model_validator
 
 from .. import sketch as _sketch
 from ..bootstrap import resampling_units
@@ -32,7 +33,9 @@ from ..errors import ConvergenceError, ValidationError
 from ..probs import TokenProbs, token_probs
 from ..sketch import LogitSketch
 from ..table import TokenTable
-from .base import Calibrator, check_logits, finite_number, labeled_rows, scale_logits
+from ..validation import Params as _Params
+from ..validation import Seed, TemperatureBounds, TemperatureValue
+from .base import Calibrator, CalibratorDoc, check_logits, labeled_rows, scale_logits
 
 DEFAULT_BOUNDS = (0.05, 20.0)
 _CHUNK = 65536
@@ -166,10 +169,24 @@ def cluster_se(grad: np.ndarray, hess_sum: float, clusters: np.ndarray) -> float
 # ----------------------------------------------------------------------------------------------
 
 
+class TemperatureFamilyParams(_Params):
+    """Settings shared by the temperature calibrators: allowed ``(T_min, T_max)`` and the seed of the
+    sub-sample that warm-starts Newton on big tables."""
+
+    bounds: TemperatureBounds = DEFAULT_BOUNDS
+    seed: Seed = 0
+
+
 class TemperatureFamily(Calibrator):
-    """Calibrators that divide each row's logits by a positive temperature: the argmax never changes."""
+    """Calibrators that divide each row's logits by a positive temperature: the argmax never changes.
+
+    ``transform_logits`` returns ``(z - max_j z_j) / T`` row by row: subtracting the row maximum first leaves
+    the distribution unchanged (softmax is shift-invariant) and keeps ``z / T`` from overflowing for small
+    T (T = 0.05 on float16 logits of 6e4).
+    """
 
     preserves_argmax = True
+    Params = TemperatureFamilyParams
 
     @abstractmethod
     def row_temperatures(self, table: TokenTable) -> np.ndarray:
@@ -189,29 +206,76 @@ class TemperatureFamily(Calibrator):
         return scale_logits(logits, self.logit_temperatures(logits, context))
 
 
+class TemperatureParams(TemperatureFamilyParams):
+    """``temperature``: a given temperature (None: learned by :meth:`Temperature.fit`), inside ``bounds``."""
+
+    temperature: TemperatureValue | None = None
+
+    @model_validator(mode="after")
+    def _given_inside_bounds(self) -> TemperatureParams:
+        t, (lo, hi) = self.temperature, self.bounds
+        if t is not None and not lo <= t <= hi:
+            raise ValueError(f"temperature must lie within bounds [{lo:g}, {hi:g}] (widen bounds= to allow it), "
+                             f"got {t!r}")
+        return self
+
+
+def _inside(t: float, bounds: tuple[float, float], rtol: float = 1e-9) -> bool:
+    """``t`` within ``bounds`` up to rounding (a fit at a bound stores 1 / (1 / T_max))."""
+    return bounds[0] * (1 - rtol) <= t <= bounds[1] * (1 + rtol)
+
+
+class TemperatureDoc(CalibratorDoc):
+    """A temperature calibrator's file: ``"temperature"`` is the effective value (given or learned)."""
+
+    settings: TemperatureParams = TemperatureParams()
+    temperature: TemperatureValue
+    fit: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TemperatureDoc:
+        given, bounds = self.settings.temperature, self.settings.bounds
+        if given is not None and self.temperature != given:
+            raise ValueError(f"temperature must equal settings.temperature ({given!r}), got {self.temperature!r}")
+        if not _inside(self.temperature, bounds):
+            raise ValueError(f"temperature must lie within settings.bounds [{bounds[0]:g}, {bounds[1]:g}], "
+                             f"got {self.temperature!r}")
+        return self
+
+
 class Temperature(TemperatureFamily):
     """One temperature for every token: ``p = softmax(z / T)``.
 
     ``Temperature()`` is fitted by :meth:`fit` (from a TokenTable), :meth:`fit_logits` (full logits,
     sketched in chunks) or :meth:`fit_parquet` (a table on disk, streamed); ``Temperature(temperature=T)``
-    is a given temperature and :meth:`fit` leaves it unchanged. ``bounds``: allowed (T_min, T_max).
-    After a fit, ``fit_info`` holds n, iterations, NLL, gradient, curvature, ``se_beta`` and ``at_bound``.
+    is a given temperature and :meth:`fit` leaves it unchanged. ``bounds``: allowed (T_min, T_max); a given
+    temperature must lie inside them. ``cal.temperature`` is the effective value (the given one, else the
+    learned one, kept apart in ``learned_temperature``); a loaded calibrator that learned its temperature
+    refits on new data. After a fit, ``fit_info`` holds n, iterations, NLL, gradient, curvature,
+    ``se_beta`` and ``at_bound``.
     """
 
     type_name = "temperature"
+    Params = TemperatureParams
+    Doc = TemperatureDoc
+    legacy_settings = ("bounds",)
 
     def __init__(self, temperature: float | None = None, *, bounds: tuple[float, float] = DEFAULT_BOUNDS,
                  seed: int = 0) -> None:
-        lo, hi = (float(b) for b in bounds)
-        if not (0 < lo < hi < math.inf):
-            raise ValidationError(f"Temperature: bounds must satisfy 0 < T_min < T_max < inf, got {bounds}")
-        if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
-            raise ValidationError(f"Temperature: temperature must be finite and > 0, got {temperature!r}")
-        self.bounds = (lo, hi)
-        self.seed = seed
-        self.fixed = temperature is not None
-        self.temperature: float | None = None if temperature is None else float(temperature)
+        super().__init__(temperature=temperature, bounds=bounds, seed=seed)
+        self.learned_temperature: float | None = None
         self.fit_info: dict[str, Any] = {}
+
+    @property
+    def temperature(self) -> float | None:  # type: ignore[override]
+        """The effective temperature: the given one, else the learned one (None before a fit)."""
+        given = self.params.temperature
+        return given if given is not None else self.learned_temperature
+
+    @property
+    def fixed(self) -> bool:
+        """True for a given temperature (:meth:`fit` leaves it unchanged)."""
+        return self.params.temperature is not None
 
     @property
     def fitted(self) -> bool:
@@ -264,7 +328,7 @@ class Temperature(TemperatureFamily):
         return self
 
     def _set(self, beta: float, info: dict[str, Any]) -> None:
-        self.temperature = 1.0 / beta
+        self.learned_temperature = 1.0 / beta
         self.fit_info = info
         _warn_bound(info, "Temperature", self.bounds)
 
@@ -352,18 +416,21 @@ class Temperature(TemperatureFamily):
     # -- persistence ---------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        info = {k: v for k, v in self.fit_info.items() if isinstance(v, int | float | str) or v is None}
-        info = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in info.items()}
-        return {"temperature": self.temperature, "bounds": list(self.bounds), "fit": info}
+        return {"temperature": self.temperature, "fit": json_info(self.fit_info)}
 
-    @classmethod
-    def _from_state(cls, state: dict[str, Any]) -> Temperature:
-        t = finite_number(state["temperature"], "temperature")
-        if t <= 0:
-            raise ValueError(f"temperature must be > 0, got {t}")
-        cal = cls(temperature=t, bounds=tuple(state.get("bounds", DEFAULT_BOUNDS)))
-        cal.fit_info = dict(state.get("fit") or {})
-        return cal
+    def _load_state(self, doc: TemperatureDoc) -> None:
+        if not self.fixed:
+            self.learned_temperature = doc.temperature
+        self.fit_info = dict(doc.fit or {})
+
+    def _learned_summary(self) -> dict[str, Any]:
+        return {} if self.fixed else {"temperature": self.temperature}
+
+
+def json_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The scalar entries of a fit's ``info`` dict, JSON-safe (non-finite numbers become None)."""
+    out = {k: v for k, v in info.items() if isinstance(v, int | float | str) or v is None}
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 
 def _hermite_root(x0: float, x1: float, g0: float, g1: float, h0: float, h1: float) -> float:

@@ -24,20 +24,19 @@ argmax** (``preserves_argmax = False``: the generate processor refuses them unle
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, model_validator
 from scipy.optimize import minimize
 from scipy.special import expit
 
 from .. import sketch as _sketch
-from ..errors import ValidationError
-from ..metrics._validate import MAX_BINS
 from ..probs import TokenProbs, token_probs
 from ..table import TokenTable
-from .base import Calibrator, check_logits, is_tensor, labeled_rows
+from ..validation import MAX_BINS, Binning, Float, Int, NonNegativeFloat, Params, PositiveInt, Probability
+from .base import Calibrator, CalibratorDoc, check_logits, is_tensor, labeled_rows
 
 _EPS = 1e-12
 
@@ -137,11 +136,38 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
         return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
 
 
-def _floats(v: Any, name: str) -> np.ndarray:
-    arr = np.asarray(v, dtype=np.float64)
-    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be a list of finite numbers")
-    return arr
+def _ascending(name: str, v: list[float], strict: bool = False) -> None:
+    bad = [i for i in range(1, len(v)) if (v[i] <= v[i - 1] if strict else v[i] < v[i - 1])]
+    if bad:
+        raise ValueError(f"{name} must be {'strictly ' if strict else ''}ascending, got {v[bad[0] - 1]!r} then "
+                         f"{v[bad[0]]!r} at [{bad[0]}]")
+
+
+class HistogramBinningParams(Params):
+    """``bins`` (1 to MAX_BINS), ``binning`` ("mass" or "width"), ``min_count`` (>= 1)."""
+
+    bins: Annotated[Int, Field(ge=1, le=MAX_BINS)] = 15
+    binning: Binning = "mass"
+    min_count: PositiveInt = 1
+
+
+class HistogramBinningDoc(CalibratorDoc):
+    settings: HistogramBinningParams = HistogramBinningParams()
+    edges: list[Probability]
+    values: list[Probability]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HistogramBinningDoc:
+        if len(self.edges) != len(self.values) + 1 or not self.values:
+            raise ValueError(f"edges must have one more value than values, got {len(self.edges)} and "
+                             f"{len(self.values)}")
+        if len(self.values) > self.settings.bins:
+            raise ValueError(f"values must have at most settings.bins={self.settings.bins} entries, "
+                             f"got {len(self.values)}")
+        if self.edges[0] != 0.0 or self.edges[-1] != 1.0:
+            raise ValueError(f"edges must run from 0 to 1, got {self.edges[0]!r} to {self.edges[-1]!r}")
+        _ascending("edges", self.edges)
+        return self
 
 
 class HistogramBinning(TopLabelCalibrator):
@@ -151,13 +177,12 @@ class HistogramBinning(TopLabelCalibrator):
     """
 
     type_name = "histogram_binning"
+    Params = HistogramBinningParams
+    Doc = HistogramBinningDoc
+    legacy_settings = ("bins", "binning", "min_count")
 
     def __init__(self, bins: int = 15, *, binning: str = "mass", min_count: int = 1) -> None:
-        if not 1 <= bins <= MAX_BINS:
-            raise ValidationError(f"HistogramBinning: bins must be in [1, {MAX_BINS:,}], got {bins}")
-        if binning not in ("mass", "width"):
-            raise ValidationError(f"HistogramBinning: binning must be 'mass' or 'width', got {binning!r}")
-        self.bins, self.binning, self.min_count = int(bins), binning, int(min_count)
+        super().__init__(bins=bins, binning=binning, min_count=min_count)
         self.edges: np.ndarray | None = None
         self.values: np.ndarray | None = None
 
@@ -184,24 +209,36 @@ class HistogramBinning(TopLabelCalibrator):
         return self.values[np.searchsorted(self.edges[1:-1], c, side="right")]
 
     def _state(self) -> dict[str, Any]:
-        return {"bins": self.bins, "binning": self.binning, "min_count": self.min_count,
-                "edges": self.edges.tolist(), "values": self.values.tolist()}
+        return {"edges": self.edges.tolist(), "values": self.values.tolist()}
 
-    @classmethod
-    def _from_state(cls, s: dict[str, Any]) -> HistogramBinning:
-        cal = cls(int(s["bins"]), binning=str(s["binning"]), min_count=int(s.get("min_count", 1)))
-        cal.edges, cal.values = _floats(s["edges"], "edges"), _floats(s["values"], "values")
-        if len(cal.edges) != len(cal.values) + 1 or np.any(np.diff(cal.edges) < 0):
-            raise ValueError("edges must be ascending and one longer than values")
-        return cal
+    def _load_state(self, doc: HistogramBinningDoc) -> None:
+        self.edges, self.values = np.asarray(doc.edges, np.float64), np.asarray(doc.values, np.float64)
+
+    def _learned_summary(self) -> dict[str, Any]:
+        return {"bins_fitted": len(self.values)}
+
+
+class IsotonicDoc(CalibratorDoc):
+    x: list[Probability]
+    y: list[Probability]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IsotonicDoc:
+        if len(self.x) != len(self.y) or not self.x:
+            raise ValueError(f"x and y must have the same, non-zero length, got {len(self.x)} and {len(self.y)}")
+        _ascending("x", self.x)
+        _ascending("y", self.y)
+        return self
 
 
 class Isotonic(TopLabelCalibrator):
     """Isotonic regression of correctness on confidence (scikit-learn), clipped outside the data."""
 
     type_name = "isotonic"
+    Doc = IsotonicDoc
 
     def __init__(self) -> None:
+        super().__init__()
         self.x: np.ndarray | None = None
         self.y: np.ndarray | None = None
 
@@ -222,21 +259,27 @@ class Isotonic(TopLabelCalibrator):
     def _state(self) -> dict[str, Any]:
         return {"x": self.x.tolist(), "y": self.y.tolist()}
 
-    @classmethod
-    def _from_state(cls, s: dict[str, Any]) -> Isotonic:
-        cal = cls()
-        cal.x, cal.y = _floats(s["x"], "x"), _floats(s["y"], "y")
-        if len(cal.x) != len(cal.y) or len(cal.x) == 0 or np.any(np.diff(cal.x) < 0):
-            raise ValueError("x must be ascending and as long as y (at least one point)")
-        return cal
+    def _load_state(self, doc: IsotonicDoc) -> None:
+        self.x, self.y = np.asarray(doc.x, np.float64), np.asarray(doc.y, np.float64)
+
+    def _learned_summary(self) -> dict[str, Any]:
+        return {"points": len(self.x)}
+
+
+class BetaCalibrationDoc(CalibratorDoc):
+    a: NonNegativeFloat
+    b: NonNegativeFloat
+    m: Float
 
 
 class BetaCalibration(TopLabelCalibrator):
     """Beta calibration (Kull et al. 2017): ``g(c) = 1 / (1 + exp(-(a ln c - b ln(1 - c) + m)))``."""
 
     type_name = "beta"
+    Doc = BetaCalibrationDoc
 
     def __init__(self) -> None:
+        super().__init__()
         self.a: float | None = None
         self.b: float | None = None
         self.m: float | None = None
@@ -271,10 +314,5 @@ class BetaCalibration(TopLabelCalibrator):
     def _state(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "m": self.m}
 
-    @classmethod
-    def _from_state(cls, s: dict[str, Any]) -> BetaCalibration:
-        cal = cls()
-        cal.a, cal.b, cal.m = (float(s[k]) for k in ("a", "b", "m"))
-        if not all(math.isfinite(v) for v in (cal.a, cal.b, cal.m)) or cal.a < 0 or cal.b < 0:
-            raise ValueError("a, b must be finite and >= 0, m finite")
-        return cal
+    def _load_state(self, doc: BetaCalibrationDoc) -> None:
+        self.a, self.b, self.m = doc.a, doc.b, doc.m

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ from rich.text import Text
 
 from ..report.terminal import plural
 from . import app
-from .common import console, friendly_errors, refuse_overwrite
+from .common import console, err_console, friendly_errors, refuse_overwrite
 
 METHODS = ("temperature", "group", "adaptive", "histogram", "isotonic", "beta", "selective", "conformal")
 
@@ -101,10 +104,8 @@ def fit_command(
     if freq_ref is not None and method != "adaptive" and not (method == "group" and by == "freq"):
         raise ValidationError(f"--freq-ref: --method {method} uses no token frequency (adaptive and "
                               "group --by freq do)")
-    if freq_ref is not None:
-        cal.fit(train, freq_reference=freq_ref)
-    else:
-        cal.fit(train)
+    with _calibration_warnings():
+        cal.fit(train, **({} if freq_ref is None else {"freq_reference": freq_ref}))
     cal.save(output)
     console.print(Text.assemble("fitted ", (method, "bold"), f" on {plural(int(train.labeled.sum()), 'token')} "
                                 f"({plural(train.n_sequences, _unit(blocks))}): {cal!r}"), highlight=False)
@@ -112,11 +113,14 @@ def fit_command(
         console.print(f"wrote {output}")
         return
     if method == "conformal":
-        cov = cal.coverage(test, slices=by)
+        with _calibration_warnings():
+            cov = cal.coverage(test, slices=by)
         o = cov["overall"]
         console.print(f"held out ({plural(o['n'], 'token')}): coverage {o['coverage']:.4f} "
-                      f"(target {cov['target']:.3f}), mean set size {o['mean_set_size']:.2f}, "
-                      f"truncated {o['truncated']:.3f}", highlight=False)
+                      f"(target {cov['target']:.3f}), listed sets {o['listed_coverage']:.4f}, "
+                      f"mean set size {o['mean_set_size']:.2f}, truncated {o['truncated']:.3f}", highlight=False)
+        if not cov["guarantee"]:
+            console.print("coverage guarantee: FAILED (sets truncated at the table's top-k)", highlight=False)
         console.print(f"wrote {output}")
         return
     before = held_out_metrics(test, None, bins=bins, bootstrap=bootstrap, seed=seed)
@@ -185,6 +189,23 @@ def _fit_streamed(table: Path, cal: Any, method: str, output: Path, holdout: flo
     rows = [held_out_row(evaluate_stream(table, c, slices=[], bins=bins, bootstrap=bootstrap, seed=seed, worst=0,
                                          rows=test).overall, bootstrap) for c in (None, cal)]
     _print_held_out(rows[0], rows[1], held.size, "sequence", output)
+
+
+@contextlib.contextmanager
+def _calibration_warnings() -> Iterator[None]:
+    """Print each CalibrationWarning raised inside the block as ``warning: ...`` (once each)."""
+    from ..calibrators import CalibrationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        yield
+    seen: list[str] = []
+    for w in caught:
+        if issubclass(w.category, CalibrationWarning) and str(w.message) not in seen:
+            seen.append(str(w.message))
+            err_console.print(Text("warning: ", style="bold yellow") + Text(str(w.message)), soft_wrap=True)
+        elif not issubclass(w.category, CalibrationWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _fmt(m: dict[str, Any], key: str) -> str:
