@@ -167,3 +167,16 @@ def test_missing_files_exit_2(tables, tmp_path):
     assert code == 2 and "b.json: no such evaluation file" in flat(out), out
     code, out = check(paths["good"], "--max-ece", 0.1, "--calibrator", tmp_path / "c.json")
     assert code == 2 and "c.json" in flat(out), out
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "true", '"0.01"', "1e999"])
+def test_non_finite_or_non_numeric_baseline_is_bad_input(tables, tmp_path, value):
+    """A baseline whose ECE is NaN, infinite or not a number used to pass every check."""
+    made, paths = tables
+    d = tokcal.evaluate(made["good"], bootstrap=20, seed=0).to_dict()
+    d["overall"]["ece"] = "@"
+    base = tmp_path / "baseline.json"
+    base.write_text(json.dumps(d).replace('"@"', value))
+    code, out = check(paths["over"], "--baseline", base, "--max-regression", 0.01)
+    assert code == 2 and "error:" in out and "baseline.json" in flat(out), out
+    assert "overall.ece" in out or "JSON" in out, out

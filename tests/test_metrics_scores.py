@@ -42,8 +42,11 @@ def test_brier_nll_brute_force():
     assert top_label_brier(c, a) == pytest.approx(((c - a) ** 2).mean(), abs=1e-15)
 
 
-def test_nll_is_explicit_and_clips_nothing():
-    assert nll(label_prob=[1.0, 0.0]) == np.inf
+def test_nll_floors_a_zero_probability_as_evaluate_does():
+    floor = -np.log(np.finfo(np.float64).tiny)  # 708.4 nats
+    assert nll(label_prob=[1.0, 0.0]) == pytest.approx(floor / 2)
+    assert nll([0.0, 0.5]) == pytest.approx((floor + np.log(2)) / 2)
+    assert nll(label_logprob=[0.0, -np.inf]) == pytest.approx(floor / 2)
     assert nll(label_logprob=[0.0, -np.inf], sample_weight=[1, 0]) == 0.0
     with pytest.raises(ValidationError, match="exactly one"):
         nll()

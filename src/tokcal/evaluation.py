@@ -66,24 +66,20 @@ from .bootstrap import (
     resampling_units,
 )
 from .errors import SchemaError, ValidationError
-from .metrics._validate import MAX_BINS
 from .metrics.binned import ReliabilityBins, ece_shares, mass_edges, stats_metrics, width_edges
 from .metrics.classwise import classwise_ece
+from .metrics.scores import token_nll
 from .metrics.selective import aurc, risk_coverage
 from .metrics.signature import LABELS, signature
 from .metrics.smooth import smooth_ece
 from .probs import TokenProbs, token_probs
 from .slices import parse_slices
 from .table import TokenTable
-from .validation import validate_evaluation
+from .validation import EvaluateParams, check_params, validate_evaluation
 
-#: the most bootstrap resamples evaluate draws (the replicate weights are resamples x units)
-MAX_BOOTSTRAP = 10_000
 OVERALL_CI = ("ece", "ece_debiased", "signed_gap", "nll", "brier", "accuracy")
 #: version of the ``to_dict()`` layout; 1 = files without the key (sequence units only)
 SCHEMA_VERSION = 2
-_TINY = np.finfo(np.float64).tiny
-_BINNINGS = ("width", "mass")
 
 
 # -- public result ------------------------------------------------------------------------------
@@ -232,14 +228,10 @@ def evaluate(
     """
     if not isinstance(table, TokenTable):
         raise ValidationError(f"evaluate: expected a TokenTable, got {type(table).__name__}")
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= MAX_BINS:
-        raise ValidationError(f"evaluate: bins must be a positive integer <= {MAX_BINS:,}, got {bins!r}")
-    if binning not in _BINNINGS:
-        raise ValidationError(f"evaluate: binning must be one of {_BINNINGS}, got {binning!r}")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or \
-            not 0 <= bootstrap <= MAX_BOOTSTRAP:
-        raise ValidationError(f"evaluate: bootstrap must be an integer in [0, {MAX_BOOTSTRAP:,}], got {bootstrap!r}")
-    bins, bootstrap = int(bins), int(bootstrap)
+    args = check_params("evaluate", EvaluateParams, bins=bins, binning=binning, bootstrap=bootstrap, seed=seed,
+                        worst=worst, classwise_top=classwise_top, unit=unit, block_length=block_length)
+    bins, binning, bootstrap, seed, worst, classwise_top = (args.bins, args.binning, args.bootstrap, args.seed,
+                                                            args.worst, args.classwise_top)
     probs = _probs(table, calibrator)
     keep = table.labeled
     if not keep.any():
@@ -251,7 +243,7 @@ def evaluate(
     c = np.clip(np.asarray(p.confidence, dtype=np.float64), 0.0, 1.0)
     a = np.asarray(p.correct, dtype=np.float64)
     py = np.clip(np.asarray(p.label_prob, dtype=np.float64), 0.0, 1.0)
-    nll_tok = -np.log(np.maximum(py, _TINY))
+    nll_tok = token_nll(py)
     brier_tok = np.asarray(p.sum_sq, dtype=np.float64) - 2.0 * py + 1.0
     units = resampling_units(table, keep, unit=unit, block_length=block_length)
     edges = width_edges(bins) if binning == "width" else mass_edges(c, bins)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ValidationError, first_bad_row
+from .validation import SketchParams, check_logit_array, check_params
 
 DEFAULT_TOP_K = 32
 #: log2 of the inverse-temperature grid nodes (beta = 0 is added in front).
@@ -248,6 +249,16 @@ def _bad_row_message(row: Any, i: int, k: int) -> str:
             f"fewer than top_k={k}")
 
 
+def _check_float32_range(z: np.ndarray, start: int) -> None:
+    """float64 logits beyond float32's range would round to +-inf in the float32 sketch: say so."""
+    big = np.isfinite(z) & (np.abs(z) > np.finfo(np.float32).max)
+    if big.any():
+        i, j = (int(v[0]) for v in np.nonzero(big))
+        raise ValidationError(f"logits: row {start + i} id {j} is {float(z[i, j])!r}, beyond the float32 range "
+                              f"(+-{float(np.finfo(np.float32).max):.3g}) the sketch stores; logits that large "
+                              "are not log-probabilities of any model (rescale them)")
+
+
 def sketch_logits(
     logits: Any,
     labels: Any = None,
@@ -264,15 +275,14 @@ def sketch_logits(
     A logit of -inf (a masked id) has probability 0 at every temperature and is no part of the
     tail; NaN, +inf, or fewer than ``top_k`` finite logits in a row raise a ValidationError.
     """
-    is_torch = hasattr(logits, "detach") and hasattr(logits, "device")
-    shape = tuple(logits.shape)
+    args = check_params("sketch_logits", SketchParams, top_k=top_k, chunk_rows=chunk_rows)
+    top_k, chunk_rows = args.top_k, args.chunk_rows
+    shape = check_logit_array(logits)
+    is_torch = not isinstance(logits, np.ndarray)
     _check_logits_shape(shape, top_k)
     n, vocab = shape
     labels = _check_labels(None if labels is None else _to_numpy(labels), n, vocab)
     if not is_torch:
-        logits = np.asarray(logits)
-        if not np.issubdtype(logits.dtype, np.floating):
-            raise ValidationError(f"logits: expected floating point values, got dtype {logits.dtype}")
         if logits.dtype not in (np.float32, np.float64):
             logits = logits.astype(np.float32)
         if vocab >= _MAX_KERNEL_VOCAB:
@@ -285,6 +295,8 @@ def sketch_logits(
         stop = min(n, start + chunk_rows)
         z = logits[start:stop]
         lab = labels[start:stop]
+        if not is_torch and z.dtype == np.float64:
+            _check_float32_range(z, start)
         chunk = _sketch_chunk_torch if is_torch else _sketch_chunk_numpy
         ids, vals, lnorm, lab_logit, tail, bad = chunk(z, lab, top_k, betas)
         if bad.any():

@@ -37,6 +37,7 @@ from .errors import ValidationError
 from .frequency import FrequencyReference, load_reference
 from .metrics.signature import signature
 from .table import TokenTable
+from .validation import SliceParams, check_params
 from .vocab import TOKEN_TYPE_RULES, TOKEN_TYPES
 
 FREQ_EDGES = (100, 1000, 10000)
@@ -44,9 +45,7 @@ POSITION_EDGES = (1, 4, 16, 64, 256)
 
 
 def _check_on(on: str) -> str:
-    if on not in ("gold", "predicted"):
-        raise ValidationError(f"slice target must be 'gold' or 'predicted', got {on!r}")
-    return on
+    return check_params("slice", SliceParams, on=on).on
 
 
 def _target_ids(table: TokenTable, probs: Any, on: str) -> np.ndarray:
@@ -103,9 +102,7 @@ class FrequencySlice(Slice):
     used: FrequencyReference | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        _check_on(self.on)
-        if list(self.edges) != sorted(set(self.edges)) or not self.edges or self.edges[0] < 1:
-            raise ValidationError(f"freq slice: edges must be increasing positive ranks, got {self.edges}")
+        self.edges = check_params("freq slice", SliceParams, on=self.on, edges=self.edges).edges
         if self.counts is not None and self.reference is not None:
             raise ValidationError("freq slice: give counts or reference, not both")
         names = [f"top-{_short(self.edges[0])}"]
@@ -195,8 +192,7 @@ class PositionSlice(Slice):
     edges: tuple[int, ...] = POSITION_EDGES
 
     def __post_init__(self) -> None:
-        if list(self.edges) != sorted(set(self.edges)) or not self.edges or self.edges[0] < 1:
-            raise ValidationError(f"position slice: edges must be increasing and >= 1, got {self.edges}")
+        self.edges = check_params("position slice", SliceParams, edges=self.edges).edges
         lo = (0, *self.edges)
         self.labels = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(lo[:-1], lo[1:], strict=True)]
         self.labels.append(f"{self.edges[-1]}+")

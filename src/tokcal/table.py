@@ -18,6 +18,7 @@ from ._io import atomic_write, parse_json
 from ._version import __version__
 from .errors import SchemaError, TokcalError, ValidationError, first_bad_row
 from .sketch import DEFAULT_TOP_K, MAX_VOCAB_SIZE, LogitSketch, TailLayout, sketch_logits, sketch_logprobs
+from .validation import Params, PositiveInt, check_params
 from .vocab import Vocabulary
 
 #: 2: the metadata holds the vocabulary's raw pieces and convention (``"vocabulary"``, see
@@ -68,6 +69,10 @@ class GroupColumn:
     def take(self, idx: np.ndarray) -> GroupColumn:
         return GroupColumn(self.codes[idx], self.categories)
 
+
+
+class _BatchParams(Params):
+    batch_rows: PositiveInt
 
 class TokenTable:
     """Per-token predictions: the logit sketch of each token plus ids, groups and features.
@@ -316,6 +321,10 @@ class TokenTable:
     def select(self, rows: Any) -> TokenTable:
         """Rows by boolean mask or integer index (a new table sharing metadata)."""
         idx = np.asarray(rows)
+        if idx.size == 0:
+            raise ValidationError("select: selection is empty (0 tokens)")
+        if idx.dtype != bool and not np.issubdtype(idx.dtype, np.integer):
+            raise ValidationError(f"select: expected a boolean mask or integer row indices, got dtype {idx.dtype}")
         if idx.dtype == bool:
             if idx.shape != (len(self),):
                 raise ValidationError(f"select: boolean mask of shape {idx.shape} for {len(self)} rows")
@@ -462,6 +471,8 @@ class TokenTable:
     def iter_parquet(cls, path: str | os.PathLike, batch_rows: int | None = 262144) -> Iterator[TokenTable]:
         """Stream a file or dataset directory as tables of at most ``batch_rows`` rows
         (``None``: one table per file). Memory stays bounded by the batch size."""
+        if batch_rows is not None:
+            batch_rows = check_params("iter_parquet", _BatchParams, batch_rows=batch_rows).batch_rows
         for file in parquet_files(path):
             try:
                 pf = pq.ParquetFile(file, page_checksum_verification=True)

@@ -25,7 +25,7 @@ One message format for every violation::
 parameters or the document (``overall.ece``, ``bins[3].n``). Several violations are joined by ``"; "``.
 
 Limits that keep a tiny input from exhausting memory or overflowing: :data:`MAX_BINS` reliability bins,
-temperatures within :data:`TEMPERATURE_LIMITS`.
+:data:`MAX_BOOTSTRAP` resamples, temperatures within :data:`TEMPERATURE_LIMITS`.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ __all__ = [
     "Params", "Doc", "check_params", "validate_doc", "format_errors",
     "Int", "Float", "PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "Probability",
     "OpenProbability", "Seed", "Str", "Bool", "Number", "TemperatureBounds", "TemperatureValue",
-    "MAX_BINS", "TEMPERATURE_LIMITS", "EvaluationSettings", "EvaluationDoc", "AbstainerDoc", "ManifestDoc",
-    "validate_evaluation", "validate_abstainer", "validate_manifest", "Binning",
+    "MAX_BINS", "MAX_BOOTSTRAP", "TEMPERATURE_LIMITS", "EvaluationSettings", "EvaluationDoc", "AbstainerDoc",
+    "ManifestDoc", "validate_evaluation", "validate_abstainer", "validate_manifest", "Binning", "Bins", "Edges",
+    "EvaluateParams", "SliceParams", "SketchParams", "check_logit_array",
 ]
 
 #: most reliability bins any metric or file may ask for (a ``bins`` of 1e9 would allocate tens of GiB)
@@ -224,16 +225,84 @@ TemperatureBounds = Annotated[tuple[Float, Float], BeforeValidator(_as_tuple), A
 TemperatureValue = Annotated[Float, Field(ge=TEMPERATURE_LIMITS[0], le=TEMPERATURE_LIMITS[1])]
 
 
+def _increasing(v: tuple[int, ...]) -> tuple[int, ...]:
+    if not v or any(b <= a for a, b in zip(v, v[1:], strict=False)):
+        raise ValueError("must be a non-empty, strictly increasing list")
+    return v
+
+
+#: a positive integer at most :data:`MAX_BINS`
+Bins = Annotated[Int, Field(ge=1, le=MAX_BINS)]
+#: bucket edges of a slice (frequency ranks, positions): positive, strictly increasing
+Edges = Annotated[tuple[PositiveInt, ...], BeforeValidator(_as_tuple), AfterValidator(_increasing)]
+#: most bootstrap resamples (each is a row of a [R, units] weight matrix)
+MAX_BOOTSTRAP = 100_000
+
+
+# -- parameters of evaluate and of the slices -----------------------------------------------------
+
+
+class EvaluateParams(Params):
+    """The arguments of :func:`tokcal.evaluate` apart from the table, calibrator and slices."""
+
+    bins: Bins = 15
+    binning: Binning = "width"
+    bootstrap: Annotated[Int, Field(ge=0, le=MAX_BOOTSTRAP)] = 200
+    seed: Seed = 0
+    worst: NonNegativeInt = 20
+    classwise_top: PositiveInt = 100
+    unit: Literal["auto", "sequence", "block"] = "auto"
+    block_length: PositiveInt | None = None
+
+
+class SliceParams(Params):
+    """Settings of a slice: the token it reads (``on``: the gold or the predicted token) and its edges."""
+
+    on: Literal["gold", "predicted"] = "gold"
+    edges: Edges | None = None
+
+
+def check_logit_array(logits: Any, where: str = "logits") -> tuple[int, ...]:
+    """Shape of a floating-point numpy array or torch tensor; anything else (a list, integer or boolean
+    values, numpy or torch alike) is a :class:`~tokcal.errors.ValidationError`."""
+    if type(logits).__module__.startswith("torch") and hasattr(logits, "is_floating_point"):
+        floating = bool(logits.is_floating_point())
+    elif isinstance(logits, np.ndarray):
+        floating = bool(np.issubdtype(logits.dtype, np.floating))
+    else:
+        raise ValidationError(f"{where}: expected a numpy array or torch tensor [tokens, vocab], got "
+                              f"{type(logits).__name__} (convert it with np.asarray(..., dtype=np.float32))")
+    if not floating:
+        raise ValidationError(f"{where}: expected floating point values, got dtype {logits.dtype}")
+    return tuple(logits.shape)
+
+
+class SketchParams(Params):
+    """``top_k`` ids kept per row and the rows sketched per chunk."""
+
+    top_k: PositiveInt
+    chunk_rows: PositiveInt = 2048
+
+
 # -- small file schemas (other modules extend them by subclassing) --------------------------------
+
+
+class EvaluationResampling(Doc):
+    """``settings.resampling``: the bootstrap's unit (sequences, or blocks of ``block_length`` positions)."""
+
+    unit: Literal["sequence", "block"]
+    block_length: PositiveInt | None = None
+    n_units: NonNegativeInt | None = None
 
 
 class EvaluationSettings(Doc):
     """``settings`` of an Evaluation JSON: the parts a comparison or a rerun reads."""
 
-    bins: Annotated[int, Field(ge=1, le=MAX_BINS)]
+    bins: Bins
     binning: Binning
     bootstrap: NonNegativeInt
     seed: Int
+    resampling: EvaluationResampling | None = None
 
 
 #: ``[lo, hi]`` of an interval, each finite or null
@@ -245,7 +314,52 @@ class EvaluationOverall(Doc):
 
     __pydantic_extra__: dict[str, Number] = Field(init=False)
     n: NonNegativeInt
+    n_sequences: NonNegativeInt
+    accuracy: Number
+    confidence: Number
+    ece: Number
+    signed_gap: Number
+    nll: Number
+    brier: Number
     ci: dict[str, Interval | None] = {}
+
+
+class EvaluationBin(Doc):
+    """One reliability-diagram bin."""
+
+    lo: Probability
+    hi: Probability
+    n: NonNegativeInt
+    confidence: Number
+    accuracy: Number
+    gap: Number
+    acc_ci: Interval | None
+
+
+class EvaluationSliceRow(Doc):
+    """One value of a slice."""
+
+    value: str
+    n: NonNegativeInt
+    accuracy: Number
+    confidence: Number
+    ece: Number
+    signed_gap: Number
+    gap_ci: Interval | None
+    significant: Bool
+
+
+class EvaluationToken(Doc):
+    """One of the worst predicted tokens."""
+
+    id: NonNegativeInt
+    token: str | None
+    n: NonNegativeInt
+    accuracy: Number
+    confidence: Number
+    gap: Number
+    ece_share: Number
+    contexts: list[str]
 
 
 class EvaluationDoc(Doc):
@@ -256,9 +370,9 @@ class EvaluationDoc(Doc):
     settings: EvaluationSettings
     overall: EvaluationOverall
     signatures: dict[str, str]
-    bins: list[dict[str, Any]]
-    slices: dict[str, list[dict[str, Any]]]
-    worst_tokens: list[dict[str, Any]]
+    bins: list[EvaluationBin]
+    slices: dict[str, list[EvaluationSliceRow]]
+    worst_tokens: list[EvaluationToken]
 
 
 def validate_evaluation(d: Any, where: str = "evaluation") -> dict[str, Any]:

@@ -23,7 +23,7 @@ from .._version import __version__
 from ..errors import SchemaError, ValidationError
 from ..probs import TokenProbs
 from ..table import TokenTable
-from ..validation import Doc, Int, Params, check_params, validate_doc
+from ..validation import Doc, Int, Params, check_logit_array, check_params, validate_doc
 
 #: version 2 saves the settings (constructor arguments) in ``"settings"``, apart from the learned state;
 #: version 1 files (settings mixed into the state) still load, as fitted calibrators with default settings
@@ -255,16 +255,7 @@ def is_tensor(x: Any) -> bool:
 def check_logits(logits: Any) -> tuple[int, int]:
     """Shape ``(N, V)`` of a 2-D floating-point numpy array or torch tensor, else a ValidationError
     (the same rule for both: integer and boolean logits are refused)."""
-    if is_tensor(logits):
-        floating = bool(logits.is_floating_point())
-    elif isinstance(logits, np.ndarray):
-        floating = np.issubdtype(logits.dtype, np.floating)
-    else:
-        raise ValidationError(f"logits: expected a numpy array or torch tensor [tokens, vocab], got "
-                              f"{type(logits).__name__} (convert it with np.asarray(..., dtype=np.float32))")
-    if not floating:
-        raise ValidationError(f"logits: expected floating point values, got dtype {logits.dtype}")
-    shape = tuple(logits.shape)
+    shape = check_logit_array(logits)
     if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
         raise ValidationError(f"logits: expected a non-empty 2-D array [tokens, vocab], got shape {shape}")
     return shape

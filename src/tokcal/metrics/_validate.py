@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError, first_bad_row
+from ..validation import MAX_BINS
 
 
 def as_1d(name: str, x: Any) -> np.ndarray:
@@ -105,9 +106,8 @@ def codes(x: Any, n: int, n_slices: int, name: str = "slice_codes") -> np.ndarra
     return arr.astype(np.int64, copy=False)
 
 
-#: the most reliability bins any metric accepts (memory is O(bins x slice values); past a few hundred
-#: bins a binned ECE estimates nothing)
-MAX_BINS = 10_000
+# MAX_BINS (memory is O(bins x slice values); past a few hundred bins a binned ECE estimates nothing) is
+# defined once, in tokcal.validation
 
 
 def n_bins(bins: Any) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ValidationError
 from . import _validate as V
 from .binned import ReliabilityBins, binned_sums, stats_metrics, width_edges
+from .scores import NLL_FLOOR, token_nll
 
 
 class BinnedAccumulator:
@@ -90,13 +91,12 @@ class ScoreAccumulator:
                 V.same_length(label_prob=p, sum_sq=s)
                 losses[0] = s - 2.0 * p + 1.0
             if label_logprob is None:
-                with np.errstate(divide="ignore"):
-                    losses[2] = -np.log(p)
+                losses[2] = token_nll(p)
         if label_logprob is not None:
             lp = V.as_1d("label_logprob", label_logprob).astype(np.float64, copy=False)
             if np.isnan(lp).any() or (lp > 0).any():
                 raise ValidationError("label_logprob: values must be <= 0 and not NaN")
-            losses[2] = -lp
+            losses[2] = np.minimum(-lp, -np.log(NLL_FLOOR))
         if confidence is not None or correct is not None:
             c = V.confidence(confidence).astype(np.float64, copy=False)
             a = V.correct(correct)
