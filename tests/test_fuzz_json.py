@@ -13,7 +13,7 @@ Formats: each calibrator type, the abstainer, the evaluation (``Evaluation.to_di
 A load that succeeds must give a usable object: a calibrator's probabilities finite and in [0, 1] and
 its calibrated logits free of NaN and +inf; an abstainer's flags; an evaluation that ``tokcal check``
 can compare and print; a manifest a DatasetWriter can resume from. ``TOKCAL_FUZZ_SCALE`` (default 1)
-multiplies the number of cases (``make fuzz`` runs 20x).
+multiplies the number of cases.
 """
 
 from __future__ import annotations
@@ -52,7 +52,14 @@ from tokcal.evaluation import Evaluation, evaluate
 from tokcal.integrations.abstain import Abstainer
 from tokcal.sources.dataset import MANIFEST, DatasetWriter, read_manifest
 
-SCALE = int(os.environ.get("TOKCAL_FUZZ_SCALE", "1"))
+SCALE = float(os.environ.get("TOKCAL_FUZZ_SCALE", "1"))
+
+
+def cases(n: int) -> int:
+    """``n`` scaled by ``TOKCAL_FUZZ_SCALE`` (at least 1)."""
+    return max(1, int(n * SCALE))
+
+
 NAN, INF = "\x00nan\x00", "\x00inf\x00"  # placeholders written as the NaN / Infinity literals
 ODD = [None, True, False, 0, 1, -1, 2, 2.5, -0.0, 1e-320, 1e308, -1e308, 2**63, 10**40, "", "x", "1.5", "true",
        "auto", "mass", [], [0], [1.0, 2.0], {}, {"a": 1}, NAN, INF, "-" + INF]
@@ -244,7 +251,7 @@ CALIBRATOR_TYPES = ["temperature", "fixed", "group", "adaptive", "histogram", "i
 def test_mutated_calibrator_files(calibrator_docs, probe, kind):
     rng = random.Random(f"calibrator-{kind}")
     loaded = 0
-    for _ in range(250 * SCALE):
+    for _ in range(cases(250)):
         text = to_text(mutate(calibrator_docs[kind], rng), rng)
         cal = load_or_error(text, lambda d: Calibrator.from_dict(d, "fuzz.json"))
         if cal is not None:
@@ -258,7 +265,7 @@ def test_mutated_calibrator_files(calibrator_docs, probe, kind):
 def test_mutated_evaluation_files(evaluation_doc):
     rng = random.Random("evaluation")
     loaded = 0
-    for _ in range(400 * SCALE):
+    for _ in range(cases(400)):
         text = to_text(mutate(evaluation_doc, rng), rng)
         ev = load_or_error(text, lambda d: Evaluation.from_dict(d, "fuzz.json"))
         if ev is not None:
@@ -269,7 +276,7 @@ def test_mutated_evaluation_files(evaluation_doc):
 
 def test_mutated_abstainer_files():
     rng = random.Random("abstainer")
-    for _ in range(300 * SCALE):
+    for _ in range(cases(300)):
         ab = load_or_error(to_text(mutate(ABSTAINER_DOC, rng), rng), lambda d: Abstainer.from_dict(d, "fuzz.json"))
         if ab is not None:
             use_abstainer(ab)
@@ -278,7 +285,7 @@ def test_mutated_abstainer_files():
 def test_mutated_manifests(manifest_doc, tmp_path):
     src, doc = manifest_doc
     rng = random.Random("manifest")
-    for i in range(150 * SCALE):
+    for i in range(cases(150)):
         m = mutate(doc, rng)
         d = tmp_path / f"ds{i}"
         d.mkdir()
@@ -292,7 +299,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
                                                                                  max_size=3), max_leaves=8)
 
 
-@settings(max_examples=150 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=cases(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(CALIBRATOR_TYPES), key=st.integers(0, 100), value=_json)
 def test_arbitrary_json_values_in_calibrator_files(calibrator_docs, probe, kind, key, value):
     doc = copy.deepcopy(calibrator_docs[kind])
@@ -307,7 +314,7 @@ def test_arbitrary_json_values_in_calibrator_files(calibrator_docs, probe, kind,
             use_calibrator(cal, probe)
 
 
-@settings(max_examples=100 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=cases(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.integers(0, 1000), value=_json)
 def test_arbitrary_json_values_in_evaluation_and_abstainer_files(evaluation_doc, key, value):
     for doc, load, use in ((evaluation_doc, Evaluation.from_dict, lambda ev: use_evaluation(ev, show=key % 4 == 0)),

@@ -236,7 +236,7 @@ Bins = Annotated[Int, Field(ge=1, le=MAX_BINS)]
 #: bucket edges of a slice (frequency ranks, positions): positive, strictly increasing
 Edges = Annotated[tuple[PositiveInt, ...], BeforeValidator(_as_tuple), AfterValidator(_increasing)]
 #: most bootstrap resamples (each is a row of a [R, units] weight matrix)
-MAX_BOOTSTRAP = 100_000
+MAX_BOOTSTRAP = 10_000
 
 
 # -- parameters of evaluate and of the slices -----------------------------------------------------

@@ -127,7 +127,7 @@ class ConformalTokenSets(Calibrator):
         cover = "" if listed is None else f"; the listed sets cover {listed:.1%} of the gold tokens"
         return (f"ConformalTokenSets: {share:.1%} of the {which} sets need more ids than the table's top-k={k} "
                 f"and are truncated (threshold {self.threshold:.6g}){cover}: the listed sets do not carry the "
-                f"{1 - self.alpha:.0%} coverage guarantee. Collect the table with a larger top-k "
+                f"1 - alpha = {1 - self.alpha:.6g} coverage guarantee. Collect the table with a larger top-k "
                 f"(tokcal collect --top-k), or use a larger alpha.")
 
     def token_probs(self, table: TokenTable) -> TokenProbs:

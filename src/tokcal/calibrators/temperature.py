@@ -29,7 +29,7 @@ from pydantic import model_validator
 
 from .. import sketch as _sketch
 from ..bootstrap import resampling_units
-from ..errors import ConvergenceError, ValidationError
+from ..errors import ConvergenceError, TokcalWarning, ValidationError
 from ..probs import TokenProbs, token_probs
 from ..sketch import LogitSketch
 from ..table import TokenTable
@@ -42,8 +42,8 @@ _CHUNK = 65536
 _WARM_ROWS = 65536  # rows of the sub-sample that warm-starts Newton on big tables
 
 
-class CalibrationWarning(UserWarning):
-    """A fit stopped at a bound or on too little data (the result is usable but suspect)."""
+class CalibrationWarning(TokcalWarning):
+    """A fit stopped at a bound or on too little data, or a guarantee does not hold (usable but suspect)."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._io import atomic_write, read_json
 from ..errors import SchemaError, ValidationError
-from ..validation import validate_abstainer
+from ..validation import OpenProbability, Params, Probability, check_params, validate_abstainer
 
 Method = Literal["bound", "empirical"]
 
@@ -52,6 +52,13 @@ class ThresholdChoice:
     n: int
     method: str
     delta: float
+
+
+class _ThresholdParams(Params):
+    target_risk: Probability | None = None
+    target_accuracy: Probability | None = None
+    method: Method = "bound"
+    delta: OpenProbability = 0.05
 
 
 def _target(target_risk: float | None, target_accuracy: float | None) -> float:
@@ -102,11 +109,10 @@ def select_threshold(
     ``confidence`` [n] calibrated top-1 probabilities and ``correct`` [n] booleans of labelled
     validation tokens; ``target_accuracy`` a is the same as ``target_risk = 1 - a``.
     """
-    r_target = _target(target_risk, target_accuracy)
-    if method not in ("bound", "empirical"):
-        raise ValidationError(f"method must be 'bound' or 'empirical', got {method!r}")
-    if not 0.0 < delta < 1.0:
-        raise ValidationError(f"delta must be in (0, 1), got {delta!r}")
+    args = check_params("select_threshold", _ThresholdParams, target_risk=target_risk,
+                        target_accuracy=target_accuracy, method=method, delta=delta)
+    r_target = _target(args.target_risk, args.target_accuracy)
+    method, delta = args.method, args.delta
     c, a = _validated(confidence, correct)
     order = np.argsort(-c, kind="stable")
     cs, errs = c[order], np.cumsum(~a[order])
