@@ -56,8 +56,8 @@ def test_counts_file_ranks_equal_brute_force(tmp_path, table):
 @pytest.mark.parametrize("content, message", [
     ('{"count": [1]}', r'\{"counts": \[count per id\]\}'),
     ('{"counts": [1, 2]}', "2 counts for a vocabulary of 400 ids"),
-    ('{"counts": [1, "x"]}', r"counts\[1\] is 'x', expected a number"),
-    ('{"counts": [1, true]}', r"counts\[1\] is True"),
+    ('{"counts": [1, "x"]}', r"counts\[1\] must be a number, got 'x'"),
+    ('{"counts": [1, true]}', r"counts\[1\] must be a number, got True"),
     ("[1, 2", "not valid JSON"),
 ])
 def test_bad_counts_files_name_the_file_and_entry(tmp_path, table, content, message):
@@ -69,7 +69,7 @@ def test_bad_counts_files_name_the_file_and_entry(tmp_path, table, content, mess
     negative = np.ones(table.vocab_size)
     negative[7] = -3
     path.write_text(json.dumps({"counts": negative.tolist()}))
-    with pytest.raises(SchemaError, match=r"bad\.json: counts\[7\] is -3\.0, expected a finite number >= 0"):
+    with pytest.raises(SchemaError, match=r"bad\.json: counts\[7\] must be greater than or equal to 0, got -3\.0"):
         load_reference(path, table)
 
 

@@ -1,6 +1,6 @@
 """Fuzz every JSON format tokcal loads: a tokcal error or a correct result, never another exception.
 
-Formats: each calibrator type, the abstainer, the evaluation (``Evaluation.to_dict()``, what
+Formats: each calibrator type, the abstainer, the frequency counts file, the evaluation (``Evaluation.to_dict()``, what
 ``tokcal check --baseline`` and ``tokcal report`` read) and the dataset manifest. Two generators:
 
 * a seeded mutation fuzzer: a real document (fitted on a synthetic table, or written by tokcal) is
@@ -326,3 +326,18 @@ def test_arbitrary_json_values_in_evaluation_and_abstainer_files(evaluation_doc,
         obj = load_or_error(json.dumps(doc, allow_nan=True), lambda d, load=load: load(d, "fuzz.json"))
         if obj is not None:
             use(obj)
+
+
+def test_mutated_frequency_counts_files(tmp_path):
+    from tokcal.frequency import FrequencyReference
+
+    rng = random.Random("counts")
+    doc = {"counts": [5, 0, 3, 1, 0, 2, 9, 1], "note": "demo"}
+    path = tmp_path / "counts.json"
+    for _ in range(cases(200)):
+        path.write_text(to_text(mutate(doc, rng), rng))
+        try:
+            ref = FrequencyReference.from_json(path, vocab_size=8)
+        except TokcalError:
+            continue
+        assert ref.counts.shape == (8,) and np.isfinite(ref.counts).all() and (ref.counts >= 0).all()

@@ -39,6 +39,7 @@ import numpy as np
 from ._io import atomic_write, read_json
 from .errors import SchemaError, TokcalWarning, ValidationError
 from .table import TokenTable, parquet_files
+from .validation import FrequencyCountsDoc, validate_doc
 from .vocab import Vocabulary
 
 KINDS = ("counts", "table", "text", "id-order", "evaluated-table")
@@ -90,11 +91,9 @@ class FrequencyReference:
         obj = read_json(path, "frequency counts file")
         if not isinstance(obj, dict) or not isinstance(obj.get("counts"), list):
             raise SchemaError(f'{path}: a frequency counts file is a JSON object {{"counts": [count per id]}}')
-        for i, x in enumerate(obj["counts"]):
-            if isinstance(x, bool) or not isinstance(x, (int, float)):
-                raise SchemaError(f"{path}: counts[{i}] is {x!r}, expected a number")
+        doc = validate_doc(FrequencyCountsDoc, obj, str(path))
         try:
-            return cls.from_counts(obj["counts"], vocab_size=vocab_size, name=path.name)
+            return cls.from_counts(doc.counts, vocab_size=vocab_size, name=path.name)
         except ValidationError as e:
             raise SchemaError(str(e).replace(f"frequency reference {path.name}", str(path))) from None
 

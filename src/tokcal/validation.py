@@ -44,7 +44,8 @@ __all__ = [
     "Int", "Float", "PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "Probability",
     "OpenProbability", "Seed", "Str", "Bool", "Number", "TemperatureBounds", "TemperatureValue",
     "MAX_BINS", "MAX_BOOTSTRAP", "TEMPERATURE_LIMITS", "EvaluationSettings", "EvaluationDoc", "AbstainerDoc",
-    "ManifestDoc", "validate_evaluation", "validate_abstainer", "validate_manifest", "Binning", "Bins", "Edges",
+    "ManifestDoc", "FrequencyCountsDoc", "validate_evaluation", "validate_abstainer", "validate_manifest",
+    "Binning", "Bins", "Edges",
     "EvaluateParams", "SliceParams", "SketchParams", "check_logit_array",
 ]
 
@@ -416,6 +417,12 @@ class ManifestDoc(Doc):
     settings_hash: str
     settings: dict[str, Any]
     parts: list[ManifestPart]
+
+
+class FrequencyCountsDoc(Doc):
+    """A frequency counts file: ``{"counts": [count per id]}``, non-negative finite numbers (other keys kept)."""
+
+    counts: list[NonNegativeFloat]
 
 
 def validate_manifest(d: Any, where: str = "manifest") -> ManifestDoc:
