@@ -46,9 +46,9 @@ from tokcal.calibrators import (
     Selective,
     Temperature,
 )
-from tokcal.cli.check_cmd import check_regression
 from tokcal.errors import TokcalError
 from tokcal.evaluation import Evaluation, evaluate
+from tokcal.gate import check_regression
 from tokcal.integrations.abstain import Abstainer
 from tokcal.sources.dataset import MANIFEST, DatasetWriter, read_manifest
 

@@ -350,6 +350,14 @@ class EvaluationSliceRow(Doc):
     significant: Bool
 
 
+class EvaluationContext(Doc):
+    """One context of a worst token: the preceding text, the predicted token and the gold token."""
+
+    before: str
+    token: str
+    gold: str | None = None
+
+
 class EvaluationToken(Doc):
     """One of the worst predicted tokens."""
 
@@ -360,7 +368,7 @@ class EvaluationToken(Doc):
     confidence: Number
     gap: Number
     ece_share: Number
-    contexts: list[str]
+    contexts: list[EvaluationContext | str]  # strings: files written before the contexts were split
 
 
 class EvaluationDoc(Doc):
