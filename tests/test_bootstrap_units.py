@@ -247,7 +247,7 @@ def test_cli_evaluate_unit_options(tmp_path):
     d = json.loads(out.read_text())
     assert d["settings"]["resampling"]["n_units"] == 5 and d["overall"]["ci"]["accuracy"][0] is not None
     res = CliRunner().invoke(app, ["evaluate", str(path), "--unit", "tokens"])
-    assert res.exit_code == 2 and "resampling unit must be one of" in res.output
+    assert res.exit_code == 2 and "unit must be 'auto', 'sequence' or 'block', got 'tokens'" in res.output
 
 
 def test_temperature_standard_errors_cluster_by_units_on_one_long_document():

@@ -104,13 +104,16 @@ def test_undefined_values_show_as_dash(evs):
     ev = copy.deepcopy(evs["uncalibrated"])
     ev["overall"]["ece"] = None
     ev["overall"]["ci"]["ece"] = [None, None]
-    ev["overall"]["nll"] = float("nan")
+    ev["overall"]["nll"] = None
     ev["slices"] = {}
     ev["passage"] = []
     html = render_html({"x": ev})
     overview = html[html.index('id="overview"'):html.index('id="diagrams"')]
     assert "—" in overview and "None" not in overview and "nan" not in overview
     assert "No slices were evaluated" in html and "carry no passage" in html
+    ev["overall"]["nll"] = float("nan")  # not a value an evaluation can hold (undefined is None/null)
+    with pytest.raises(SchemaError, match=r"overall\.nll must be a finite number, got nan"):
+        render_html({"x": ev})
 
 
 def test_accepts_evaluation_objects(evs, tmp_path):
