@@ -69,8 +69,8 @@ def _check_parts(path: Path, parts: Any) -> list[dict[str, Any]]:
     if not isinstance(parts, list):
         raise TokcalError(f"{path}: 'parts' must be a list, got {type(parts).__name__}")
     for i, p in enumerate(parts):
-        if not isinstance(p, dict) or not isinstance(p.get("documents"), list) or \
-                not (p.get("file") is None or isinstance(p.get("file"), str)):
+        if not isinstance(p, dict) or not isinstance(p.get("documents"), list) or "file" not in p or \
+                not (p["file"] is None or isinstance(p["file"], str)):
             raise TokcalError(f"{path}: parts[{i}] must be an object with 'file' (string or null) and 'documents'")
         if isinstance(p["file"], str) and (Path(p["file"]).name != p["file"] or not p["file"].endswith(".parquet")):
             raise TokcalError(f"{path}: parts[{i}].file {p['file']!r} is not a part file name")
