@@ -78,7 +78,7 @@ def test_verdict_words_follow_the_rules(table):
     assert ("group:domain", "b", "over-confident") in v.miscalibrated
     assert ("group:domain", "b") in v.fixes
     text = " ".join(sentences(evs, v))
-    assert text.startswith("per-domain cuts held-out ECE from ") and "fixes group:domain=b" in text
+    assert text.startswith("per-domain cuts ECE from ") and "fixes group:domain=b" in text
     assert "paired difference -" in text
     # an identical "calibrator" changes nothing: no significant change, no fixes
     evs["T=1"] = tokcal.evaluate(table, calibrator=Temperature(temperature=1.0), **kw).to_dict()

@@ -245,7 +245,7 @@ def test_markdown_summary(evs, tmp_path):
 
     nasty = {"a|b*": evs["uncalibrated"], "temperature": evs["temperature"]}
     md = render_markdown(nasty, title="Card")
-    assert md.startswith("## Card\n") and "temperature cuts held-out ECE" in md
+    assert md.startswith("## Card\n") and "temperature cuts ECE" in md
     assert "| a\\|b\\* | 3,000 |" in md  # table cells escaped
     table_rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert all(line.count(" | ") == table_rows[0].count(" | ") for line in table_rows[:3])
@@ -256,7 +256,7 @@ def test_markdown_summary(evs, tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["report", str(a), f"T={b}", "--markdown", str(tmp_path / "s.md")])
     assert res.exit_code == 0, res.output
-    assert "T cuts held-out ECE" in (tmp_path / "s.md").read_text(encoding="utf-8")
+    assert "T cuts ECE" in (tmp_path / "s.md").read_text(encoding="utf-8")
     res = runner.invoke(app, ["report", str(a)])
     assert res.exit_code == 2 and "give -o/--out" in res.output
     res = runner.invoke(app, ["report", str(a), f"T={b}", "-o", str(tmp_path / "r.html"), "--recommend", "U"])

@@ -137,7 +137,7 @@ def sentences(evs: Mapping[str, Mapping[str, Any]], v: Verdict) -> list[str]:
     ece_ci = (o.get("ci") or {}).get("ece")
     if v.candidate is None or v.overall is None:
         gap_ci = (o.get("ci") or {}).get("signed_gap")
-        out = [f"{v.baseline}: held-out ECE {num(o.get('ece'), 3)}{_ci(ece_ci)}, conf − acc "
+        out = [f"{v.baseline}: ECE {num(o.get('ece'), 3)}{_ci(ece_ci)}, conf − acc "
                f"{signed(o.get('signed_gap'), 3)}{_ci(gap_ci)}."]
         if v.miscalibrated:
             out.append(f"Miscalibrated: {_list(v.miscalibrated)}.")
@@ -149,17 +149,17 @@ def sentences(evs: Mapping[str, Mapping[str, Any]], v: Verdict) -> list[str]:
     a_txt = f"{num(o.get('ece'), 3)}{_ci(ece_ci)}"
     b_txt = f"{num(c.get('ece'), 3)}{_ci((c.get('ci') or {}).get('ece'))}"
     if not d.paired:
-        first = (f"{v.candidate} changes held-out ECE from {a_txt} to {b_txt}; the two are not paired "
+        first = (f"{v.candidate} changes ECE from {a_txt} to {b_txt}; the two are not paired "
                  f"because {d.reason}, so there is no interval for the difference.")
     elif d.ci is None:
-        first = f"{v.candidate} changes held-out ECE from {a_txt} to {b_txt} (no interval for the difference)."
+        first = f"{v.candidate} changes ECE from {a_txt} to {b_txt} (no interval for the difference)."
     else:
         diff = f"paired difference {signed(d.diff, 3)}{_ci(d.ci)}"
         if d.significant:
             verb = "cuts" if (d.diff or 0) < 0 else "raises"
-            first = f"{v.candidate} {verb} held-out ECE from {a_txt} to {b_txt} ({diff})."
+            first = f"{v.candidate} {verb} ECE from {a_txt} to {b_txt} ({diff})."
         else:
-            first = (f"{v.candidate} leaves held-out ECE without a significant change: {a_txt} to {b_txt} "
+            first = (f"{v.candidate} leaves ECE without a significant change: {a_txt} to {b_txt} "
                      f"({diff} holds 0).")
     out = [first]
     parts = []
