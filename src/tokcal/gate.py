@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ParameterError, ValidationError
+from .report.data import interval as _ci
+from .report.data import number as _num
 
 METRICS = ("ece", "ece_debiased", "smooth_ece")
 CONDITIONS = ("max_ece", "max_slice_ece", "max_regression")
@@ -99,24 +101,6 @@ class GateResult:
     @property
     def passed(self) -> bool:
         return not self.failures
-
-
-def _num(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _ci(ci: Any) -> tuple[float, float] | None:
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        lo, hi = _num(ci[0]), _num(ci[1])
-        if lo is not None and hi is not None:
-            return (lo, hi)
-    return None
 
 
 def validate_limits(*, max_ece: float | None = None, max_slice_ece: float | None = None,
