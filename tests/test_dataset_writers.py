@@ -125,7 +125,14 @@ def test_damaged_or_foreign_journals_and_bad_arguments_are_clear_errors(tmp_path
                                                                 {"id": "doc0", "hash": "h0", "sequence_id": 0}]}]}))
     with pytest.raises(TokcalError, match="doc0.*listed by two parts"):
         w.merge()
-    for bad in ({"writer": "../x"}, {"writer": ""}, {"part_rows": 0}, {"flush_seconds": -1},
-                {"flush_seconds": float("nan")}):
-        with pytest.raises(TokcalError):
+    for bad, field in (({"writer": "../x"}, "writer"), ({"writer": ""}, "writer"), ({"part_rows": 0}, "part_rows"),
+                       ({"part_rows": True}, "part_rows"), ({"flush_seconds": -1}, "flush_seconds"),
+                       ({"flush_seconds": float("nan")}, "flush_seconds")):
+        with pytest.raises(TokcalError, match=rf"^DatasetWriter: {field} .*, got "):
             DatasetWriter(tmp_path / "other", SETTINGS, **bad)
+
+
+def test_an_output_directory_that_cannot_be_created_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TokcalError, match=r"file/ds: cannot create the output directory \(Not a directory\)"):
+        DatasetWriter(tmp_path / "file" / "ds", SETTINGS)

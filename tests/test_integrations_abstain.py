@@ -104,3 +104,11 @@ def test_abstainer_save_load_roundtrip(tmp_path):
     (tmp_path / "bad.json").write_text("{\"type\": \"temperature\"}")
     with pytest.raises(SchemaError, match="bad.json"):
         Abstainer.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), "0.5", True])
+def test_abstainer_threshold_is_validated(bad):
+    with pytest.raises(ValidationError, match=r"^Abstainer: threshold must"):
+        Abstainer(bad)
+    with pytest.raises(ValidationError, match=r"^Abstainer: coverage must"):
+        Abstainer(0.5, coverage=2.0)

@@ -54,6 +54,12 @@ class ThresholdChoice:
     delta: float
 
 
+class _AbstainerParams(Params):
+    threshold: Probability | None  # None: +inf, abstain on every token
+    target_risk: Probability | None = None
+    coverage: Probability | None = None
+
+
 class _ThresholdParams(Params):
     target_risk: Probability | None = None
     target_accuracy: Probability | None = None
@@ -174,6 +180,17 @@ class Abstainer:
     threshold: float
     target_risk: float = math.nan
     coverage: float = math.nan
+
+    def __post_init__(self) -> None:
+        def nan_as_none(x: Any) -> Any:  # NaN: undefined
+            return None if isinstance(x, float) and math.isnan(x) else x
+
+        inf = isinstance(self.threshold, float) and self.threshold == math.inf
+        args = check_params("Abstainer", _AbstainerParams, threshold=None if inf else self.threshold,
+                            target_risk=nan_as_none(self.target_risk), coverage=nan_as_none(self.coverage))
+        self.threshold = math.inf if args.threshold is None else float(args.threshold)
+        self.target_risk = math.nan if args.target_risk is None else float(args.target_risk)
+        self.coverage = math.nan if args.coverage is None else float(args.coverage)
 
     @classmethod
     def fit(

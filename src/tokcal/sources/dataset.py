@@ -40,11 +40,14 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
 
 from .._io import atomic_write, read_json
 from ..errors import TokcalError
 from ..table import TokenTable
+from ..validation import Float, Params, PositiveInt, check_params
 
 MANIFEST = "manifest.json"
 WRITERS = "writers"
@@ -57,6 +60,18 @@ DEFAULT_FLUSH_SECONDS = 5.0
 DEFAULT_WRITER = "main"
 _WRITER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,63}$")
 _LEGACY_PART = re.compile(r"^part-\d{5}\.parquet$")  # version-1 part names
+
+
+def _writer_name(name: str) -> str:
+    if not _WRITER_NAME.match(name):
+        raise ValueError("must be 1-64 letters, digits, '_' or '.', starting with a letter or digit")
+    return name
+
+
+class _WriterParams(Params):
+    part_rows: PositiveInt
+    flush_seconds: Annotated[Float, Field(ge=0)]  # finite: Params refuse infinity
+    writer: Annotated[str, AfterValidator(_writer_name)]
 
 
 def stable_hash(obj: Any) -> str:
@@ -159,18 +174,17 @@ class DatasetWriter:
     def __init__(self, out_dir: str | os.PathLike, settings: dict[str, Any], *,
                  part_rows: int = DEFAULT_PART_ROWS, flush_seconds: float = DEFAULT_FLUSH_SECONDS,
                  writer: str = DEFAULT_WRITER) -> None:
-        if isinstance(part_rows, bool) or not isinstance(part_rows, int) or part_rows < 1:
-            raise TokcalError(f"part_rows must be an integer >= 1, got {part_rows!r}")
-        if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) or \
-                not 0 <= flush_seconds < float("inf"):
-            raise TokcalError(f"flush_seconds must be a finite number >= 0, got {flush_seconds!r}")
-        if not isinstance(writer, str) or not _WRITER_NAME.match(writer):
-            raise TokcalError(f"writer name {writer!r}: use 1-64 letters, digits, '_' or '.'")
+        args = check_params("DatasetWriter", _WriterParams, part_rows=part_rows, flush_seconds=flush_seconds,
+                            writer=writer)
+        part_rows, flush_seconds, writer = args.part_rows, args.flush_seconds, args.writer
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise TokcalError(f"{self.out_dir}: exists and is not a directory")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / WRITERS).mkdir(exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / WRITERS).mkdir(exist_ok=True)
+        except OSError as e:
+            raise TokcalError(f"{self.out_dir}: cannot create the output directory ({e.strerror or e})") from None
         self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
         self.settings_hash = stable_hash(self.settings)
         self.part_rows = part_rows
