@@ -15,40 +15,11 @@ import torch
 import torch.nn.functional as F
 
 pytest.importorskip("accelerate")
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments  # noqa: E402
+from trainer_fixtures import Rows, V, tiny_model  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from tokcal import losses as L  # noqa: E402
 from tokcal.integrations.trainer import LossAdapter, TokenCalibration  # noqa: E402
-
-V, T = 211, 24
-
-
-class Rows(torch.utils.data.Dataset):
-    """Token sequences of varying length, right-padded; labels -100 on padding."""
-
-    def __init__(self, n: int, seed: int):
-        g = torch.Generator().manual_seed(seed)
-        self.items = []
-        for i in range(n):
-            length = int(torch.randint(8, T + 1, (1,), generator=g))
-            ids = torch.randint(1, V, (T,), generator=g)
-            ids[: length // 2] = (torch.arange(length // 2) * 7 + i) % V  # some learnable structure
-            mask = (torch.arange(T) < length).long()
-            labels = torch.where(mask.bool(), ids, -100)
-            self.items.append({"input_ids": ids * mask, "attention_mask": mask, "labels": labels})
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
-def tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(cfg)
 
 
 def args(tmp_path, **kw):

@@ -234,6 +234,47 @@ def test_mmce_equals_authors():
     _compare(L.mmce, oracle_mmce, z, y, rtol=1e-4, atol=1e-7)
 
 
+def _brute_mmce(conf, correct, width):  # the n x n Laplacian kernel sum, float64
+    d = correct - conf
+    k = torch.exp(-(conf[:, None] - conf[None, :]).abs() / width)
+    return (d[:, None] * d[None, :] * k).sum() / conf.numel() ** 2
+
+
+@pytest.mark.parametrize("width", [0.4, 0.05, 0.001])
+def test_mmce_sorted_sum_equals_brute_force_with_ties(width):
+    from tokcal.losses.auxiliary import _mmce_value
+
+    g = torch.Generator().manual_seed(3)
+    n = 3000
+    conf = torch.rand(n, generator=g, dtype=torch.float64)
+    conf[:1200] = torch.round(conf[:1200] * 20) / 20  # 21 values shared by 1200 tokens
+    conf[1200:1300] = 1.0
+    correct = (torch.rand(n, generator=g, dtype=torch.float64) < conf).double()
+    a = conf.clone().requires_grad_(True)
+    b = conf.clone().requires_grad_(True)
+    fast, slow = _mmce_value(a, correct, width), _brute_mmce(b, correct, width)
+    fast.backward()
+    slow.backward()
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-15)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-15)
+    assert float(slow.detach()) > 0 and a.grad.abs().max() > 0
+
+
+def test_mmce_on_tied_logit_rows_equals_authors():
+    z, y = _data(n=150)
+    z[50:100] = z[0]  # 51 identical rows: equal confidences
+    y[50:75] = z[0].argmax()
+    _compare(L.mmce, oracle_mmce, z, y, rtol=1e-4, atol=1e-7)
+    _compare(lambda a, b: L.mmce(a, b, kernel_width=0.05), _oracle_mmce_width(0.05), z, y, rtol=1e-4, atol=1e-7)
+
+
+def _oracle_mmce_width(width):
+    def fn(z, y):
+        probs, pred = torch.max(F.softmax(z, dim=1), 1)
+        return _brute_mmce(probs, (pred == y).float(), width)
+    return fn
+
+
 def test_soft_binned_ece_equals_authors_and_tends_to_binned_ece():
     z, y = _data(n=150, scale=1.0)
     _compare(L.soft_binned_ece, oracle_soft_ece, z, y, rtol=1e-4, atol=1e-7)
@@ -368,5 +409,7 @@ def test_bad_input_errors():
         L.frequency_weighted_ce(z, y, torch.ones(5))
     with pytest.raises(ValidationError, match="per-token"):
         L.mmce(z, y, reduction="none")
+    with pytest.raises(ValidationError, match="kernel_width"):
+        L.mmce(z, y, kernel_width=1e-4)
     with pytest.raises(ValidationError, match="integer"):
         L.focal(z, y.float())
