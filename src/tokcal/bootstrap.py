@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .errors import TokcalWarning, ValidationError
+from .progress import ProgressCallback, report
 
 _CHUNK_CELLS = 1 << 22  # dense entries of one chunk of the unit statistics
 MIN_SEQUENCES = 30  #: fewer sequences than this: blocks
@@ -306,9 +307,10 @@ class UnitStats:
         x[:, -1] = np.bincount(local, self.brier[t0:t1], minlength=nu)
         return x
 
-    def bootstrap(self, r: int, seed: int) -> np.ndarray | None:
+    def bootstrap(self, r: int, seed: int, progress: ProgressCallback | None = None) -> np.ndarray | None:
         """[R, n_cols] resampled sums (:func:`replicate_weights` times the unit statistics), or None when
-        r == 0 or there are fewer than 2 units (the caller warns: :func:`few_units_message`)."""
+        r == 0 or there are fewer than 2 units (the caller warns: :func:`few_units_message`).
+        ``progress``: called as ``("bootstrap", units done, units)`` after each chunk of units."""
         if r == 0 or self.n_units < 2:
             return None
         w = replicate_weights(self.n_units, r, seed)
@@ -319,6 +321,7 @@ class UnitStats:
             # float32 product per chunk (resample counts are small integers; per-unit sums need no
             # more than 1e-7 relative precision for a percentile), accumulated across chunks in float64
             out += w[:, u0:u1] @ self.chunk_matrix(u0, u1).astype(np.float32)
+            report(progress, "bootstrap", u1, self.n_units)
         return out
 
     def part(self, sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -73,6 +73,7 @@ from .metrics.selective import aurc, risk_coverage
 from .metrics.signature import LABELS, signature
 from .metrics.smooth import smooth_ece
 from .probs import TokenProbs, token_probs
+from .progress import ProgressCallback, report
 from .slices import parse_slices
 from .table import TokenTable
 from .validation import EvaluateParams, check_params, validate_evaluation
@@ -211,6 +212,7 @@ def evaluate(
     unit: str = "auto",
     block_length: int | None = None,
     freq_ref: Any = None,
+    progress: ProgressCallback | None = None,
 ) -> Evaluation:
     """Evaluate the calibration of ``table`` (optionally after ``calibrator``).
 
@@ -225,6 +227,8 @@ def evaluate(
     reference frequency of the ``freq`` slices (anything :func:`tokcal.frequency.load_reference` takes: a counts
     JSON path, counts, a TokenTable or its path, a text corpus; None: the documented default).
     ``settings["slices"]`` records each slice's definition (the frequency reference) and signature.
+    ``progress``: an optional callback ``(step, done, total)`` (:mod:`tokcal.progress`), called for the steps
+    ``"probabilities"``, ``"slices"``, ``"bootstrap"`` (units done) and ``"metrics"``.
     """
     if not isinstance(table, TokenTable):
         raise ValidationError(f"evaluate: expected a TokenTable, got {type(table).__name__}")
@@ -232,12 +236,18 @@ def evaluate(
                         worst=worst, classwise_top=classwise_top, unit=unit, block_length=block_length)
     bins, binning, bootstrap, seed, worst, classwise_top = (args.bins, args.binning, args.bootstrap, args.seed,
                                                             args.worst, args.classwise_top)
+    report(progress, "probabilities", 0, 1)
     probs = _probs(table, calibrator)
+    report(progress, "probabilities", 1, 1)
     keep = table.labeled
     if not keep.any():
         raise ValidationError("evaluate: no token has a known label (all labels are -1)")
     sl = parse_slices(slices, table, reference=freq_ref)
-    slice_codes = [np.asarray(s.codes(table, probs), dtype=np.int64)[keep] for s in sl]
+    slice_codes = []
+    report(progress, "slices", 0, len(sl))
+    for i, s in enumerate(sl):
+        slice_codes.append(np.asarray(s.codes(table, probs), dtype=np.int64)[keep])
+        report(progress, "slices", i + 1, len(sl))
 
     p = probs.select(keep) if not keep.all() else probs
     c = np.clip(np.asarray(p.confidence, dtype=np.float64), 0.0, 1.0)
@@ -255,7 +265,10 @@ def evaluate(
     few = few_units_message(units) if bootstrap else None
     if few is not None:  # none (< 2 units) or rough (< FEW_UNITS) intervals
         warnings.warn(few, ResamplingWarning, stacklevel=2)
-    boot = stats.bootstrap(bootstrap, seed)
+    if bootstrap and units.n_units >= 2:
+        report(progress, "bootstrap", 0, units.n_units)
+    boot = stats.bootstrap(bootstrap, seed, progress)
+    report(progress, "metrics", 0, 1)
 
     n = c.shape[0]
     point = _point_metrics(c, a, p, nll_tok, brier_tok, bins, classwise_top, table.vocab_size)
@@ -264,16 +277,17 @@ def evaluate(
                    seed=seed, classwise_top=classwise_top, calibrator=calibrator,
                    worst_tokens=lambda: _worst_tokens(table, keep, p, c, a, bins, worst),
                    curve=(cov, risk), histogram=_histogram(c), passage=_passage(table, probs),
-                   fingerprint=table_fingerprint(table, keep))
+                   fingerprint=table_fingerprint(table, keep), progress=progress)
 
 
 def _result(stats: Any, boot: np.ndarray | None, sl: list[Any], units: ResamplingUnits, edges: np.ndarray, n: int,
             point: dict[str, float], *, bins: int, binning: str, bootstrap: int, seed: int, classwise_top: int,
             calibrator: Any, worst_tokens: Any, curve: tuple[np.ndarray, np.ndarray], histogram: dict[str, Any],
             passage: list[dict[str, Any]], fingerprint: str | None,
-            extra_settings: dict[str, Any] | None = None) -> Evaluation:
+            extra_settings: dict[str, Any] | None = None, progress: ProgressCallback | None = None) -> Evaluation:
     """The :class:`Evaluation` from the unit statistics ``stats`` (a :class:`~tokcal.bootstrap.UnitStats`
-    or the streamed sums of :mod:`tokcal.distributed.stats`), their bootstrap sums and the rest."""
+    or the streamed sums of :mod:`tokcal.distributed.stats`), their bootstrap sums and the rest; the end of
+    the ``metrics`` step goes to ``progress``."""
     settings = {"bins": bins, "binning": binning, "bootstrap": bootstrap, "seed": seed,
                 "calibrator": _calibrator_dict(calibrator), "tokcal": __version__, "labels": LABELS,
                 "resampling": units.to_dict(),
@@ -299,6 +313,7 @@ def _result(stats: Any, boot: np.ndarray | None, sl: list[Any], units: Resamplin
         "replicates": _replicates(stats, boot, replicates, sl),
     }
     assert data["overall"]["n"] == n
+    report(progress, "metrics", 1, 1)
     return Evaluation(_json_safe(data), replicates)
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ParameterError, ValidationError
+from .progress import ProgressCallback
 from .report.data import interval as _ci
 from .report.data import number as _num
 
@@ -213,12 +214,13 @@ def check(table: Any, calibrator: Any = None, *, max_ece: float | None = None, m
           slices: Sequence[Any] = (), max_slice_ece: float | None = None, min_slice_tokens: int = 100,
           baseline: Any = None, max_regression: float | None = None, baseline_name: str = "baseline",
           bins: int | None = None, binning: str | None = None, bootstrap: int = 200, seed: int = 0,
-          reference: Any = None) -> GateResult:
+          reference: Any = None, progress: ProgressCallback | None = None) -> GateResult:
     """Evaluate ``table`` (after ``calibrator``) on the ``slices`` checked, then :func:`check_evaluation`.
 
     ``bins``/``binning`` default to the baseline's settings (so the regression compares like with like),
     else 15 equal-width bins. ``slices``: specs or :class:`~tokcal.slices.Slice` objects; ``reference``: the
-    frequency reference of ``freq`` slices (as :func:`tokcal.slices.parse_slices`).
+    frequency reference of ``freq`` slices (as :func:`tokcal.slices.parse_slices`). ``progress``: the
+    evaluation's progress callback (:mod:`tokcal.progress`).
     """
     from .evaluation import evaluate
     from .slices import parse_slices
@@ -231,7 +233,7 @@ def check(table: Any, calibrator: Any = None, *, max_ece: float | None = None, m
     binning = binning if binning is not None else str(settings.get("binning") or "width")
     parsed = parse_slices(list(slices), table, reference=reference) if slices else []
     ev = evaluate(table, calibrator=calibrator, slices=parsed, bins=bins, binning=binning, bootstrap=bootstrap,
-                  seed=seed)
+                  seed=seed, progress=progress)
     return check_evaluation(ev, max_ece=max_ece, metric=metric, slices=[s.name for s in parsed],
                             max_slice_ece=max_slice_ece, min_slice_tokens=min_slice_tokens, baseline=base,
                             max_regression=max_regression, baseline_name=baseline_name)

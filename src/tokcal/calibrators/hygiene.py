@@ -22,6 +22,7 @@ import numpy as np
 
 from ..bootstrap import ResamplingUnits, ResamplingWarning, resampling_units
 from ..errors import ValidationError
+from ..progress import ProgressCallback
 from ..table import TokenTable
 from .base import Calibrator
 
@@ -90,13 +91,16 @@ HELD_OUT_METRICS = ("ece", "nll", "brier", "accuracy")
 
 
 def held_out_metrics(table: TokenTable, calibrator: Calibrator | None = None, *, bins: int = 15,
-                     bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+                     bootstrap: int = 200, seed: int = 0,
+                     progress: ProgressCallback | None = None) -> dict[str, Any]:
     """``n`` and the ECE (width bins), NLL, full Brier and accuracy of the labelled rows of ``table`` after
     ``calibrator`` (None: the model), each with its 95 % interval as ``<metric>_lo``/``<metric>_hi``
-    (``bootstrap=0``: no intervals): the overall numbers and ``ci`` of :func:`tokcal.evaluate`."""
+    (``bootstrap=0``: no intervals): the overall numbers and ``ci`` of :func:`tokcal.evaluate`, which gets
+    ``progress`` (:mod:`tokcal.progress`)."""
     from ..evaluation import evaluate
 
-    o = evaluate(table, calibrator, slices=[], bins=bins, bootstrap=bootstrap, seed=seed, worst=0).overall
+    o = evaluate(table, calibrator, slices=[], bins=bins, bootstrap=bootstrap, seed=seed, worst=0,
+                 progress=progress).overall
     return held_out_row(o, bootstrap)
 
 

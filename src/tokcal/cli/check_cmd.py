@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, friendly_errors
+from .common import QUIET_HELP, console, friendly_errors, progress_bars
 
 
 @app.command()
@@ -37,6 +37,7 @@ def check(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     freq_ref: Path | None = typer.Option(None, "--freq-ref", help="Reference frequency for freq slices (as "
                                          "tokcal evaluate --freq-ref)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Exit 1, with one reason per failing condition, when TABLE is worse calibrated than allowed."""
     import tokcal
@@ -49,10 +50,11 @@ def check(
     base = tokcal.Evaluation.from_json(baseline) if baseline is not None else None
     t = tokcal.TokenTable.read_parquet(table)
     cal = tokcal.load_calibrator(calibrator) if calibrator is not None else None
-    result = gate.check(t, cal, max_ece=max_ece, metric=metric, slices=slices, max_slice_ece=max_slice_ece,
-                        min_slice_tokens=min_slice_tokens, baseline=base, max_regression=max_regression,
-                        baseline_name=str(baseline), bins=bins, binning=binning, bootstrap=bootstrap, seed=seed,
-                        reference=freq_ref)
+    with progress_bars(quiet) as progress:
+        result = gate.check(t, cal, max_ece=max_ece, metric=metric, slices=slices, max_slice_ece=max_slice_ece,
+                            min_slice_tokens=min_slice_tokens, baseline=base, max_regression=max_regression,
+                            baseline_name=str(baseline), bins=bins, binning=binning, bootstrap=bootstrap,
+                            seed=seed, reference=freq_ref, progress=progress)
     for line in gate_lines(result):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
     if not result.passed:

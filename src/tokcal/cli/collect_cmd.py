@@ -15,11 +15,13 @@ from ..report.terminal import plural
 from ..sources.dataset import DEFAULT_FLUSH_SECONDS, DEFAULT_PART_ROWS
 from . import app
 from .common import (
+    QUIET_HELP,
     console,
     err_console,
     friendly_errors,
     load_model,
     parse_groups,
+    progress_enabled,
     refuse_overwrite,
     require_creatable_dir,
 )
@@ -55,7 +57,7 @@ def _progress(total: int, show: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]collect"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
         TextColumn("{task.fields[rate]:>9} tok/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False, disable=not show,
+        console=err_console, transient=False, disable=not show,
     )
 
 
@@ -86,6 +88,7 @@ def collect(
     part_rows: int = typer.Option(DEFAULT_PART_ROWS, "--part-rows", min=1, help="Rows per Parquet part."),
     flush_seconds: float = typer.Option(DEFAULT_FLUSH_SECONDS, "--flush-seconds", min=0.0,
                                         help="Write finished documents at least this often (a kill loses less)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Collect teacher-forced token predictions of a Hugging Face model into a Parquet dataset.
 
@@ -115,7 +118,8 @@ def collect(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: as Ctrl-C
     try:
         skipped, new_tokens = _run(task, items, model, tokenizer, hf, common, stride, append_eos,
-                                   show=shard.rank == 0, total=sum(shard.mine(i) for i in range(len(items))))
+                                   show=shard.rank == 0 and progress_enabled(quiet),
+                                   total=sum(shard.mine(i) for i in range(len(items))))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the finished documents are written; keep it that way
         where = f" (rank {shard.rank})" if shard.world > 1 else ""

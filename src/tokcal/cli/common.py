@@ -4,10 +4,11 @@ Torch-free at import time: the model loader (:func:`tokcal.sources.hf.load_model
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..errors import ParameterError, TokcalError
+from ..progress import ProgressCallback
 
 # Data (token strings, group values, paths) is printed as it is: no rich markup or emoji codes in it
 # are interpreted. Styles come from rich Text objects.
@@ -149,3 +151,39 @@ def load_model(model_dir: Path, task: str, trust_remote_code: bool = False, gguf
     from ..sources.hf import load_model as _load
 
     return _load(model_dir, task, gguf_file, trust_remote_code=trust_remote_code)
+
+
+#: the ``--quiet/-q`` option of the commands that draw progress bars
+QUIET_HELP = "No progress bars (they are also off when stderr is not a terminal, e.g. in CI logs)."
+
+
+def progress_enabled(quiet: bool, console: Console | None = None) -> bool:
+    """Whether to draw progress bars: not ``quiet``, stderr (``console``) a terminal and not a dumb one."""
+    c = console or err_console
+    return not quiet and c.is_terminal and not c.is_dumb_terminal
+
+
+@contextlib.contextmanager
+def progress_bars(quiet: bool = False, console: Console | None = None,
+                  labels: Mapping[str, str] | None = None) -> Iterator[ProgressCallback | None]:
+    """A :data:`tokcal.progress.ProgressCallback` drawing one rich bar per step on stderr (``console``),
+    removed when done; None (nothing drawn, not even a final line) when :func:`progress_enabled` is false.
+    ``labels``: the text shown for a step (default: the step's name)."""
+    if not progress_enabled(quiet, console):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console or err_console, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def update(step: str, done: int, total: int) -> None:
+        if total <= 0:  # a step with nothing to do (no slices) is done
+            done = total = 1
+        if step not in tasks:
+            tasks[step] = bars.add_task((labels or {}).get(step, step), total=max(total, 1))
+        bars.update(tasks[step], completed=done, total=max(total, 1))
+
+    with bars:
+        yield update

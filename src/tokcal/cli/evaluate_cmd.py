@@ -9,7 +9,7 @@ import typer
 
 from ..errors import ValidationError
 from . import app
-from .common import console, friendly_errors, refuse_overwrite
+from .common import QUIET_HELP, console, friendly_errors, progress_bars, refuse_overwrite
 
 
 @app.command()
@@ -40,6 +40,7 @@ def evaluate(
     stream: Annotated[bool | None, typer.Option(
         "--stream/--in-memory", help="Read TABLE in batches, in bounded memory (width bins; AURC from fine bins). "
         "Default: stream when the table is large against the free memory.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Measure token-level calibration of TABLE and print the summary."""
     from ..evaluation import evaluate as run_evaluate
@@ -60,8 +61,10 @@ def evaluate(
         tbl = next(TokenTable.iter_parquet(table, batch_rows=1))  # its metadata
     else:
         tbl = TokenTable.read_parquet(table)
-        ev = run_evaluate(tbl, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
-                          bootstrap=bootstrap, seed=seed, freq_ref=freq_ref, unit=unit, block_length=block_length)
+        with progress_bars(quiet) as progress:
+            ev = run_evaluate(tbl, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
+                              bootstrap=bootstrap, seed=seed, freq_ref=freq_ref, unit=unit, block_length=block_length,
+                              progress=progress)
     if json_out is not None:
         ev.to_json(json_out)
     if html_out is not None:

@@ -12,9 +12,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from ..progress import prefixed, report
 from ..report.terminal import plural
 from . import app
-from .common import console, err_console, friendly_errors, refuse_overwrite
+from .common import QUIET_HELP, console, err_console, friendly_errors, progress_bars, refuse_overwrite
 
 METHODS = ("temperature", "group", "adaptive", "histogram", "isotonic", "beta", "selective", "conformal")
 
@@ -74,6 +75,7 @@ def fit_command(
                                        help="Fit (temperature, group) and report by passes over TABLE in batches, in "
                                             "bounded memory. Default: when the table is large against the free "
                                             "memory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Fit a calibrator; print held-out ECE/NLL/Brier before and after; write it as JSON."""
     from ..calibrators import held_out_metrics
@@ -104,8 +106,10 @@ def fit_command(
     if freq_ref is not None and method != "adaptive" and not (method == "group" and by == "freq"):
         raise ValidationError(f"--freq-ref: --method {method} uses no token frequency (adaptive and "
                               "group --by freq do)")
-    with _calibration_warnings():
+    with progress_bars(quiet) as progress, _calibration_warnings():
+        report(progress, "fit", 0, 1)
         cal.fit(train, **({} if freq_ref is None else {"freq_reference": freq_ref}))
+        report(progress, "fit", 1, 1)
     cal.save(output)
     console.print(Text.assemble("fitted ", (method, "bold"), f" on {plural(int(train.labeled.sum()), 'token')} "
                                 f"({plural(train.n_sequences, _unit(blocks))}): {cal!r}"), highlight=False)
@@ -123,8 +127,11 @@ def fit_command(
             console.print("coverage guarantee: FAILED (sets truncated at the table's top-k)", highlight=False)
         console.print(f"wrote {output}")
         return
-    before = held_out_metrics(test, None, bins=bins, bootstrap=bootstrap, seed=seed)
-    after = held_out_metrics(test, cal, bins=bins, bootstrap=bootstrap, seed=seed)
+    with progress_bars(quiet) as progress:
+        before = held_out_metrics(test, None, bins=bins, bootstrap=bootstrap, seed=seed,
+                                  progress=prefixed(progress, "held out, before:"))
+        after = held_out_metrics(test, cal, bins=bins, bootstrap=bootstrap, seed=seed,
+                                 progress=prefixed(progress, "held out, after:"))
     _print_held_out(before, after, test.n_sequences, _unit(blocks), output)
 
 
