@@ -149,8 +149,6 @@ def test_cli_stream_matches_in_memory(dataset, tmp_path):
     a, b = (json.loads((tmp_path / f"cal{m}.json").read_text()) for m in ("--in-memory", "--stream"))
     for k, v in a["temperatures"].items():
         assert b["temperatures"][k] == pytest.approx(v, rel=1e-9)
-    r = CliRunner().invoke(app, ["evaluate", str(dataset), "--stream", "--binning", "mass"])
-    assert r.exit_code == 2 and "binning='width'" in " ".join(r.output.split())
     r = CliRunner().invoke(app, ["fit", str(dataset), "--stream", "--method", "isotonic",
                                  "-o", str(tmp_path / "i.json")])
     assert r.exit_code == 2 and "needs the table in memory" in " ".join(r.output.split())

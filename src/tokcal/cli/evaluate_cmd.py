@@ -38,7 +38,8 @@ def evaluate(
     name: Annotated[str | None, typer.Option("--name", help="Name of this evaluation in the HTML report "
                                              "(default: the table's file or folder name).")] = None,
     stream: Annotated[bool | None, typer.Option(
-        "--stream/--in-memory", help="Read TABLE in batches, in bounded memory (width bins; AURC from fine bins). "
+        "--stream/--in-memory", help="Read TABLE in batches, in bounded memory (AURC from fine bins; mass "
+        "binning: its exact edges by extra passes). "
         "Default: stream when the table is large against the free memory.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:

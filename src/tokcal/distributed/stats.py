@@ -23,11 +23,14 @@ AURC and the risk-coverage curve need a global sort: they are computed from :dat
 equal-width confidence bins, tokens of one bin taken as tied (the tie rule of
 :func:`tokcal.metrics.aurc`), and the evaluation records ``aurc_error_bound``, a bound on
 ``|AURC_binned - AURC_exact|`` computed from the same bins (:func:`aurc_from_bins`). Equal-mass bin
-edges need all confidences: streaming supports ``binning="width"`` only. Worst-token contexts are taken
-from the rows stored before each example (rows of a sequence stored together in position order, as
-collected).
+edges (``binning="mass"``) are quantiles of all confidences: :mod:`tokcal.distributed.quantiles` finds
+them exactly (bit for bit the in-memory edges) by passes of counts over the confidences before pass 2 --
+usually one pass (up to 2^20 distinct confidences), a few more for larger data. Worst-token contexts are
+taken from the rows stored before each example (rows of a sequence stored together in position order,
+as collected).
 
-Memory: O(batch + units + R x columns + vocabulary), independent of the number of tokens.
+Memory: O(batch + units + R x columns + vocabulary), independent of the number of tokens (equal-mass
+edges: ~60 MB more, during their passes).
 """
 
 from __future__ import annotations
@@ -239,7 +242,8 @@ class EvaluationSums:
 
     def __init__(self, summary: DatasetSummary, meta: TokenTable, *, calibrator: Any = None, slices: Any = None,
                  bins: int = 15, bootstrap: int = 200, seed: int = 0, worst: int = 20, classwise_top: int = 100,
-                 unit: str = "auto", freq_ref: Any = None, weights: np.ndarray | None = None) -> None:
+                 unit: str = "auto", freq_ref: Any = None, weights: np.ndarray | None = None,
+                 edges: np.ndarray | None = None) -> None:
         self.summary, self.calibrator = summary, calibrator
         self.bins, self.bootstrap, self.seed = bins, bootstrap, seed
         self.worst, self.classwise_top = worst, classwise_top
@@ -249,7 +253,11 @@ class EvaluationSums:
         ref = _reference(freq_ref, meta, summary)
         self.slices = _global_slices(parse_slices(slices, meta, reference=ref), summary, ref)
         self.layout = _Layout(bins, [1, *(len(s.labels) for s in self.slices)])
-        self.edges = width_edges(bins)
+        self.binning = "width" if edges is None else "mass"  # edges: equal-mass ones (:func:`stream_mass_edges`)
+        self.edges = width_edges(bins) if edges is None else np.asarray(edges, dtype=np.float64)
+        if self.edges.shape != (bins + 1,):
+            raise ValidationError(f"evaluate: {self.edges.size} bin edges for {bins} bins")
+        self.edge_passes = 0  # passes the equal-mass edges took (set by the caller)
         n_units = self.units.info.n_units
         if weights is None and bootstrap and n_units >= 2:
             weights = replicate_weights(n_units, bootstrap, seed)
@@ -293,7 +301,7 @@ class EvaluationSums:
     def _add(self, table: TokenTable, probs: TokenProbs, keep: np.ndarray) -> None:
         lay = self.layout
         p = probs.select(keep) if not keep.all() else probs
-        c = np.clip(np.asarray(p.confidence, dtype=np.float64), 0.0, 1.0)
+        c = _confidence(p)
         a = np.asarray(p.correct, dtype=np.float64)
         py = np.clip(np.asarray(p.label_prob, dtype=np.float64), 0.0, 1.0)
         nll = -np.log(np.maximum(py, _TINY))
@@ -458,11 +466,13 @@ class EvaluationSums:
         hist = {"edges": edges.tolist(), "counts": self.hist.astype(int).tolist()}
         passage = E._passage(self.passage, self.passage_probs) if self.passage is not None else []
         return E._result(stats, self.boot, self.slices, _with_size(info, int(n)), self.edges, int(n), point,
-                         bins=self.bins, binning="width", bootstrap=self.bootstrap, seed=self.seed,
+                         bins=self.bins, binning=self.binning, bootstrap=self.bootstrap, seed=self.seed,
                          classwise_top=self.classwise_top, calibrator=self.calibrator,
                          worst_tokens=lambda: self._worst_tokens(E), curve=(cov, risk), histogram=hist,
                          passage=passage, fingerprint=self.fingerprint,
-                         extra_settings={"streaming": {"aurc_bins": AURC_BINS, "aurc_error_bound": bound}})
+                         extra_settings={"streaming": {"aurc_bins": AURC_BINS, "aurc_error_bound": bound,
+                                                       **({"edge_passes": self.edge_passes}
+                                                          if self.binning == "mass" else {})}})
 
     def _classwise_ece(self) -> float:
         from ..metrics.binned import stats_metrics
@@ -521,6 +531,29 @@ def _probs(table: TokenTable, calibrator: Any) -> TokenProbs:
     from ..evaluation import _probs as probs
 
     return probs(table, calibrator)
+
+
+def _confidence(p: TokenProbs) -> np.ndarray:
+    """The confidences :func:`tokcal.evaluate` bins: top-1 probabilities as float64, clipped to [0, 1]."""
+    return np.clip(np.asarray(p.confidence, dtype=np.float64), 0.0, 1.0)
+
+
+def confidences(table: TokenTable, calibrator: Any = None) -> np.ndarray:
+    """:func:`_confidence` of the labelled rows of ``table`` after ``calibrator`` (what equal-mass edges rank)."""
+    keep = table.labeled
+    if not keep.any():
+        return np.zeros(0)
+    part = table if keep.all() else table.select(keep)
+    return _confidence(_probs(part, calibrator))
+
+
+def stream_mass_edges(batches: Callable[[], Iterable[TokenTable]], calibrator: Any,
+                      bins: int) -> tuple[np.ndarray, int]:
+    """:func:`tokcal.metrics.mass_edges` of the confidences of every labelled row, exactly, by passes over
+    ``batches()`` (called once per pass; :mod:`tokcal.distributed.quantiles`); and the number of passes."""
+    from .quantiles import mass_edges_of
+
+    return mass_edges_of(lambda: (confidences(b, calibrator) for b in batches()), bins)
 
 
 def _reference(freq_ref: Any, meta: TokenTable, summary: DatasetSummary) -> Any:
@@ -640,19 +673,28 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
                     rows: Callable[[TokenTable], np.ndarray] | None = None) -> Any:
     """:func:`tokcal.evaluate` of a Parquet file or dataset directory, streamed in batches of
     ``batch_rows`` rows: memory independent of its size (module docstring for what is exact).
-    ``rows(batch)``: an optional boolean mask of the rows to evaluate (a held-out split)."""
-    if binning != "width":
-        raise ValidationError("evaluate: binning='mass' needs all confidences at once; streaming evaluation "
-                              "uses binning='width'")
+    ``rows(batch)``: an optional boolean mask of the rows to evaluate (a held-out split).
+    ``binning="mass"``: the exact equal-mass edges first, by passes of counts (:func:`stream_mass_edges`)."""
+    from ..validation import EvaluateParams, check_params
+
+    args = check_params("evaluate", EvaluateParams, bins=bins, binning=binning, bootstrap=bootstrap, seed=seed,
+                        worst=worst, classwise_top=classwise_top, unit=unit, block_length=block_length)
     summary, first = summarize(source, block_length=block_length) if rows is None else \
         _summarize_rows(source, rows, block_length)
-    acc = EvaluationSums(summary, first, calibrator=calibrator, slices=slices, bins=bins, bootstrap=bootstrap,
-                         seed=seed, worst=worst, classwise_top=classwise_top, unit=unit, freq_ref=freq_ref)
-    for batch in prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows)):
-        if rows is not None:
-            batch = batch.select(rows(batch))
-            if not len(batch):
-                continue
+
+    def batches() -> Iterator[TokenTable]:
+        for batch in prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows)):
+            if rows is not None:
+                batch = batch.select(rows(batch))
+            if len(batch):
+                yield batch
+
+    edges, passes = stream_mass_edges(batches, calibrator, args.bins) if args.binning == "mass" else (None, 0)
+    acc = EvaluationSums(summary, first, calibrator=calibrator, slices=slices, bins=args.bins,
+                         bootstrap=args.bootstrap, seed=args.seed, worst=args.worst,
+                         classwise_top=args.classwise_top, unit=args.unit, freq_ref=freq_ref, edges=edges)
+    acc.edge_passes = passes
+    for batch in batches():
         acc.update(batch)
     acc.fingerprint = fingerprint(source) if rows is None else None
     return acc.result()
@@ -689,11 +731,9 @@ def _summarize_rows(source: str | Path, rows: Callable[[TokenTable], np.ndarray]
 
 def should_stream(source: str | Path, stream: bool | None, binning: str = "width") -> bool:
     """Whether to stream ``source``: ``stream`` when given, else when its Parquet bytes times
-    :data:`EXPANSION` exceed half of the memory available now (and the binning allows it)."""
+    :data:`EXPANSION` exceed half of the memory available now (either ``binning`` streams)."""
     if stream is not None:
         return bool(stream)
-    if binning != "width":
-        return False
     import os
 
     size = sum(f.stat().st_size for f in parquet_files(source))
