@@ -87,13 +87,17 @@ def fit_command(
     refuse_overwrite({"--output": output}, [table])
     cal = build_calibrator(method, by=by, alpha=alpha, threshold=threshold, score=score, inner=inner,
                            bins=bins, seed=seed)
-    streamable = method == "temperature" or (method == "group" and by != "freq")
-    if streamable and freq_ref is None and should_stream(table, stream):
-        _fit_streamed(table, cal, method, output, holdout, bins, bootstrap, seed)
+    if freq_ref is not None and method != "adaptive" and not (method == "group" and by == "freq"):
+        raise ValidationError(f"--freq-ref: --method {method} uses no token frequency (adaptive and "
+                              "group --by freq do)")
+    streamable = method in ("temperature", "group")
+    if streamable and should_stream(table, stream):
+        _fit_streamed(table, cal, method, output, holdout, bins, bootstrap, seed, freq_ref)
         return
     if stream:
-        raise ValidationError(f"--stream: method {method!r} needs the table in memory (streamed: temperature, "
-                              "group by a group column, without --freq-ref)")
+        raise ValidationError(f"--stream: method {method!r} needs the table in memory (streamed: temperature "
+                              "and group); use --in-memory, on the table or on a sample of it (some of its "
+                              "part files)")
     data = TokenTable.read_parquet(table)
     blocks = False  # split by contiguous blocks (one long document, few sequences): say so
     if holdout > 0:
@@ -103,9 +107,6 @@ def fit_command(
             console.print(f"note: {split.message}", highlight=False, markup=False, soft_wrap=True)
     else:
         train, test = data, None
-    if freq_ref is not None and method != "adaptive" and not (method == "group" and by == "freq"):
-        raise ValidationError(f"--freq-ref: --method {method} uses no token frequency (adaptive and "
-                              "group --by freq do)")
     with progress_bars(quiet) as progress, _calibration_warnings():
         report(progress, "fit", 0, 1)
         cal.fit(train, **({} if freq_ref is None else {"freq_reference": freq_ref}))
@@ -154,48 +155,30 @@ def _unit(blocks: bool) -> str:
 
 
 def _fit_streamed(table: Path, cal: Any, method: str, output: Path, holdout: float, bins: int, bootstrap: int,
-                  seed: int) -> None:
-    """``tokcal fit`` by passes over the table in batches: the same split, fit and report as in memory
-    (a held-out split by sequences; one by blocks needs the table in memory)."""
-    import numpy as np
-
-    from ..bootstrap import choose_unit
+                  seed: int, freq_ref: Path | None) -> None:
+    """``tokcal fit`` by passes over the table in batches: the same split (by sequences or blocks), fit and
+    report as in memory."""
     from ..calibrators.hygiene import held_out_row
-    from ..distributed.fit import Batches, fit_stream
-    from ..distributed.stats import evaluate_stream, summarize
-    from ..errors import ValidationError
+    from ..distributed.fit import Batches, StreamSplit, fit_stream
+    from ..distributed.stats import evaluate_stream
 
-    summary, _ = summarize(table)
-    held = np.zeros(0, np.int64)
-    if holdout > 0:
-        if not 0.0 < float(holdout) < 1.0:
-            raise ValidationError(f"split_by_sequence: frac must be in (0, 1), got {holdout!r}")
-        seqs = summary.seq_ids
-        kind, reason = choose_unit(summary.seq_counts) if seqs.size >= 2 else ("block", "one sequence")
-        if kind != "sequence":
-            raise ValidationError(f"--stream: {reason}, so the held-out split is by blocks, which needs the table "
-                                  "in memory; use --in-memory, or --holdout 0")
-        n_out = min(max(1, round(holdout * seqs.size)), seqs.size - 1)
-        held = np.sort(np.random.default_rng(seed).choice(seqs, size=n_out, replace=False))  # as held_out_split
-
-    def train(b: Any) -> np.ndarray:
-        return ~np.isin(b.sequence_id, held)
-
-    fit_stream(cal, Batches(table, rows=train if held.size else None))
+    split = StreamSplit(table, holdout, seed) if holdout > 0 else None
+    if split is not None and split.message is not None:
+        console.print(f"note: {split.message}", highlight=False, markup=False, soft_wrap=True)
+    with _calibration_warnings():
+        fit_stream(cal, Batches(table, select=split.fit if split else None), freq_reference=freq_ref)
     cal.save(output)
     n = cal.fit_info["n"] if method == "temperature" else sum(cal.counts.values())
-    console.print(Text.assemble("fitted ", (method, "bold"), f" on {n} tokens ({summary.seq_ids.size - held.size} "
-                                f"sequences, streamed): {cal!r}"), highlight=False)
-    if not held.size:
+    unit = _unit(split is not None and split.blocks)
+    units = f"{plural(split.n_fit_units, unit)}, streamed" if split else "streamed"
+    console.print(Text.assemble("fitted ", (method, "bold"), f" on {plural(n, 'token')} ({units}): {cal!r}"),
+                  highlight=False)
+    if split is None:
         console.print(f"wrote {output}")
         return
-
-    def test(b: Any) -> np.ndarray:
-        return np.isin(b.sequence_id, held)
-
     rows = [held_out_row(evaluate_stream(table, c, slices=[], bins=bins, bootstrap=bootstrap, seed=seed, worst=0,
-                                         rows=test).overall, bootstrap) for c in (None, cal)]
-    _print_held_out(rows[0], rows[1], held.size, "sequence", output)
+                                         select=split.held_out).overall, bootstrap) for c in (None, cal)]
+    _print_held_out(rows[0], rows[1], split.n_out, unit, output)
 
 
 @contextlib.contextmanager

@@ -45,17 +45,22 @@ from ..table import TokenTable
 
 
 class Batches:
-    """A dataset read in batches: :meth:`map` (one pass, outputs in storage order) and iteration."""
+    """A dataset read in batches: :meth:`map` (one pass, outputs in storage order) and iteration.
+    ``rows(batch)``: a boolean mask of the rows to keep; ``select(batch)``: the table to use instead of
+    each batch, None for none of its rows (e.g. :meth:`StreamSplit.fit`). Batches without rows are skipped."""
 
     def __init__(self, source: str | Path, batch_rows: int = 65536,
-                 rows: Callable[[TokenTable], np.ndarray] | None = None) -> None:
-        self.source, self.batch_rows, self.rows = source, batch_rows, rows
+                 rows: Callable[[TokenTable], np.ndarray] | None = None, *,
+                 select: Callable[[TokenTable], TokenTable | None] | None = None) -> None:
+        self.source, self.batch_rows, self.rows, self.select = source, batch_rows, rows, select
 
     def __iter__(self) -> Iterator[TokenTable]:
-        from .stats import prefetch
+        from .stats import pick_rows, prefetch
 
         for batch in prefetch(TokenTable.iter_parquet(self.source, batch_rows=self.batch_rows)):
-            yield batch if self.rows is None else batch.select(self.rows(batch))
+            part = pick_rows(batch, self.rows, self.select)
+            if part is not None and len(part):
+                yield part
 
     def map(self, fn: Callable[[TokenTable], Any]) -> list[Any]:
         return [fn(b) for b in self]
@@ -247,14 +252,21 @@ def fit_temperature(batches: Batches, calibrator: Temperature | None = None) -> 
     return cal
 
 
-def fit_group_temperature(batches: Batches, calibrator: GroupTemperature) -> GroupTemperature:
-    """:meth:`GroupTemperature.fit` on every labelled row of ``batches``, by passes (module docstring)."""
-    from ..calibrators.group import TOKEN_TYPE, type_code_string
+def fit_group_temperature(batches: Batches, calibrator: GroupTemperature, *,
+                          freq_reference: Any = None) -> GroupTemperature:
+    """:meth:`GroupTemperature.fit` on every labelled row of ``batches``, by passes (module docstring).
+    ``by="freq"``: the buckets of the reference ``freq_reference`` (None: the default of
+    :mod:`tokcal.frequency`, where "the fitting table" means the gold counts of all of ``batches``, one pass)."""
+    from ..calibrators.group import FREQ, TOKEN_TYPE, type_code_string
 
     cal = calibrator
     first = next(iter(batches))
     if cal.by == TOKEN_TYPE and cal.by not in first.groups and first.vocabulary is not None:
         cal.type_codes = type_code_string(first.vocabulary)
+    if cal.by == FREQ and cal.by not in first.groups:
+        _freq_buckets(cal, batches, first, freq_reference)
+    elif freq_reference is not None:
+        raise ValidationError(f"GroupTemperature(by={cal.by!r}): freq_reference is only used with by='freq'")
     bounds = (1.0 / cal.bounds[1], 1.0 / cal.bounds[0])
     whole = _GroupedPasses(batches, lambda lab: np.zeros(len(lab), np.int64))
     beta0, info0 = _newton_groups(whole, [0], {0: 1.0}, bounds, cal.seed, lambda g: "GroupTemperature (global)")[0]
@@ -285,11 +297,91 @@ def fit_group_temperature(batches: Batches, calibrator: GroupTemperature) -> Gro
     return cal
 
 
-def fit_stream(calibrator: Any, batches: Batches) -> Any:
-    """Fit ``calibrator`` (a :class:`Temperature` or :class:`GroupTemperature`) by passes over ``batches``."""
+def _freq_buckets(cal: GroupTemperature, batches: Batches, first: TokenTable, freq_reference: Any) -> None:
+    """The ``by="freq"`` buckets of :meth:`GroupTemperature.fit` (the ``freq:predicted`` slice's) from the
+    reference, or else the default reference of the gold counts of every row of ``batches``."""
+    from ..frequency import default_reference, load_reference
+    from ..slices import FrequencySlice
+
+    if freq_reference is not None:
+        ref = load_reference(freq_reference, first)
+    else:
+        counts = np.zeros(first.vocab_size)
+        for c in batches.map(lambda b: np.bincount(b.label[b.label >= 0], minlength=b.vocab_size)):
+            counts += c
+        ref = default_reference(first, labelled_counts=counts)
+    sl = FrequencySlice(on="predicted", reference=ref)
+    cal.freq_codes = "".join(map(str, sl.id_buckets(first).tolist()))
+    cal.freq_labels = list(sl.labels)
+    cal.freq_reference = f"{sl.used.tag()} ({sl.used.name})"
+
+
+STREAMED_FITS = ("Temperature", "GroupTemperature")  #: the calibrators :func:`fit_stream` fits by passes
+
+
+def fit_stream(calibrator: Any, batches: Batches, *, freq_reference: Any = None) -> Any:
+    """Fit ``calibrator`` (a :class:`Temperature` or :class:`GroupTemperature`) by passes over ``batches``.
+
+    Others need every row at once (isotonic regression and histogram/beta fits sort or iterate over all
+    confidences; adaptive temperature and conformal sets optimise over all rows) and are refused."""
     if type(calibrator) is Temperature:
+        if freq_reference is not None:
+            raise ValidationError("Temperature: freq_reference is only used by GroupTemperature(by='freq')")
         return fit_temperature(batches, calibrator)
     if type(calibrator) is GroupTemperature:
-        return fit_group_temperature(batches, calibrator)
+        return fit_group_temperature(batches, calibrator, freq_reference=freq_reference)
     raise ValidationError(f"streaming fit supports temperature and group temperature, not "
-                          f"{type(calibrator).__name__}; load the table into memory for it")
+                          f"{type(calibrator).__name__}: fit it in memory (tokcal fit --in-memory) on the table "
+                          "or on a sample of it (some of its part files)")
+
+
+class StreamSplit:
+    """:func:`tokcal.calibrators.hygiene.held_out_split` of a dataset read in batches: the same seeded draw
+    of resampling units over all rows (sequences, or contiguous blocks, each block then its own
+    ``sequence_id`` on both sides), applied batch by batch by :meth:`fit` and :meth:`held_out`."""
+
+    def __init__(self, source: str | Path, frac: float, seed: int = 0, *, block_length: int | None = None) -> None:
+        from ..bootstrap import block_length_of
+        from .stats import DatasetSummary, _arrow_summary
+
+        if not 0.0 < float(frac) < 1.0:
+            raise ValidationError(f"split_by_sequence: frac must be in (0, 1), got {frac!r}")
+        first = next(TokenTable.iter_parquet(source, batch_rows=1))
+        b = block_length_of(first.source) if block_length is None else int(block_length)
+        total = DatasetSummary(first.vocab_size, b)
+        for seq, pos, lab, _ in _arrow_summary(Path(source), first.vocab_size, b):  # every row counts
+            total = total.merge(DatasetSummary.of_arrays(first.vocab_size, b, seq, pos, np.zeros_like(lab), {}))
+        self.units = total.units()
+        info = self.units.info
+        if info.n_units < 2:
+            raise ValidationError(f"split_by_sequence: the table has {info.describe()} ({total.n_rows} tokens), 1 "
+                                  "resampling unit; a held-out split needs at least 2 (give sequence_ids when "
+                                  "building the table, or use more text)")
+        rng = np.random.default_rng(seed)
+        self.n_out = min(max(1, round(frac * info.n_units)), info.n_units - 1)
+        self.blocks = info.kind != "sequence"
+        self.held = np.sort(rng.choice(total.seq_ids if not self.blocks else info.n_units, size=self.n_out,
+                                       replace=False))
+        self.n_fit_units = info.n_units - self.n_out
+        self.message = None if not self.blocks else (
+            f"split_by_sequence: {info.reason}, so the split is by contiguous blocks: {self.n_out} of "
+            f"{info.describe()} held out, no block on both sides; each block is its own sequence_id in the two "
+            "tables")
+
+    def _side(self, batch: TokenTable, held: bool) -> TokenTable | None:
+        ids = self.units.ids(batch.sequence_id, batch.position) if self.blocks else batch.sequence_id
+        m = np.isin(ids, self.held) == held
+        if not m.any():
+            return None
+        side = batch.select(m)
+        if self.blocks:
+            side.sequence_id = ids[m]
+        return side
+
+    def fit(self, batch: TokenTable) -> TokenTable | None:
+        """The rows of ``batch`` on the fitting side (None: none)."""
+        return self._side(batch, False)
+
+    def held_out(self, batch: TokenTable) -> TokenTable | None:
+        """The rows of ``batch`` on the held-out side (None: none)."""
+        return self._side(batch, True)

@@ -670,23 +670,29 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
                     binning: str = "width", bootstrap: int = 200, seed: int = 0, worst: int = 20,
                     classwise_top: int = 100, unit: str = "auto", block_length: int | None = None,
                     freq_ref: Any = None, batch_rows: int = 65536,
-                    rows: Callable[[TokenTable], np.ndarray] | None = None) -> Any:
+                    rows: Callable[[TokenTable], np.ndarray] | None = None, *,
+                    select: Callable[[TokenTable], TokenTable | None] | None = None) -> Any:
     """:func:`tokcal.evaluate` of a Parquet file or dataset directory, streamed in batches of
     ``batch_rows`` rows: memory independent of its size (module docstring for what is exact).
-    ``rows(batch)``: an optional boolean mask of the rows to evaluate (a held-out split).
+    ``rows(batch)``: an optional boolean mask of the rows to evaluate; ``select(batch)``: the table to
+    evaluate instead of each batch, None for none of its rows (a held-out split,
+    :class:`tokcal.distributed.fit.StreamSplit`).
     ``binning="mass"``: the exact equal-mass edges first, by passes of counts (:func:`stream_mass_edges`)."""
     from ..validation import EvaluateParams, check_params
 
     args = check_params("evaluate", EvaluateParams, bins=bins, binning=binning, bootstrap=bootstrap, seed=seed,
                         worst=worst, classwise_top=classwise_top, unit=unit, block_length=block_length)
-    summary, first = summarize(source, block_length=block_length) if rows is None else \
-        _summarize_rows(source, rows, block_length)
+    def pick(batch: TokenTable) -> TokenTable | None:
+        return pick_rows(batch, rows, select)
+
+    picked = rows is not None or select is not None
+    summary, first = _summarize_rows(source, pick, block_length) if picked else \
+        summarize(source, block_length=block_length)
 
     def batches() -> Iterator[TokenTable]:
         for batch in prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows)):
-            if rows is not None:
-                batch = batch.select(rows(batch))
-            if len(batch):
+            batch = pick(batch) if picked else batch
+            if batch is not None and len(batch):
                 yield batch
 
     edges, passes = stream_mass_edges(batches, calibrator, args.bins) if args.binning == "mass" else (None, 0)
@@ -696,7 +702,7 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
     acc.edge_passes = passes
     for batch in batches():
         acc.update(batch)
-    acc.fingerprint = fingerprint(source) if rows is None else None
+    acc.fingerprint = None if picked else fingerprint(source)
     return acc.result()
 
 
@@ -718,14 +724,26 @@ def fingerprint(source: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _summarize_rows(source: str | Path, rows: Callable[[TokenTable], np.ndarray],
+def pick_rows(batch: TokenTable, rows: Callable[[TokenTable], np.ndarray] | None,
+              select: Callable[[TokenTable], TokenTable | None] | None) -> TokenTable | None:
+    """The rows of ``batch`` that ``rows`` (a boolean mask) and then ``select`` (a table, None: no row) keep."""
+    if rows is not None:
+        m = np.asarray(rows(batch), dtype=bool)
+        if not m.any():
+            return None
+        batch = batch if m.all() else batch.select(m)
+    return batch if select is None else select(batch)
+
+
+def _summarize_rows(source: str | Path, pick: Callable[[TokenTable], TokenTable | None],
                     block_length: int | None) -> tuple[DatasetSummary, TokenTable]:
     first = next(TokenTable.iter_parquet(source, batch_rows=1))
     b = block_length_of(first.source) if block_length is None else int(block_length)
     total = DatasetSummary(first.vocab_size, b)
     for batch in TokenTable.iter_parquet(source, batch_rows=1 << 20):
-        sel = batch.select(rows(batch))
-        total = total.merge(DatasetSummary.of_table(sel, b))
+        part = pick(batch)
+        if part is not None:
+            total = total.merge(DatasetSummary.of_table(part, b))
     return total, first
 
 
