@@ -65,6 +65,14 @@ class Batches:
     def map(self, fn: Callable[[TokenTable], Any]) -> list[Any]:
         return [fn(b) for b in self]
 
+    def map_with(self, fn: Callable[[TokenTable, Any], Any], args: list[Any]) -> list[Any]:
+        """``fn(batch, args[i])`` for the i-th batch in storage order (one pass)."""
+        return [fn(b, a) for b, a in zip(self, args, strict=True)]
+
+    def first(self) -> TokenTable:
+        """Some first rows (the metadata: vocabulary, source, groups)."""
+        return next(iter(self))
+
 
 def _labelled(batch: TokenTable) -> TokenTable | None:
     m = batch.labeled
@@ -90,9 +98,13 @@ class _GroupedPasses:
             raise ValidationError("fit: the data have no labelled rows (all labels are -1)")
         self.cats = np.asarray(cats, dtype=object)
         self.counts = np.zeros(len(cats), np.int64)
+        self.batch_counts = []  # labelled rows of each group in each batch, storage order
         for o in outs:
+            c = np.zeros(len(cats), np.int64)
             if o is not None:
-                self.counts[np.searchsorted(self.cats, np.asarray(o[0], dtype=object))] += o[1]
+                c[np.searchsorted(self.cats, np.asarray(o[0], dtype=object))] = o[1]
+            self.batch_counts.append(c)
+            self.counts += c
 
     def _count(self, batch: TokenTable) -> tuple[list[str], np.ndarray] | None:
         lab = _labelled(batch)
@@ -124,23 +136,25 @@ class _GroupedPasses:
 
     def warm_rows(self, groups: list[int], seed: int) -> dict[int, LogitSketch]:
         """The in-memory warm-start sub-sample of each group: rows ``sort(choice(n_g, _WARM_ROWS))`` of its
-        labelled rows in storage order (one sequential pass)."""
+        labelled rows in storage order, by one pass (each batch gets its groups' row offsets, known from
+        the counting pass, and returns only its sampled rows)."""
         want = {g: np.sort(np.random.default_rng(seed).choice(int(self.counts[g]), _WARM_ROWS, replace=False))
                 for g in groups}
-        seen = dict.fromkeys(groups, 0)
-        parts: dict[int, list[LogitSketch]] = {g: [] for g in groups}
-        for batch in self.batches:
-            lab = _labelled(batch)
+        offsets = np.cumsum([np.zeros(len(self.cats), np.int64), *self.batch_counts[:-1]], axis=0)
+        args = [{g: want[g][np.searchsorted(want[g], o[g]):np.searchsorted(want[g], o[g] + c[g])] - o[g]
+                 for g in groups if c[g]} for o, c in zip(offsets, self.batch_counts, strict=True)]
+
+        def kernel(batch: TokenTable, picks: dict[int, np.ndarray]) -> dict[int, LogitSketch]:
+            lab = _labelled(batch) if picks else None
             if lab is None:
-                continue
+                return {}
             codes = self.codes(lab)
-            for g in groups:
-                rows = np.flatnonzero(codes == g)
-                idx = want[g]
-                lo, hi = np.searchsorted(idx, [seen[g], seen[g] + rows.size])
-                if hi > lo:
-                    parts[g].append(lab.select(rows[idx[lo:hi] - seen[g]]).sketch)
-                seen[g] += rows.size
+            return {g: lab.select(np.flatnonzero(codes == g)[idx]).sketch for g, idx in picks.items() if idx.size}
+
+        parts: dict[int, list[LogitSketch]] = {g: [] for g in groups}
+        for out in self.batches.map_with(kernel, args):
+            for g, sk in out.items():
+                parts[g].append(sk)
         return {g: _concat(parts[g]) for g in groups}
 
     def score(self, betas: dict[int, float], units: Any) -> dict[int, tuple[np.ndarray, float, int]]:
@@ -230,7 +244,7 @@ def _units(batches: Batches) -> Any:
     from ..bootstrap import block_length_of
     from .stats import DatasetSummary
 
-    first = next(iter(batches))
+    first = batches.first()
     b = block_length_of(first.source)
     total = DatasetSummary(first.vocab_size, b)
     for part in batches.map(lambda t: DatasetSummary.of_table(t, b)):
@@ -260,7 +274,7 @@ def fit_group_temperature(batches: Batches, calibrator: GroupTemperature, *,
     from ..calibrators.group import FREQ, TOKEN_TYPE, type_code_string
 
     cal = calibrator
-    first = next(iter(batches))
+    first = batches.first()
     if cal.by == TOKEN_TYPE and cal.by not in first.groups and first.vocabulary is not None:
         cal.type_codes = type_code_string(first.vocabulary)
     if cal.by == FREQ and cal.by not in first.groups:
