@@ -34,14 +34,35 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The controller stops the cluster this session started (workers leave it running)."""
+    """The controller stops the cluster this session started (workers leave it running): its process
+    group, never ``ray stop`` (which ends every Ray process of the user, other sessions' too)."""
     if hasattr(session.config, "workerinput"):
         return
     path = _address_file()
     if path.exists():
-        subprocess.run([_ray_cli(), "stop", "--force"], capture_output=True, timeout=120,
-                       env={**os.environ, "RAY_ADDRESS": path.read_text().strip()})
+        _, pgid = path.read_text().split()
+        _stop_group(int(pgid))
         path.unlink(missing_ok=True)
+
+
+def _stop_group(pgid: int, grace: float = 10.0) -> None:
+    """SIGTERM to the process group of ``ray start`` (GCS, raylet and their helpers; the workers end with
+    the raylet), SIGKILL to what is left after ``grace`` seconds."""
+    import signal
+    import time
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            time.sleep(0.2)
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
 
 
 @pytest.fixture(scope="session")
@@ -56,13 +77,17 @@ def ray_cluster(request: pytest.FixtureRequest):
         with FileLock(str(path) + ".lock", timeout=300):
             if not path.exists():
                 port = 20000 + os.getpid() % 20000
-                r = subprocess.run([_ray_cli(), "start", "--head", f"--port={port}", f"--num-cpus={RAY_CPUS}",
-                                    "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-                                   capture_output=True, text=True, timeout=240)
+                # its own session: the head's processes form one process group, stopped by its id
+                r = subprocess.Popen([_ray_cli(), "start", "--head", f"--port={port}", f"--num-cpus={RAY_CPUS}",
+                                      "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+                out, _ = r.communicate(timeout=240)
                 if r.returncode != 0:
-                    pytest.fail(f"ray start failed: {r.stderr[-2000:]}")
-                path.write_text(f"127.0.0.1:{port}")
-            address = path.read_text().strip()
+                    _stop_group(r.pid)
+                    pytest.fail(f"ray start failed: {out[-2000:]}")
+                path.write_text(f"127.0.0.1:{port} {r.pid}")
+            address = path.read_text().split()[0]
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     yield ray
     ray.shutdown()
