@@ -42,7 +42,7 @@ import ray
 from ..errors import SchemaError, TokcalError
 from ..table import _LISTS, _META_KEY, _REQUIRED, TokenTable, parquet_files
 from .fit import Batches, fit_stream
-from .stats import _CONTEXT, DatasetSummary, EvaluationSums, fingerprint, summarize
+from .stats import _CONTEXT, DatasetSummary, EvaluationSums, fingerprint, pick_rows, summarize
 
 _TASKS = ("causal", "seq2seq", "token-classification")
 
@@ -356,38 +356,44 @@ def evaluate(source: Any, calibrator: Any = None, *, slices: Any = None, bins: i
     return total.result()
 
 
+def _picked(item: Any, raw: dict[bytes, bytes] | None, where: str, batch_rows: int, rows: Any,
+            select: Any) -> Iterator[TokenTable]:
+    """The batches of a shard as :class:`~tokcal.distributed.fit.Batches` yields them (rows kept by
+    ``rows`` then ``select``; batches left without rows skipped)."""
+    for t in _tables(item, raw, where, batch_rows):
+        part = pick_rows(t, rows, select)
+        if part is not None and len(part):
+            yield part
+
+
 @ray.remote(num_cpus=1)
 def _map_shard(item: Any, raw: dict[bytes, bytes] | None, where: str, fn: Callable[..., Any], batch_rows: int,
-               rows: Callable[[TokenTable], np.ndarray] | None, args: list[Any] | None = None) -> list[Any]:
-    out = []
-    for i, t in enumerate(_tables(item, raw, where, batch_rows)):
-        t = t if rows is None else t.select(rows(t))
-        out.append(fn(t) if args is None else fn(t, args[i]))
-    return out
+               rows: Any, select: Any, args: list[Any] | None = None) -> list[Any]:
+    batches = _picked(item, raw, where, batch_rows, rows, select)
+    return [fn(t) for t in batches] if args is None else [fn(t, a) for t, a in zip(batches, args, strict=True)]
 
 
 class RayBatches(Batches):
     """:class:`~tokcal.distributed.fit.Batches` whose passes run as one Ray task per shard (part file or
     Dataset block, :class:`_Shards`); outputs in storage order."""
 
-    def __init__(self, shards: _Shards, batch_rows: int = 65536,
-                 rows: Callable[[TokenTable], np.ndarray] | None = None) -> None:
-        super().__init__(shards.source, batch_rows, rows)
+    def __init__(self, shards: _Shards, batch_rows: int = 65536, rows: Callable[[TokenTable], np.ndarray] | None = None,
+                 *, select: Callable[[TokenTable], TokenTable | None] | None = None) -> None:
+        super().__init__(shards.source, batch_rows, rows, select=select)
         self.shards = shards
         self._per_shard: list[int] | None = None  # batches of each shard (known after a first pass)
 
     def __iter__(self) -> Iterator[TokenTable]:
         for i, item in enumerate(self.shards.items):
             data = item if self.shards.raw is None else ray.get(item)
-            for t in _tables(data, self.shards.raw, self.shards.where(i), self.batch_rows):
-                yield t if self.rows is None else t.select(self.rows(t))
+            yield from _picked(data, self.shards.raw, self.shards.where(i), self.batch_rows, self.rows, self.select)
 
     def first(self) -> TokenTable:
         return self.shards.head
 
     def map(self, fn: Callable[[TokenTable], Any]) -> list[Any]:
         out: list[Any] = []
-        parts = list(self.shards.run(_map_shard, ray.put(fn), self.batch_rows, self.rows))
+        parts = list(self.shards.run(_map_shard, ray.put(fn), self.batch_rows, self.rows, self.select))
         self._per_shard = [len(p) for p in parts]
         for part in parts:
             out += part
@@ -399,17 +405,20 @@ class RayBatches(Batches):
         ends = np.cumsum(self._per_shard)
         per = [args[e - n:e] for e, n in zip(ends, self._per_shard, strict=True)]
         out: list[Any] = []
-        for part in self.shards.run(_map_shard, ray.put(fn), self.batch_rows, self.rows, per_shard=per):
+        for part in self.shards.run(_map_shard, ray.put(fn), self.batch_rows, self.rows, self.select, per_shard=per):
             out += part
         return out
 
 
-def fit(source: Any, calibrator: Any, *, batch_rows: int = 65536, meta: Any = None) -> Any:
+def fit(source: Any, calibrator: Any, *, batch_rows: int = 65536, meta: Any = None,
+        freq_reference: Any = None) -> Any:
     """Fit ``calibrator`` (:class:`~tokcal.calibrators.Temperature` or
     :class:`~tokcal.calibrators.GroupTemperature`) on a Parquet file, a dataset directory or a
     ``ray.data.Dataset`` of TokenTable rows (``meta`` as in :func:`evaluate`) by Ray passes; equal to its
-    in-memory ``fit`` (the same Newton iterates and warm-start sample: T to ~1e-12)."""
-    return fit_stream(calibrator, RayBatches(_Shards(source, meta), batch_rows=batch_rows))
+    in-memory ``fit`` (the same Newton iterates and warm-start sample: T to ~1e-12). ``freq_reference``:
+    as in :func:`~tokcal.distributed.fit.fit_stream` (``GroupTemperature(by="freq")``)."""
+    return fit_stream(calibrator, RayBatches(_Shards(source, meta), batch_rows=batch_rows),
+                      freq_reference=freq_reference)
 
 
 def summary(source: str | Path) -> DatasetSummary:
