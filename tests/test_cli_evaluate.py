@@ -58,9 +58,9 @@ def test_evaluate_with_calibrator_and_html(table_path, tmp_path):
 @pytest.mark.parametrize("args,match", [
     (["evaluate", "/nonexistent/t.parquet"], "no such file"),
     (["evaluate", "TABLE", "--slice", "bogus"], "unknown slice"),
-    (["evaluate", "TABLE", "--binning", "log"], "binning"),
+    (["evaluate", "TABLE", "--binning", "log"], "--binning"),
     (["synth", "-o", "OUT", "--domains", "news"], "--domains"),
-    (["synth", "-o", "OUT", "--n", "0"], "n_tokens"),
+    (["synth", "-o", "OUT", "--n", "0"], "--n must be greater than or equal to 1, got 0"),
 ])
 def test_bad_input_gives_error_and_exit_2(args, match, table_path, tmp_path):
     args = [str(table_path) if a == "TABLE" else str(tmp_path / "o.parquet") if a == "OUT" else a for a in args]

@@ -100,7 +100,7 @@ def test_group_and_adaptive_calibrators_take_group(files):
                               "domain=kjv", "--max-new-tokens", "3", "--format", "jsonl"])
     assert res.exit_code == 0 and len(res.output.splitlines()) == 3, res.output
     res = runner.invoke(app, ["generate", str(model_dir), "-c", str(d / "group.json"), "-p", "The", "--group", "kjv"])
-    assert res.exit_code == 2 and "--group expects NAME=VALUE, got 'kjv'" in res.output
+    assert res.exit_code == 2 and "--group must be NAME=VALUE, got 'kjv'" in res.output
 
 
 def test_generate_refusal_names_the_flag(files):

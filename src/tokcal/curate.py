@@ -40,6 +40,7 @@ from .evaluation import Evaluation, evaluate
 from .probs import token_probs
 from .slices import parse_slice
 from .table import TokenTable
+from .validation import NonNegativeFloat, NonNegativeInt, Params, PositiveInt, Probability, check_params
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,24 @@ def _top(idx: np.ndarray, score: np.ndarray, n: int, taken: set[int]) -> list[in
     return out
 
 
+class _ChallengeParams(Params):
+    """How many contexts :func:`challenge_set` mines, and how much text precedes each (tokens)."""
+
+    context: NonNegativeInt
+    overconfident: NonNegativeInt
+    per_token: NonNegativeInt
+    per_slice: NonNegativeInt
+    word_rows: NonNegativeInt
+
+
+class _WeightParams(Params):
+    """The hard-token rule and the boost of :func:`sampling_weights`."""
+
+    rare_rank: PositiveInt
+    threshold: Probability
+    boost: NonNegativeFloat
+
+
 def challenge_set(table: TokenTable, evaluation: Any = None, *, calibrator: Any = None, context: int = 32,
                   overconfident: int = 50, per_token: int = 3, per_slice: int = 5,
                   words: str | os.PathLike | None = None, word_rows: int = 50) -> list[Challenge]:
@@ -93,8 +112,8 @@ def challenge_set(table: TokenTable, evaluation: Any = None, *, calibrator: Any 
     if table.vocabulary is None:
         raise ValidationError("challenge_set: the table has no vocabulary, so its contexts cannot be written as "
                               "text (collect with a tokenizer, or set table.vocab)")
-    if context < 0:
-        raise ValidationError(f"context must be >= 0 tokens, got {context}")
+    check_params("challenge_set", _ChallengeParams, context=context, overconfident=overconfident,
+                 per_token=per_token, per_slice=per_slice, word_rows=word_rows)
     ev = _evaluation_dict(table, evaluation, calibrator)
     p = calibrator.token_probs(table) if calibrator is not None else token_probs(table)
     lab = table.labeled
@@ -187,9 +206,7 @@ def sampling_weights(table: TokenTable, evaluation: Any = None, *, calibrator: A
     counts JSON, a TokenTable or a text corpus; default the id-order proxy or the table itself)."""
     from .frequency import load_reference
 
-    if boost < 0 or not 0 <= threshold <= 1 or rare_rank < 1:
-        raise ValidationError(f"need boost >= 0, threshold in [0, 1], rare_rank >= 1; got boost={boost}, "
-                              f"threshold={threshold}, rare_rank={rare_rank}")
+    check_params("sampling_weights", _WeightParams, rare_rank=rare_rank, threshold=threshold, boost=boost)
     lab = table.labeled
     if not lab.any():
         raise ValidationError("sampling_weights: the table has no labelled token")

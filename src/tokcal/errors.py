@@ -31,24 +31,35 @@ def first_bad_row(mask) -> int:
 
 
 class ParameterError(ValidationError):
-    """A bad argument, worded so that each caller names it its own way.
+    """A bad parameter value in the one message format, ``<where>: <field> <requirement>, got <value>``
+    (:mod:`tokcal.validation`), that keeps its parameters as fields so each caller names them its own way.
 
-    ``template`` writes a parameter as ``{name}`` or ``{name=value}``; ``str(error)`` shows Python's
-    spelling (``max_ece``, ``allow_argmax_change=True``) and :meth:`render` another one, e.g. the command
-    line's (``--max-ece``, ``--allow-argmax-change``) from ``{python name: flag}``.
+    ``template`` writes a parameter as ``{name}`` or ``{name=value}`` (literal braces doubled: ``{{``);
+    ``where`` names the owner (``"evaluate"``, ``"GroupTemperature"``). ``str(error)`` is Python's
+    spelling (``evaluate: bins must be an integer, got 2.5``, ``allow_argmax_change=True``); :meth:`render`
+    spells the parameters another way, e.g. as the command line's flags (``--bins must be an integer, got
+    2.5``, ``--allow-argmax-change``), and drops the ``<where>:`` prefix when every parameter is a flag
+    (a flag already says where it belongs).
     """
 
-    _FIELD = r"\{(\w+)(?:=([^{}]*))?\}"
+    _TOKEN = r"\{\{|\}\}|\{(\w+)(?:=([^{}]*))?\}"
 
-    def __init__(self, template: str) -> None:
+    def __init__(self, template: str, where: str | None = None) -> None:
         self.template = template
+        self.where = where
         super().__init__(self.render())
+
+    @staticmethod
+    def quote(text: object) -> str:
+        """``text`` (a value shown in a message) with its braces doubled, so it is never read as a parameter."""
+        return str(text).replace("{", "{{").replace("}", "}}")
 
     @property
     def params(self) -> list[str]:
+        """The parameters the message names, in order (Python's names)."""
         import re
 
-        return [m.group(1) for m in re.finditer(self._FIELD, self.template)]
+        return [m.group(1) for m in re.finditer(self._TOKEN, self.template) if m.group(1)]
 
     def render(self, names: dict[str, str] | None = None) -> str:
         """The message with each parameter spelled as ``names`` says (a flag: ``--flag`` or ``--flag VALUE``;
@@ -57,9 +68,14 @@ class ParameterError(ValidationError):
 
         def one(m: re.Match[str]) -> str:
             name, value = m.group(1), m.group(2)
+            if name is None:  # an escaped brace
+                return m.group(0)[0]
             if names is None or name not in names:
                 return name if value is None else f"{name}={value}"
             flag = names[name]
             return flag if value in (None, "True") else f"{flag} {value}"
 
-        return re.sub(self._FIELD, one, self.template)
+        text = re.sub(self._TOKEN, one, self.template)
+        params = self.params
+        flagged = names is not None and bool(params) and all(p in names for p in params)
+        return text if not self.where or flagged else f"{self.where}: {text}"

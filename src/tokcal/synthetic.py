@@ -15,13 +15,15 @@ under ``seed`` (numpy ``default_rng``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from .errors import ValidationError
 from .sketch import MAX_VOCAB_SIZE
 from .table import GroupColumn, TokenTable
+from .validation import Float, Int, Params, PositiveFloat, PositiveInt, Seed, check_params
 
 #: rows per generated chunk, fewer for large vocabularies: at most ``_CHUNK_VALUES`` float32 logits at once
 _CHUNK = 32768
@@ -161,13 +163,9 @@ def make_table(
 
     Use :func:`true_beta` for the per-row beta*. Generated in chunks, so memory stays bounded.
     """
+    check_params("make_table", _TableParams, n_tokens=n_tokens, vocab_size=vocab_size, beta_star=beta_star,
+                 domains=dict(domains) if isinstance(domains, Mapping) else domains, seq_len=seq_len, seed=seed)
     rows = _check_sizes(n_tokens, vocab_size)
-    if seq_len < 1:
-        raise ValidationError(f"make_table: seq_len must be >= 1, got {seq_len}")
-    if domains is not None and (not domains or any(not (np.isfinite(b) and b > 0) for b in domains.values())):
-        raise ValidationError(f"make_table: domains must map names to finite beta* > 0, got {dict(domains)}")
-    if domains is None and not (np.isfinite(beta_star) and beta_star > 0):
-        raise ValidationError(f"make_table: beta_star must be finite and > 0, got {beta_star}")
     ss = np.random.SeedSequence(seed)
     rng_meta, rng_logits, rng_labels = (np.random.default_rng(s) for s in ss.spawn(3))
     idx = np.arange(n_tokens)
@@ -256,10 +254,19 @@ def _feature_beta(spec: Any, feature: np.ndarray) -> np.ndarray:
     return out
 
 
+class _TableParams(Params):
+    """The sizes, truth and seed of :func:`make_table` (and the sizes of :func:`make_logits`)."""
+
+    n_tokens: Annotated[Int, Field(ge=1, le=MAX_TOKENS)]
+    vocab_size: Annotated[Int, Field(ge=2, le=MAX_VOCAB_SIZE)]
+    beta_star: PositiveFloat = 1.0
+    domains: Annotated[dict[str, PositiveFloat], Field(min_length=1)] | None = None
+    seq_len: PositiveInt = 50
+    seed: Seed = 0
+    zipf_s: Float = 1.1
+
+
 def _check_sizes(n_tokens: int, vocab_size: int) -> int:
     """Validate the sizes; return the rows per generated chunk."""
-    if not 1 <= n_tokens <= MAX_TOKENS:
-        raise ValidationError(f"n_tokens must be in [1, {MAX_TOKENS:,}], got {n_tokens}")
-    if not 2 <= vocab_size <= MAX_VOCAB_SIZE:
-        raise ValidationError(f"vocab_size must be in [2, {MAX_VOCAB_SIZE:,}], got {vocab_size}")
+    check_params("make_logits", _TableParams, n_tokens=n_tokens, vocab_size=vocab_size)
     return max(1, min(_CHUNK, _CHUNK_VALUES // vocab_size))

@@ -4,7 +4,7 @@ Everything is declared as a pydantic model (Pydantic v2, strict mode) rather tha
 
 * **Parameters** (constructor arguments of a calibrator, the arguments of :func:`tokcal.evaluate`, slice
   settings) are a :class:`Params` model; :func:`check_params` validates them and raises
-  :class:`~tokcal.errors.ValidationError`.
+  :class:`~tokcal.errors.ParameterError` (a :class:`~tokcal.errors.ValidationError`).
 * **Files** (calibrator, abstainer, evaluation, dataset manifest) are parsed by the one strict JSON reader
   (:func:`tokcal._io.read_json`: no ``NaN``/``Infinity``, no overflowing numbers, bounded nesting) and
   validated by :func:`validate_doc` against one :class:`Doc` model per format; a bad file raises
@@ -23,6 +23,8 @@ One message format for every violation::
 
 ``<where>`` names the owner (a class or function) or the file; ``<field>`` is a dotted path into the
 parameters or the document (``overall.ece``, ``bins[3].n``). Several violations are joined by ``"; "``.
+A parameter error keeps its fields (:class:`~tokcal.errors.ParameterError`): the command line renders
+the same message with its flags and without the owner, ``--bins must be an integer, got 2.5``.
 
 Limits that keep a tiny input from exhausting memory or overflowing: :data:`MAX_BINS` reliability bins,
 :data:`MAX_BOOTSTRAP` resamples, temperatures within :data:`TEMPERATURE_LIMITS`.
@@ -37,16 +39,16 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic import ValidationError as _PydanticError
 
-from .errors import SchemaError, ValidationError
+from .errors import ParameterError, SchemaError, ValidationError
 
 __all__ = [
-    "Params", "Doc", "check_params", "validate_doc", "format_errors",
+    "Params", "Doc", "check_params", "validate_doc", "format_errors", "error_template",
     "Int", "Float", "PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "Probability",
     "OpenProbability", "Seed", "Str", "Bool", "Number", "TemperatureBounds", "TemperatureValue",
     "MAX_BINS", "MAX_BOOTSTRAP", "TEMPERATURE_LIMITS", "EvaluationSettings", "EvaluationDoc", "AbstainerDoc",
     "ManifestDoc", "FrequencyCountsDoc", "validate_evaluation", "validate_abstainer", "validate_manifest",
     "Binning", "Bins", "Edges",
-    "EvaluateParams", "SliceParams", "SketchParams", "check_logit_array",
+    "EvaluateParams", "SamplingParams", "SliceParams", "SketchParams", "check_logit_array",
 ]
 
 #: most reliability bins any metric or file may ask for (a ``bins`` of 1e9 would allocate tens of GiB)
@@ -69,6 +71,8 @@ def _show(value: Any, limit: int = 80) -> str:
 
 
 def _path(loc: tuple[Any, ...]) -> str:
+    """The field at ``loc`` as a :class:`~tokcal.errors.ParameterError` template: the top-level name is a
+    parameter (``{bins}``, ``{edges}[3]``, ``{overall}.ece``), so a caller can spell it as a flag."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -76,7 +80,7 @@ def _path(loc: tuple[Any, ...]) -> str:
         elif _is_tag(str(part)):  # a pydantic schema tag (union member, validator), not a field
             continue
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{ParameterError.quote(part)}" if out else "{" + str(part) + "}"
     return out
 
 
@@ -106,7 +110,15 @@ _REWRITES = (
 )
 
 
+class _Typed(str):
+    """A value as the user typed it (command-line text): shown without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _message(err: Mapping[str, Any]) -> str:
+    """One violation as a :class:`~tokcal.errors.ParameterError` template: ``{field} <requirement>, got <value>``."""
     msg = str(err["msg"])
     for old, new in _REWRITES:
         if msg.startswith(old):
@@ -115,24 +127,36 @@ def _message(err: Mapping[str, Any]) -> str:
     msg = msg.replace("List should have", "must have").replace("Tuple should have", "must have")
     if msg.startswith(("List should", "Tuple should", "String should", "Dictionary should")):
         msg = "must" + msg.split("should", 1)[1]
+    for why in (", unable to parse", ", got a number with a fractional part"):  # the value itself follows
+        msg = msg.split(why, 1)[0]
+    msg = ParameterError.quote(msg)
     field = _path(tuple(err.get("loc", ())))
     if err.get("type") == "missing":
         return f"{field} {msg}"
     if not field:  # a check across fields: the message names the fields and values itself
         return msg
-    return f"{field} {msg}, got {_show(err.get('input'))}"
+    return f"{field} {msg}, got {ParameterError.quote(_show(err.get('input')))}"
 
 
-def format_errors(where: str, exc: _PydanticError, limit: int = 3) -> str:
-    """``"<where>: <field> <requirement>, got <value>"`` for the first ``limit`` violations."""
-    errs = exc.errors(include_url=False)
+def error_template(exc: _PydanticError, limit: int = 3, field: str | None = None) -> str:
+    """The first ``limit`` violations of ``exc`` as one :class:`~tokcal.errors.ParameterError` template
+    (``{field} <requirement>, got <value>``, joined by ``"; "``). ``field``: the parameter a single value
+    was validated as (its violations have no field of their own); its text inputs are shown as typed."""
     seen: list[str] = []
-    for e in errs:
+    for e in exc.errors(include_url=False):
+        if field is not None:
+            value = e.get("input")
+            e = {**e, "loc": (field, *e.get("loc", ())), "input": _Typed(value) if isinstance(value, str) else value}
         m = _message(e)
         if m not in seen:
             seen.append(m)
     more = f" (and {len(seen) - limit} more)" if len(seen) > limit else ""
-    return f"{where}: " + "; ".join(seen[:limit]) + more
+    return "; ".join(seen[:limit]) + more
+
+
+def format_errors(where: str, exc: _PydanticError, limit: int = 3) -> str:
+    """``"<where>: <field> <requirement>, got <value>"`` for the first ``limit`` violations."""
+    return ParameterError(error_template(exc, limit), where).render()
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -152,11 +176,12 @@ class Doc(BaseModel):
 
 
 def check_params(where: str, model: type[M], /, **values: Any) -> M:
-    """Validate ``values`` against ``model``; a :class:`~tokcal.errors.ValidationError` in the one format."""
+    """Validate ``values`` against ``model``; a :class:`~tokcal.errors.ParameterError` (a ValidationError) in
+    the one format, its fields the parameters (so the command line names them as its flags)."""
     try:
         return model.model_validate(values)
     except _PydanticError as e:
-        raise ValidationError(format_errors(where, e)) from None
+        raise ParameterError(error_template(e), where) from None
 
 
 def validate_doc(model: type[M], data: Any, where: str) -> M:
@@ -254,6 +279,16 @@ class EvaluateParams(Params):
     classwise_top: PositiveInt = 100
     unit: Literal["auto", "sequence", "block"] = "auto"
     block_length: PositiveInt | None = None
+
+
+class SamplingParams(Params):
+    """Decoding settings of ``tokcal generate`` (on top of the calibrated probabilities)."""
+
+    top_p: Annotated[Float, Field(gt=0, le=1)] = 1.0
+    top_k: NonNegativeInt = 0
+    temperature: PositiveFloat = 1.0
+    max_new_tokens: PositiveInt = 50
+    seed: Seed = 0
 
 
 class SliceParams(Params):

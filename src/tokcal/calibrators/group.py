@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..bootstrap import resampling_units
-from ..errors import ValidationError
+from ..errors import ParameterError, ValidationError
 from ..table import TokenTable
 from ..validation import Bool, NonNegativeFloat, NonNegativeInt, TemperatureValue
 from ..vocab import TOKEN_TYPES, Vocabulary
@@ -143,7 +143,8 @@ class GroupTemperature(TemperatureFamily):
             return _types_of(codes, table.predicted)
         if self.by == FREQ and self.freq_codes is not None:
             return _freq_of(self.freq_codes, self.freq_labels, table.predicted)
-        raise ValidationError(f"GroupTemperature: no group column '{self.by}'; this table has {sorted(table.groups)}")
+        raise ParameterError(f"{{by}} must name a group column of the table ({', '.join(sorted(table.groups))}), "
+                             f"got {ParameterError.quote(repr(self.by))}", "GroupTemperature")
 
     def _lookup(self, values: np.ndarray) -> np.ndarray:
         return np.asarray([self.temperatures.get(str(v), self.global_temperature) for v in values], np.float64)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..bootstrap import ResamplingUnits, ResamplingWarning, resampling_units
-from ..errors import ValidationError
+from ..errors import ParameterError, ValidationError
 from ..progress import ProgressCallback
 from ..table import TokenTable
 from .base import Calibrator
@@ -48,7 +48,7 @@ def held_out_split(table: TokenTable, frac: float = 0.2, seed: int = 0, *,
     over the blocks, and both tables get the block index as ``sequence_id``. Needs at least 2 units.
     """
     if not 0.0 < float(frac) < 1.0:
-        raise ValidationError(f"split_by_sequence: frac must be in (0, 1), got {frac!r}")
+        raise ParameterError(f"{{frac}} must be in (0, 1), got {frac!r}", "held_out_split")
     units = resampling_units(table, block_length=block_length)
     if units.n_units < 2:
         raise ValidationError(f"split_by_sequence: the table has {units.describe()} ({len(table)} tokens), 1 "

@@ -13,6 +13,8 @@ from typing import Any
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from ..errors import ParameterError
+
 _TYPES = {"str": "TEXT", "int": "INT", "float": "FLOAT", "path": "PATH", "bool": "BOOL"}
 
 
@@ -67,7 +69,8 @@ _BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
 
 class TokcalCommand(_Tidy, TyperCommand):
     """A typer command with click-style usage lines and value types (module docstring); a boolean flag
-    followed by ``true``/``false`` is a usage error (the word would otherwise be read as an argument)."""
+    followed by ``true``/``false`` is a usage error (the word would otherwise be read as an argument); a
+    value of the wrong type is ``error: --flag <requirement>, got <value>`` (exit 2), as every other bad value."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         flags = {o for p in self.params if isinstance(p, TyperOption) and p.is_flag for o in p.opts}
@@ -77,7 +80,16 @@ class TokcalCommand(_Tidy, TyperCommand):
             if here in flags and after.lower() in _BOOL_WORDS:
                 raise typer.BadParameter(f"{here} is a flag and takes no value: write {here} alone "
                                          f"(got {here} {after})", ctx=ctx)
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except typer.BadParameter as e:
+            error = value_error(e)
+            if error is None:
+                raise
+            from .common import print_error
+
+            print_error(error.render({error.params[0]: _spelling(e.param)}))
+            raise typer.Exit(2) from None
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -86,6 +98,26 @@ class TokcalCommand(_Tidy, TyperCommand):
                 name = _argument_name(p) + ("..." if p.nargs != 1 else "")
                 pieces.append(name if p.required else f"[{name}]")
         return pieces
+
+
+def _spelling(p: Any) -> str:
+    """How the command line names a parameter: its first ``--long`` flag, else its name (an argument)."""
+    if isinstance(p, TyperArgument):
+        return _argument_name(p)
+    return next((o for o in p.opts if o.startswith("--")), p.opts[0])
+
+
+def value_error(e: typer.BadParameter) -> ParameterError | None:
+    """A value typer could not convert to its option's type (it validates with pydantic) as a
+    :class:`~tokcal.errors.ParameterError` in the one message format (``{bins} must be an integer, got
+    2.5``); None for other usage errors (a missing argument, an unknown option)."""
+    from pydantic import ValidationError
+
+    from ..validation import error_template
+
+    if e.param is None or not isinstance(e.__cause__, ValidationError):
+        return None
+    return ParameterError(error_template(e.__cause__, field=e.param.name))
 
 
 class TokcalGroup(_Tidy, TyperGroup):

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from ..errors import TokcalError
+from ..errors import ParameterError, TokcalError
 from ..report.annotation import html_page, jsonl_lines, legend, rich_text, tsv_lines
 from ..report.data import write_file
 from . import app
@@ -63,7 +63,7 @@ def check_groups(cal: Any, groups: dict[str, str], calibrator: Path) -> None:
 
 def _format(fmt: str) -> str:
     if fmt not in FORMATS:
-        raise TokcalError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ParameterError(f"{{fmt}} must be one of {', '.join(FORMATS)}, got {ParameterError.quote(repr(fmt))}")
     if fmt == "auto":
         return "text" if console.is_terminal else "tsv"
     return fmt
@@ -153,10 +153,10 @@ def generate(
 
     from ..integrations.annotate import annotate as run
     from ..integrations.hf_generate import generate as gen
+    from ..validation import SamplingParams, check_params
 
-    if not 0.0 < top_p <= 1.0 or temperature <= 0 or top_k < 0:
-        raise TokcalError(f"need 0 < --top-p <= 1, --temperature > 0 and --top-k >= 0 "
-                          f"(got {top_p}, {temperature}, {top_k})")
+    check_params("generate", SamplingParams, top_p=top_p, top_k=top_k, temperature=temperature,
+                 max_new_tokens=max_new_tokens, seed=seed)
     refuse_overwrite({"--html": html_out}, [model_dir, calibrator, abstainer])
     groups = parse_groups(group)
     fmt = _format(fmt)

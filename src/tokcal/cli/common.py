@@ -59,11 +59,15 @@ def friendly_errors(fn: F | None = None, *, aliases: dict[str, str] | None = Non
                 warnings.showwarning = show_warning
                 return fn(*args, **kwargs)
         except TokcalError as e:
-            text = e.render(flag_names(fn, aliases)) if isinstance(e, ParameterError) else str(e)
-            err_console.print(Text("error: ", style="bold red") + Text(text), soft_wrap=True, highlight=False)
+            print_error(e.render(flag_names(fn, aliases)) if isinstance(e, ParameterError) else str(e))
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def print_error(text: str) -> None:
+    """``error: <text>`` on stderr, the one way a command reports bad input (its exit code is 2)."""
+    err_console.print(Text("error: ", style="bold red") + Text(text), soft_wrap=True, highlight=False)
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -126,7 +130,7 @@ def parse_groups(pairs: list[str], flag: str = "--group") -> dict[str, str]:
     for p in pairs:
         name, sep, value = p.partition("=")
         if not sep or not name.strip():
-            raise TokcalError(f"{flag} expects NAME=VALUE, got {p!r}")
+            raise TokcalError(f"{flag} must be NAME=VALUE, got {p!r}")
         out[name.strip()] = value
     return out
 

@@ -49,6 +49,8 @@ def curate(
         ev = evaluate(t, calibrator=cal, bootstrap=200, seed=0)
     items = challenge_set(t, ev, calibrator=cal, context=context, overconfident=overconfident,
                           per_token=per_token, per_slice=per_slice, words=words)
+    weights = None if weights_out is None else sampling_weights(t, ev, calibrator=cal, boost=boost,
+                                                                rare_rank=rare_rank, freq_ref=freq_ref)
     write_challenge(items, out, words_out)
     reasons: dict[str, int] = {}
     for it in items:
@@ -57,9 +59,8 @@ def curate(
                   + ", ".join(f"{k} {v}" for k, v in reasons.items()) + ")", highlight=False)
     if words_out is not None:
         console.print(f"wrote {words_out}", highlight=False)
-    if weights_out is not None:
-        seq, w = sampling_weights(t, ev, calibrator=cal, boost=boost, rare_rank=rare_rank,
-                                  freq_ref=freq_ref)
+    if weights_out is not None and weights is not None:
+        seq, w = weights
         write_weights(seq, w, weights_out)
         console.print(f"wrote {weights_out}: {len(seq)} sequences, weights {w.min():.3f} to {w.max():.3f}",
                       highlight=False)

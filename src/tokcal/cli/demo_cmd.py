@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..validation import MAX_BOOTSTRAP
 from . import app
 from .common import console, friendly_errors, quiet_transformers, require_creatable_dir
 
@@ -16,8 +17,9 @@ def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Directory for the report and files."),
     in_domain: int = typer.Option(400, "--in-domain", min=20, help="KJV test-book passages to collect."),
     shift: int = typer.Option(600, "--shift", min=20, help="Fortunes to collect (the shifted domain)."),
-    bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap resamples for the intervals."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the calibration/test split and the bootstrap."),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=0, max=MAX_BOOTSTRAP,
+                                  help="Bootstrap resamples for the intervals."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the calibration/test split and the bootstrap."),
     verbose: bool = typer.Option(False, "--verbose", help="Show transformers' loading messages and bars."),
 ) -> None:
     """Run the embedded demo: collect, calibrate, evaluate by domain, write report.html and JSONs."""

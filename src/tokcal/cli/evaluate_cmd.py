@@ -82,7 +82,7 @@ def evaluate(
 
 
 @app.command()
-@friendly_errors
+@friendly_errors(aliases={"n_tokens": "--n", "vocab_size": "--vocab", "beta_star": "--beta"})
 def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet file.")],
     n: Annotated[int, typer.Option("--n", help="Number of tokens.")] = 20000,
@@ -111,5 +111,6 @@ def _parse_domains(spec: str) -> dict[str, float]:
                 raise ValueError
             out[name.strip()] = float(value)
         except ValueError:
-            raise ValidationError(f"--domains: expected name=beta pairs like news=0.7,code=1.5, got {part!r}") from None
+            raise ValidationError(f"--domains must be NAME=BETA pairs such as news=0.7,code=1.5, got {part!r}") \
+                from None
     return out

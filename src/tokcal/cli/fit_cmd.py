@@ -24,10 +24,11 @@ def build_calibrator(method: str, *, by: str | None, alpha: float, threshold: fl
                      inner: str, bins: int, seed: int) -> Any:
     """The calibrator ``tokcal fit --method`` names (unfitted)."""
     from .. import calibrators as C
-    from ..errors import ValidationError
+    from ..errors import ParameterError
 
     if method not in METHODS:
-        raise ValidationError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        raise ParameterError(f"{{method}} must be one of {', '.join(METHODS)}, "
+                             f"got {ParameterError.quote(repr(method))}")
     if method == "temperature":
         return C.Temperature(seed=seed)
     if method == "group":
@@ -42,7 +43,7 @@ def build_calibrator(method: str, *, by: str | None, alpha: float, threshold: fl
         return C.BetaCalibration()
     if method == "selective":
         if inner in ("selective", "conformal"):
-            raise ValidationError(f"--inner {inner!r}: the wrapped calibrator must be a plain one")
+            raise ParameterError(f"{{inner}} must be a plain method (not selective or conformal), got {inner!r}")
         return C.Selective(build_calibrator(inner, by=by, alpha=alpha, threshold=threshold, score=score,
                                             inner=inner, bins=bins, seed=seed), threshold)
     return C.ConformalTokenSets(alpha, score, seed=seed)
@@ -81,10 +82,14 @@ def fit_command(
     from ..calibrators import held_out_metrics
     from ..calibrators.hygiene import held_out_split
     from ..distributed.stats import should_stream
-    from ..errors import ValidationError
+    from ..errors import ParameterError, ValidationError
     from ..table import TokenTable
+    from ..validation import EvaluateParams, check_params
 
     refuse_overwrite({"--output": output}, [table])
+    check_params("evaluate", EvaluateParams, bins=bins, bootstrap=bootstrap, seed=seed)  # before any fitting
+    if not 0.0 <= holdout < 1.0:
+        raise ParameterError(f"{{holdout}} must be in [0, 1) (0: fit on everything), got {holdout!r}")
     cal = build_calibrator(method, by=by, alpha=alpha, threshold=threshold, score=score, inner=inner,
                            bins=bins, seed=seed)
     if freq_ref is not None and method != "adaptive" and not (method == "group" and by == "freq"):

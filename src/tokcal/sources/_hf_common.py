@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import TokcalError, TokcalWarning
+from ..errors import ParameterError, TokcalError, TokcalWarning
 from ..sketch import LogitSketch, sketch_logits
 from ..table import TokenTable
 from ..vocab import Vocabulary
@@ -255,7 +255,7 @@ def _pad_id(tokenizer: Any) -> int:
 
 def _check_top_k(top_k: int) -> None:
     if not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise TokcalError(f"top_k must be a positive integer, got {top_k!r}")
+        raise ParameterError(f"{{top_k}} must be a positive integer, got {top_k!r}")
 
 
 # ----------------------------------------------------------------------------------------------

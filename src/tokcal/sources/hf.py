@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import TokcalError
+from ..errors import ParameterError, TokcalError
 from ..sketch import DEFAULT_TOP_K
 from ..table import TokenTable
 from ..vocab import Vocabulary
@@ -83,7 +83,7 @@ def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[i
     ``begin .. t-1``). Token 0 is never predicted; every other token exactly once.
     """
     if not 1 <= stride < max_length:
-        raise TokcalError(f"stride must be in [1, max_length={max_length}), got {stride}")
+        raise ParameterError(f"{{stride}} must be in [1, {{max_length}}={max_length}), got {stride}")
     out, begin, prev_end = [], 0, 1
     while prev_end < n_tokens:
         end = min(begin + max_length, n_tokens)
@@ -170,14 +170,14 @@ def collect_causal(
     """
     _check_top_k(top_k)
     if batch_size < 1:
-        raise TokcalError(f"batch_size must be >= 1, got {batch_size}")
+        raise ParameterError(f"{{batch_size}} must be >= 1, got {batch_size}")
     items = _items(texts, Document, doc_ids, groups, lambda x: x.text if isinstance(x, Document) else str(x),
                    sequence_ids)
-    L = max_length or _context_length(model, tokenizer)
+    L = max_length if max_length is not None else _context_length(model, tokenizer)
     if L is None:
-        raise TokcalError("cannot tell the model's context length; pass max_length")
+        raise ParameterError("cannot tell the model's context length; pass {max_length}")
     if L < 2:
-        raise TokcalError(f"max_length must be >= 2, got {L}")
+        raise ParameterError(f"{{max_length}} must be >= 2, got {L}")
     if stride is not None:
         sliding_windows(0, L, stride)  # validates the stride asked for, against the length asked for
     L, asked = _clamp_to_context(model, L, "max_length")

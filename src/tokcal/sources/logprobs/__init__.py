@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...errors import TokcalError
+from ...errors import ParameterError, TokcalError
 from ...table import TokenTable
 from ...vocab import Vocabulary as TokenizerVocabulary
 from ._common import Collector, SequenceBuilder, get
@@ -135,7 +135,8 @@ def read_logprobs(
     ``strict``: a response without log-probs is an error instead of a skipped, counted one.
     """
     if format != "auto" and format not in FORMATS:
-        raise TokcalError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
+        raise ParameterError(f"{{format}} must be 'auto' or one of {', '.join(FORMATS)}, got "
+                             f"{ParameterError.quote(repr(format))}")
     p = Path(path)
     vocab = vocabulary_for(tokenizer, vocab_size)
     ctx = _Context(vocab, tokenizer, tokens_are_reference)

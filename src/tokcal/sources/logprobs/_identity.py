@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import TokcalError
+from ...errors import ParameterError, TokcalError
 from ...sketch import MAX_VOCAB_SIZE
 from ...vocab import Vocabulary as TokenizerVocabulary
 
@@ -238,7 +238,7 @@ class Vocabulary:
             remap[:] = np.arange(len(keys))
         used = int(remap.max()) + 1 if len(remap) else 0
         if size is not None and size < used:
-            raise TokcalError(f"vocab_size={size} is smaller than the {used} token ids in use")
+            raise ParameterError(f"{{vocab_size}} must be at least the {used} token ids in use, got {size}")
         n = max(used, size or 0, self.min_size)
         pieces: list[str | None] = [None] * n
         for i, g in enumerate(remap.tolist()):
