@@ -8,7 +8,7 @@ import typer
 
 from ..validation import MAX_BOOTSTRAP
 from . import app
-from .common import console, friendly_errors, quiet_transformers, require_creatable_dir
+from .common import QUIET_HELP, console, friendly_errors, progress_bars, quiet_transformers, require_creatable_dir
 
 
 @app.command()
@@ -21,12 +21,15 @@ def demo(
                                   help="Bootstrap resamples for the intervals."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the calibration/test split and the bootstrap."),
     verbose: bool = typer.Option(False, "--verbose", help="Show transformers' loading messages and bars."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Run the embedded demo: collect, calibrate, evaluate by domain, write report.html and JSONs."""
-    from ..demo.run import print_summary, run_demo
+    from ..demo.run import run_demo, summary
 
     require_creatable_dir("--out", out)
     quiet_transformers(verbose)
-    result = run_demo(out, n_in_domain=in_domain, n_shift=shift, bootstrap=bootstrap, seed=seed,
-                      console=console)
-    print_summary(result, console)
+    with progress_bars(quiet) as progress:
+        result = run_demo(out, n_in_domain=in_domain, n_shift=shift, bootstrap=bootstrap, seed=seed,
+                          console=console, progress=progress)
+    for item in summary(result):
+        console.print(item, highlight=False, soft_wrap=isinstance(item, str))

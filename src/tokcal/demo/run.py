@@ -31,10 +31,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import TokcalError
+from ..progress import ProgressCallback, report
+from ..report.terminal import collecting_line
 from . import data
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 IN_DOMAIN, SHIFT = "kjv", "fortunes"
+#: how the terminal names each domain column of the ECE table
+DOMAIN_LABELS = {IN_DOMAIN: "kjv (in-domain)", SHIFT: "fortunes (shift)", "all": "all"}
+#: the slice the suggested ``tokcal check`` limits
+CHECK_SLICE = "group:domain"
 CALIBRATORS = ("temperature", "group_temperature", "adaptive_temperature")
 SLICES = ("freq", "type", "group:domain")
 _MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -108,17 +114,12 @@ def choose_calibrator(calib: Any, seed: int = 0, frac: float = 0.5) -> tuple[str
     return min(scores, key=scores.__getitem__), scores
 
 
-def _progress(console: Any) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False, disable=console is None)
-
-
 def run_demo(out: Path | str = "demo-output", *, n_in_domain: int = 400, n_shift: int = 600,
              bootstrap: int = 200, seed: int = 0, assets: Path | str = ASSETS_DIR,
-             console: Any = None) -> DemoResult:
-    """Run the whole demo into ``out`` (see the module docstring) and return what it produced."""
+             console: Any = None, progress: ProgressCallback | None = None) -> DemoResult:
+    """Run the whole demo into ``out`` (see the module docstring) and return what it produced. ``console``:
+    where to say what is collected (None: nowhere); ``progress``: an optional callback ``(step, done,
+    total)`` (:mod:`tokcal.progress`) for the steps ``collect`` (texts), ``fit`` and ``evaluate``."""
     import torch
 
     from .. import evaluate
@@ -135,33 +136,36 @@ def run_demo(out: Path | str = "demo-output", *, n_in_domain: int = 400, n_shift
     torch.manual_seed(seed)
     model, tokenizer = load_model(assets)
     texts, domains = demo_texts(n_in_domain, n_shift)
-    say(f"collecting {len(texts)} texts ({n_in_domain} KJV test passages, {n_shift} fortunes) "
-        f"with the embedded model ({sum(p.numel() for p in model.parameters()):,} parameters)")
-    with torch.inference_mode(), _progress(console) as bar:
-        job = bar.add_task("collect", total=len(texts))
+    say(collecting_line(n_in_domain, n_shift, sum(p.numel() for p in model.parameters())), highlight=False)
+    done = [0]
+
+    def collected(docs: int, tokens: int) -> None:
+        done[0] += docs
+        report(progress, "collect", done[0], len(texts))
+
+    report(progress, "collect", 0, len(texts))
+    with torch.inference_mode():
         table = collect_causal(model, tokenizer, texts, top_k=32, batch_size=16, groups={"domain": domains},
-                               prepend_bos=True, progress=lambda docs, toks: bar.update(job, advance=docs))
+                               prepend_bos=True, progress=collected)
     seconds["collect"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     calib, test = split_by_sequence(table, frac=0.5, seed=seed)
-    with _progress(console) as bar:
-        job = bar.add_task("fit", total=2)
-        chosen, selection = choose_calibrator(calib, seed=seed)
-        bar.update(job, advance=1)
-        calibrators = fit_calibrators(calib)
-        bar.update(job, advance=1)
+    report(progress, "fit", 0, 2)
+    chosen, selection = choose_calibrator(calib, seed=seed)
+    report(progress, "fit", 1, 2)
+    calibrators = fit_calibrators(calib)
+    report(progress, "fit", 2, 2)
     seconds["fit"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
     slices = parse_slices(SLICES, test, reference=training_counts(assets))
     evaluations: dict[str, dict[str, Any]] = {}
-    with _progress(console) as bar:
-        job = bar.add_task("evaluate", total=1 + len(calibrators))
-        for name, cal in {"uncalibrated": None, **calibrators}.items():
-            evaluations[name] = evaluate(test, calibrator=cal, slices=slices, bootstrap=bootstrap,
-                                         seed=seed).to_dict()
-            bar.update(job, advance=1)
+    report(progress, "evaluate", 0, 1 + len(calibrators))
+    for i, (name, cal) in enumerate({"uncalibrated": None, **calibrators}.items()):
+        evaluations[name] = evaluate(test, calibrator=cal, slices=slices, bootstrap=bootstrap,
+                                     seed=seed).to_dict()
+        report(progress, "evaluate", i + 1, 1 + len(calibrators))
     seconds["evaluate"] = time.perf_counter() - t2
 
     t3 = time.perf_counter()
@@ -228,63 +232,27 @@ def ece_by_domain(evaluations: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     return table
 
 
-def _fmt(value: float, ci: Any) -> str:
-    if ci is None or None in ci:
-        return f"{value:.4f}"
-    return f"{value:.4f}\n[{ci[0]:.4f}, {ci[1]:.4f}]"
-
-
-def summary_table(result: DemoResult) -> Any:
-    """A rich Table: ECE with its 95 % interval per domain (columns), before and after each calibrator
-    (rows); the lowest ECE of each column in bold green."""
-    from rich.table import Table
-    from rich.text import Text
-
-    by_domain = ece_by_domain(result.evaluations)
-    n = {**result.n_tokens, "all": sum(result.n_tokens.values())}
-    labels = {IN_DOMAIN: "kjv (in-domain)", SHIFT: "fortunes (shift)", "all": "all"}
-    tbl = Table(title="Token-level ECE on the test half, 95 % cluster-bootstrap intervals")
-    tbl.add_column("calibrator")
-    for domain in by_domain:
-        tbl.add_column(f"{labels[domain]}\n{n[domain]:,} tokens", justify="right")
-    best = {d: min(v for v, _ in row.values()) for d, row in by_domain.items()}
-    for name in result.evaluations:
-        cells = []
-        for domain, row in by_domain.items():
-            value, ci = row[name]
-            cells.append(Text(_fmt(value, ci), style="bold green" if value == best[domain] else ""))
-        tbl.add_row(name.replace("_", " "), *cells)
-    return tbl
-
-
-def check_command(result: DemoResult) -> str:
-    """A ``tokcal check`` of the chosen calibrator on the test half whose limits come from its measured
-    intervals (:func:`tokcal.gate.suggest_limits`), so it passes on the demo's own output."""
+def check_limits(result: DemoResult) -> dict[str, float | None]:
+    """Limits of a ``tokcal check`` of the chosen calibrator on the test half, from its measured intervals
+    (:func:`tokcal.gate.suggest_limits`), so the check passes on the demo's own output."""
     from ..gate import suggest_limits
 
-    limits = suggest_limits(result.evaluations[result.chosen], slices=["group:domain"])
-    cmd = f"tokcal check {result.out}/test.parquet --calibrator {result.out}/calibrator.json"
-    if limits["max_ece"] is not None:
-        cmd += f" --max-ece {limits['max_ece']:g}"
-    if limits["max_slice_ece"] is not None:
-        cmd += f" --slice group:domain --max-slice-ece {limits['max_slice_ece']:g}"
-    return cmd
+    return suggest_limits(result.evaluations[result.chosen], slices=[CHECK_SLICE])
 
 
-def print_summary(result: DemoResult, console: Any) -> None:
-    """The ECE table, the fitted temperatures, the chosen calibrator, what was written, a `tokcal check`."""
-    console.print(summary_table(result))
+def summary(result: DemoResult) -> list[Any]:
+    """What ``tokcal demo`` prints after the run (:func:`tokcal.report.terminal.demo_summary`, which words
+    it): the ECE per domain before and after each calibrator, the fitted temperatures, the choice, the
+    files written and a ``tokcal check`` whose limits come from :func:`check_limits`."""
+    from ..report.terminal import demo_summary
+
     cal = result.calibrators
-    per_domain = ", ".join(f"{k} {v:.3f}" for k, v in group_temperatures(cal["group_temperature"]).items())
-    console.print(f"fitted on the calibration half: one temperature T = {cal['temperature'].temperature:.3f}; "
-                  f"per domain (shrunk to the global one): {per_domain}", highlight=False)
-    scores = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in result.selection.items())
-    console.print(f"chosen to ship: {result.chosen.replace('_', ' ')} (lowest ECE on a held-out part of the "
-                  f"calibration half: {scores})", highlight=False)
-    console.print(f"wrote {result.out}/report.html, evaluation.json, calibrator.json ({result.chosen}), "
-                  f"evaluations/, calibrators/, test.parquet, calibration.parquet in "
-                  f"{result.seconds['total']:.1f} s", highlight=False)
-    console.print(f"try: {check_command(result)}", highlight=False, soft_wrap=True)
+    return demo_summary(ece_by_domain(result.evaluations), list(result.evaluations),
+                        {**result.n_tokens, "all": sum(result.n_tokens.values())}, DOMAIN_LABELS,
+                        temperature=cal["temperature"].temperature,
+                        group_temperatures=group_temperatures(cal["group_temperature"]), chosen=result.chosen,
+                        selection=result.selection, out=result.out, seconds=result.seconds["total"],
+                        limits=check_limits(result), check_slice=CHECK_SLICE)
 
 
 def group_temperatures(cal: Any) -> dict[str, float]:

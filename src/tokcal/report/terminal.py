@@ -155,3 +155,72 @@ def print_summary(d: dict[str, Any], console: Any = None, n_worst: int = 8) -> N
                       signed(r.get("gap"), 3), f"{r['ece_share']:.1%}")
         console.print(w)
     console.print(Text(str(d["signature"]), style="dim"), highlight=False, soft_wrap=True)
+
+
+def ece_cell(value: float, ci: Any) -> str:
+    """An ECE with its 95 % interval below it (``0.0123`` / ``[0.0100, 0.0150]``); the value alone without one."""
+    if ci is None or None in ci:
+        return num(value)
+    return f"{num(value)}\n[{num(ci[0])}, {num(ci[1])}]"
+
+
+def ece_table(by_column: dict[str, dict[str, tuple[float, Any]]], rows: list[str], headers: dict[str, str],
+              title: str) -> Any:
+    """A rich Table of ECEs: one column per key of ``by_column`` (headed ``headers[key]``), one row per name in
+    ``rows`` (``by_column[column][row] = (ECE, 95 % interval or None)``); the lowest ECE of each column in
+    bold green."""
+    from rich.table import Table
+    from rich.text import Text
+
+    tbl = Table(title=title)
+    tbl.add_column("calibrator")
+    for col in by_column:
+        tbl.add_column(headers.get(col, col), justify="right")
+    best = {col: min(v for v, _ in cells.values()) for col, cells in by_column.items()}
+    for name in rows:
+        cells = []
+        for col, values in by_column.items():
+            value, ci = values[name]
+            cells.append(Text(ece_cell(value, ci), style="bold green" if value == best[col] else ""))
+        tbl.add_row(name.replace("_", " "), *cells)
+    return tbl
+
+
+def collecting_line(n_in_domain: int, n_shift: int, n_parameters: int) -> str:
+    """What ``tokcal demo`` says before it collects."""
+    return (f"collecting {n_in_domain + n_shift:,} texts ({n_in_domain:,} KJV test passages, {n_shift:,} fortunes) "
+            f"with the embedded model ({n_parameters:,} parameters)")
+
+
+def check_command(out: Any, limits: dict[str, float | None], check_slice: str = "group:domain") -> str:
+    """The ``tokcal check`` of a demo's output (``out``) with the suggested ``limits`` (``max_ece``,
+    ``max_slice_ece`` on ``check_slice``; None: not checked)."""
+    cmd = f"tokcal check {out}/test.parquet --calibrator {out}/calibrator.json"
+    if limits.get("max_ece") is not None:
+        cmd += f" --max-ece {limits['max_ece']:g}"
+    if limits.get("max_slice_ece") is not None:
+        cmd += f" --slice {check_slice} --max-slice-ece {limits['max_slice_ece']:g}"
+    return cmd
+
+
+def demo_summary(by_domain: dict[str, dict[str, tuple[float, Any]]], rows: list[str], n_tokens: dict[str, int],
+                 labels: dict[str, str], *, temperature: float, group_temperatures: dict[str, float], chosen: str,
+                 selection: dict[str, float], out: Any, seconds: float, limits: dict[str, float | None],
+                 check_slice: str = "group:domain") -> list[Any]:
+    """What ``tokcal demo`` prints, in order: the ECE table per domain (:func:`ece_table`, each column headed
+    ``labels[domain]`` and its ``n_tokens``), the fitted temperatures, the calibrator chosen to ship with its
+    inner-split scores, the files written, and a ``tokcal check`` to try (:func:`check_command`)."""
+    per_domain = ", ".join(f"{k} {v:.3f}" for k, v in group_temperatures.items())
+    scores = ", ".join(f"{k.replace('_', ' ')} {num(v)}" for k, v in selection.items())
+    headers = {d: f"{labels.get(d, d)}\n{n_tokens[d]:,} tokens" if d in n_tokens else labels.get(d, d)
+               for d in by_domain}
+    return [
+        ece_table(by_domain, rows, headers, "Token-level ECE on the test half, 95 % cluster-bootstrap intervals"),
+        f"fitted on the calibration half: one temperature T = {temperature:.3f}; per domain (shrunk to the "
+        f"global one): {per_domain}",
+        f"chosen to ship: {chosen.replace('_', ' ')} (lowest ECE on a held-out part of the calibration half: "
+        f"{scores})",
+        f"wrote {out}/report.html, evaluation.json, calibrator.json ({chosen}), evaluations/, calibrators/, "
+        f"test.parquet, calibration.parquet in {seconds:.1f} s",
+        f"try: {check_command(out, limits, check_slice)}",
+    ]
