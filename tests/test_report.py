@@ -272,3 +272,28 @@ def test_evaluations_without_pairing_data_are_reported_unpaired(evs):
     verdict_text = re.search(r'<p class="verdict">(.*?)</p>', page).group(1)
     assert "not paired because an evaluation has no table fingerprint" in html.unescape(verdict_text)
     assert "cuts" not in verdict_text and 'id="by-slice"' not in page and 'href="#by-slice"' not in page
+
+
+def _sentences(text):
+    return [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z“])", text.strip()) if s]
+
+
+@pytest.mark.parametrize("names", [("uncalibrated", "temperature"), ("uncalibrated",)])
+def test_headline_is_at_most_two_sentences_with_the_rest_counted_below(evs, names):
+    from tokcal.report.markdown import render_markdown
+    from tokcal.report.verdict import details, verdict
+
+    chosen = {n: evs[n] for n in names}
+    page = render_html(chosen)
+    text = html.unescape(re.search(r'<p class="verdict">(.*?)</p>', page).group(1))
+    assert 1 <= len(_sentences(text)) <= 2, text
+    groups = details(verdict(chosen))
+    assert any(len(vals) > 1 for _, vals in groups)  # the fixture has outcomes with several values
+    for _, vals in groups:
+        assert vals[0] in text  # the first value of each outcome is named ...
+        if len(vals) > 1:  # ... the rest counted
+            assert f"{vals[0]} and {len(vals) - 1} more" in text
+    below = page[page.index('id="headline-details"'):page.index('id="by-slice"') if 'id="by-slice"' in page else None]
+    assert all(v in html.unescape(below) for _, vals in groups for v in vals)  # every value listed below
+    md = render_markdown(chosen)
+    assert all(f"- {outcome}: " in md for outcome, _ in groups)

@@ -26,7 +26,7 @@ from typing import Any
 from .._version import __version__
 from .data import as_dicts, interval, interval_notes, number, slice_definition, unit_text, write_file
 from .plots import _pyplot, confidence_histogram, figure_svg, reliability_panels, risk_coverage_curve, slice_reliability
-from .verdict import RULES, Verdict, describe_slice, sentences, slice_order, verdict
+from .verdict import RULES, Verdict, describe_slice, details, sentences, slice_order, verdict
 
 _CAPTIONS = {
     "reliability": "Accuracy against confidence per bin, one panel per evaluation, with 95 % bootstrap "
@@ -120,6 +120,12 @@ def headline_section(evs: Mapping[str, Mapping[str, Any]], v: Verdict) -> str:
     note = ""
     if v.candidate is not None and not v.paired:
         note = f'<p class="note">Not paired: {e(v.reason)}.</p>'
+    groups = details(v)
+    if any(len(vals) > 1 for _, vals in groups):  # the headline counted some: name them all here
+        n = sum(len(vals) for _, vals in groups)
+        items = "".join(f"<li>{e(k)}: {e(', '.join(vals))}</li>" for k, vals in groups)
+        note += (f'<details id="headline-details"><summary>The {n} slice values in the headline</summary>'
+                 f"<ul>{items}</ul></details>")
     return (f'<section id="headline"><p class="verdict">{text}</p>{note}'
             f"<details><summary>How these words are chosen</summary><ul>{rules}</ul></details></section>")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .data import as_dicts, interval, number, write_file
 from .terminal import num, signed
-from .verdict import RULES, sentences, slice_order, verdict
+from .verdict import RULES, details, sentences, slice_order, verdict
 
 
 def _md(x: Any) -> str:
@@ -46,6 +46,9 @@ def render_markdown(evaluations: Any, title: str = "Calibration", recommended: s
     lines = [f"## {_md(title)}", "", " ".join(_md(x) for x in sentences(evs, v)), ""]
     if v.candidate is not None and not v.paired:
         lines += [f"_Not paired: {_md(v.reason)}._", ""]
+    groups = details(v)
+    if any(len(vals) > 1 for _, vals in groups):  # the headline counted some: name them all here
+        lines += [f"- {_md(k)}: {_md(', '.join(vals))}" for k, vals in groups] + [""]
     lines += ["| evaluation | tokens | accuracy | ECE | conf − acc | NLL | Brier |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for name, ev in evs.items():

@@ -124,26 +124,35 @@ def _ci(ci: Any) -> str:
     return f" [{num(ci[0], 3)}, {num(ci[1], 3)}]"
 
 
-def _list(items: list[tuple[str, ...]], limit: int = 3) -> str:
+def _list(items: list[tuple[str, ...]], limit: int = 1) -> str:
+    """The first ``limit`` slice values named, the rest as a count: ``group:domain=b and 2 more``."""
     shown = [f"{s}={v}" for s, v, *_ in items[:limit]]
     more = len(items) - limit
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
+def _by_side(items: list[tuple[str, str, str]]) -> dict[str, list[tuple[str, str, str]]]:
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for item in items:
+        out.setdefault(item[2], []).append(item)
+    return out
+
+
 def sentences(evs: Mapping[str, Mapping[str, Any]], v: Verdict) -> list[str]:
-    """The headline: one to three sentences worded by :data:`RULES`."""
+    """The headline: at most two sentences worded by :data:`RULES`; the overall result, then the slice
+    values by outcome, each outcome naming its first value and counting the rest (all of them:
+    :func:`details`)."""
     base = evs[v.baseline]
     o = base["overall"]
     ece_ci = (o.get("ci") or {}).get("ece")
     if v.candidate is None or v.overall is None:
         gap_ci = (o.get("ci") or {}).get("signed_gap")
-        out = [f"{v.baseline}: ECE {num(o.get('ece'), 3)}{_ci(ece_ci)}, conf − acc "
-               f"{signed(o.get('signed_gap'), 3)}{_ci(gap_ci)}."]
-        if v.miscalibrated:
-            out.append(f"Miscalibrated: {_list(v.miscalibrated)}.")
-        else:
-            out.append("No slice value is significantly miscalibrated.")
-        return out
+        first = (f"{v.baseline}: ECE {num(o.get('ece'), 3)}{_ci(ece_ci)}, conf − acc "
+                 f"{signed(o.get('signed_gap'), 3)}{_ci(gap_ci)}.")
+        if not v.miscalibrated:
+            return [first, "No slice value is significantly miscalibrated."]
+        sides = "; ".join(f"{side} on {_list(items)}" for side, items in _by_side(v.miscalibrated).items())
+        return [first, f"Miscalibrated: {sides}."]
     c = evs[v.candidate]["overall"]
     d = v.overall
     a_txt = f"{num(o.get('ece'), 3)}{_ci(ece_ci)}"
@@ -161,24 +170,28 @@ def sentences(evs: Mapping[str, Mapping[str, Any]], v: Verdict) -> list[str]:
         else:
             first = (f"{v.candidate} leaves ECE without a significant change: {a_txt} to {b_txt} "
                      f"({diff} holds 0).")
-    out = [first]
-    parts = []
-    if v.fixes:
-        parts.append(f"fixes {_list(v.fixes)}")
-    if v.improves:
-        parts.append(f"improves {_list(v.improves)}")
-    if v.worsens:
-        parts.append(f"worsens {_list(v.worsens)}")
+    parts = [f"{verb} {_list(items)}" for verb, items in
+             (("fixes", v.fixes), ("improves", v.improves), ("worsens", v.worsens)) if items]
+    parts += [f"still {side} on {_list(items)}" for side, items in _by_side(v.remains).items()]
     if parts:
-        out.append(f"It {'; '.join(parts)}.")
-    if v.remains:
-        by_side: dict[str, list[tuple[str, str, str]]] = {}
-        for item in v.remains:
-            by_side.setdefault(item[2], []).append(item)
-        out.append(" ".join(f"Still {side} on {_list(items)}." for side, items in by_side.items()))
-    elif v.paired:
-        out.append("No slice value remains significantly miscalibrated.")
-    return out
+        return [first, f"It {'; '.join(parts)}."]
+    if v.paired:
+        return [first, "No slice value remains significantly miscalibrated."]
+    return [first]
+
+
+def details(v: Verdict) -> list[tuple[str, list[str]]]:
+    """Every slice value the headline counts, by outcome: ``[(outcome, ["group:domain=b", ...]), ...]``
+    (outcomes with no value left out)."""
+    def names(items: list[tuple[str, ...]]) -> list[str]:
+        return [f"{s}={val}" for s, val, *_ in items]
+
+    if v.candidate is None or v.overall is None:
+        groups = [(f"miscalibrated ({side})", names(items)) for side, items in _by_side(v.miscalibrated).items()]
+    else:
+        groups = [("fixes", names(v.fixes)), ("improves", names(v.improves)), ("worsens", names(v.worsens))]
+        groups += [(f"still {side}", names(items)) for side, items in _by_side(v.remains).items()]
+    return [(k, vals) for k, vals in groups if vals]
 
 
 def describe_slice(name: str) -> str:
