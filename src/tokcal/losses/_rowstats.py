@@ -58,11 +58,15 @@ class _RowStatsFn(torch.autograd.Function):
         for a in range(0, n, step):
             b = min(n, a + step)
             c = z[a:b].float()
-            ls = torch.logsumexp(c, dim=1)
+            if want_top:
+                # the row maximum serves as logsumexp's shift too: one pass over the chunk fewer
+                torch.max(c, dim=1, out=(zmax[a:b], amax[a:b]))
+                shift = zmax[a:b].masked_fill(zmax[a:b].abs() == float("inf"), 0.0)  # as logsumexp
+                ls = torch.sub(c, shift[:, None]).exp_().sum(dim=1).log_().add_(shift)
+            else:
+                ls = torch.logsumexp(c, dim=1)
             lse[a:b] = ls
             zy[a:b] = c.gather(1, labels[a:b, None])[:, 0]
-            if want_top:
-                torch.max(c, dim=1, out=(zmax[a:b], amax[a:b]))
             if want_mean:
                 zmean[a:b] = c.mean(dim=1)
             if want_s:
