@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 pytest.importorskip("accelerate")
-from trainer_fixtures import Rows, V, tiny_model  # noqa: E402
+from trainer_fixtures import Rows, V, one_step, tiny_model  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from tokcal import losses as L  # noqa: E402
@@ -85,21 +85,11 @@ def test_metrics_equal_model_and_tokcal_evaluate(tmp_path):
             assert m2[k] == pytest.approx(v, rel=1e-12), k
 
 
-def _one_step_params(tmp_path, loss, loss_kwargs, bs, accum, name):
-    tc = TokenCalibration(loss=loss, loss_kwargs=loss_kwargs)
-    tr = Trainer(model=tiny_model(3), args=args(tmp_path / name, per_device_train_batch_size=bs,
-                                                gradient_accumulation_steps=accum, max_steps=1, optim="sgd",
-                                                learning_rate=1.0, lr_scheduler_type="constant"),
-                 train_dataset=Rows(4, 5), compute_loss_func=tc.compute_loss_func)
-    tr.train()
-    return torch.cat([p.detach().reshape(-1) for p in tr.model.parameters()])
-
-
 @pytest.mark.parametrize("loss,kw", [("focal", {"gamma": 2.0}), ("label_smoothing", {"epsilon": 0.1})])
 def test_gradient_accumulation_equals_one_batch(tmp_path, loss, kw):
     start = torch.cat([p.detach().reshape(-1) for p in tiny_model(3).parameters()])
-    full = _one_step_params(tmp_path, loss, kw, 4, 1, "full")
-    accum = _one_step_params(tmp_path, loss, kw, 1, 4, "accum")
+    full = one_step(tmp_path / "full", loss, kw, 4, 1)
+    accum = one_step(tmp_path / "accum", loss, kw, 1, 4)
     assert (full - start).abs().max() > 1e-3  # the step moved the weights
     torch.testing.assert_close(accum, full, rtol=1e-4, atol=1e-6)
 

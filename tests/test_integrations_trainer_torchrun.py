@@ -2,7 +2,8 @@
 ``preprocess_logits_for_metrics`` / ``compute_metrics``: the Trainer pads the sketches of batches of
 different lengths across processes, gathers them and drops the duplicate that evens out the last
 step. The metrics of both ranks must equal one process's evaluation of the same data, whole and with
-``batch_eval_metrics=True``, and ``tokcal evaluate`` on the table the callback saved."""
+``batch_eval_metrics=True``, and ``tokcal evaluate`` on the table the callback saved. One training
+step under DDP with ``compute_loss_func`` equals one process's step on the whole batch."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("accelerate")
-from trainer_fixtures import N_EVAL, Rows, evaluate  # noqa: E402
+from trainer_fixtures import N_EVAL, Rows, evaluate, one_step, tiny_model  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from tokcal import TokenTable  # noqa: E402
@@ -60,3 +62,9 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
         m0 = json.loads((multi / f"{name}-rank0.json").read_text())
         for k in ("ece", "smooth_ece", "nll", "brier", "accuracy", "confidence"):
             assert m0[f"eval_token_{k}"] == pytest.approx(cli[k], rel=1e-9, abs=1e-12), (name, k)
+    # one DDP step (2 + 2 sequences) equals one process's step on the 4
+    start = torch.cat([p.detach().reshape(-1) for p in tiny_model(3).parameters()])
+    ddp = torch.from_numpy(np.load(multi / "step-params.npy"))
+    one = one_step(tmp_path / "one-train", "focal", {"gamma": 2.0}, batch_size=4)
+    assert (one - start).abs().max() > 1e-3  # the step moved the weights
+    torch.testing.assert_close(ddp, one, rtol=1e-4, atol=1e-6)

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
@@ -71,6 +72,21 @@ def evaluate(out: Path, batch_eval_metrics: bool, save: Path | None = None) -> d
     return {k: v for k, v in metrics.items() if k.startswith("eval_token")}
 
 
+def one_step(out: Path, loss: str, loss_kwargs: dict, batch_size: int, accumulation: int = 1) -> torch.Tensor:
+    """The parameters of the tiny model after one SGD step (lr 1) of ``loss`` on 4 training sequences."""
+    from tokcal.integrations.trainer import TokenCalibration
+
+    tc = TokenCalibration(loss=loss, loss_kwargs=loss_kwargs)
+    args = TrainingArguments(output_dir=str(out / "train"), per_device_train_batch_size=batch_size,
+                             gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=1.0,
+                             lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no",
+                             logging_strategy="no", seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    tr = Trainer(model=tiny_model(3), args=args, train_dataset=Rows(4, 5), data_collator=trim_collate,
+                 compute_loss_func=tc.compute_loss_func)
+    tr.train()
+    return torch.cat([p.detach().reshape(-1) for p in tr.model.parameters()])
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     rank = int(os.environ.get("RANK", "0"))
@@ -78,6 +94,11 @@ def main() -> None:
         name = "batched" if batched else "whole"
         m = evaluate(out, batched, save=out / f"calib-{name}")
         (out / f"{name}-rank{rank}.json").write_text(json.dumps(m))
+    # one DDP step: 2 sequences per rank, the gradient of the 4 (the Trainer sums the token counts of
+    # the ranks into num_items_in_batch and scales the loss by the number of processes)
+    params = one_step(out, "focal", {"gamma": 2.0}, batch_size=2).numpy()
+    if rank == 0:
+        np.save(out / "step-params.npy", params)
 
 
 if __name__ == "__main__":

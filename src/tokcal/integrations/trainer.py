@@ -17,7 +17,8 @@ AdaFocal gammas, the regression baseline) and hands the Trainer its bound method
   device with :func:`tokcal.sketch.sketch_logits` (top-k ids and logits, exact log-normaliser, gold
   logit, tail summary: O(k) numbers per token instead of V), so the Trainer never gathers or keeps
   [N, V] logits. It returns two tensors ``[B, T, k + 1]`` (ids, label) and ``[B, T, F]`` (floats),
-  which the Trainer pads, gathers across processes and concatenates as usual.
+  which the Trainer pads, gathers across processes and concatenates as usual (under ``torchrun`` the
+  Trainer drops the duplicates that even out the last step; the metrics equal one process's).
 * ``compute_metrics(eval_pred)`` turns the gathered sketches into a TokenTable (one sequence per
   evaluation example, ``position`` = index in it) and returns :func:`tokcal.evaluate`'s token ECE,
   smooth ECE, NLL, Brier, accuracy, confidence and the chosen slices, the very numbers
