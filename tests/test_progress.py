@@ -65,6 +65,25 @@ def test_gate_passes_the_callback_on(table):
     assert ("metrics", 1, 1) in calls
 
 
+def test_streamed_passes_report_the_rows_read(table, table_path):
+    from tokcal.distributed.fit import Batches, fit_stream
+    from tokcal.distributed.stats import evaluate_stream
+
+    calls, cb = _recorder()
+    ev = evaluate_stream(table_path, slices=["group:domain"], bootstrap=10, progress=cb)
+    reads = [(d, t) for s, d, t in calls if s == "read"]
+    assert reads[0] == (0, len(table)) and reads[-1] == (len(table), len(table))
+    assert [d for d, _ in reads] == sorted(d for d, _ in reads)  # one pass, rows read only grow
+    assert ev.to_dict()["overall"] == evaluate_stream(table_path, slices=["group:domain"], bootstrap=10
+                                                      ).to_dict()["overall"]  # the callback changes nothing
+    calls.clear()
+    cal = fit_stream(Temperature(), Batches(table_path, batch_rows=500, progress=cb))
+    passes = [(d, t) for s, d, t in calls if s == "read"]
+    starts, ends = passes.count((0, len(table))), passes.count((len(table), len(table)))
+    assert starts == ends >= 2, passes  # every pass of the fit runs from 0 to all rows
+    assert cal.temperature == fit_stream(Temperature(), Batches(table_path, batch_rows=500)).temperature
+
+
 def test_bars_drawn_on_a_terminal_only():
     term = Console(file=io.StringIO(), force_terminal=True, width=100)
     with progress_bars(console=term, labels={"bootstrap": "resampling"}) as cb:
@@ -129,3 +148,13 @@ def test_cli_draws_bars_on_a_terminal_and_not_with_quiet(table_path):
     assert "probabilities" not in out  # stdout (the summary) stays clean
     out_q, err_q, rc = _run_with_terminal_stderr([*argv, "--quiet"])
     assert rc == 0 and "probabilities" not in err_q and "bootstrap" not in err_q
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "openpty"), reason="needs a pseudo-terminal")
+def test_cli_draws_bars_for_streamed_passes(table_path, tmp_path):
+    out, err, rc = _run_with_terminal_stderr(["evaluate", str(table_path), "--bootstrap", "20", "--stream"])
+    assert rc == 0 and "read" in err, err
+    out, err, rc = _run_with_terminal_stderr(["fit", str(table_path), "-o", str(tmp_path / "c.json"),
+                                              "--bootstrap", "20", "--stream"])
+    assert rc == 0 and "fit: read" in err and "held out, after: read" in err, err
+    assert "read" not in out

@@ -57,8 +57,10 @@ def evaluate(
     from ..distributed.stats import evaluate_stream, should_stream
 
     if should_stream(table, stream, binning):
-        ev = evaluate_stream(table, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
-                             bootstrap=bootstrap, seed=seed, freq_ref=freq_ref, unit=unit, block_length=block_length)
+        with progress_bars(quiet) as progress:
+            ev = evaluate_stream(table, calibrator=cal, slices=slice_ or None, bins=bins, binning=binning,
+                                 bootstrap=bootstrap, seed=seed, freq_ref=freq_ref, unit=unit,
+                                 block_length=block_length, progress=progress)
         tbl = next(TokenTable.iter_parquet(table, batch_rows=1))  # its metadata
     else:
         tbl = TokenTable.read_parquet(table)

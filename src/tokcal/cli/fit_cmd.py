@@ -97,7 +97,7 @@ def fit_command(
                               "group --by freq do)")
     streamable = method in ("temperature", "group")
     if streamable and should_stream(table, stream):
-        _fit_streamed(table, cal, method, output, holdout, bins, bootstrap, seed, freq_ref)
+        _fit_streamed(table, cal, method, output, holdout, bins, bootstrap, seed, freq_ref, quiet)
         return
     if stream:
         raise ValidationError(f"--stream: method {method!r} needs the table in memory (streamed: temperature "
@@ -160,7 +160,7 @@ def _unit(blocks: bool) -> str:
 
 
 def _fit_streamed(table: Path, cal: Any, method: str, output: Path, holdout: float, bins: int, bootstrap: int,
-                  seed: int, freq_ref: Path | None) -> None:
+                  seed: int, freq_ref: Path | None, quiet: bool = False) -> None:
     """``tokcal fit`` by passes over the table in batches: the same split (by sequences or blocks), fit and
     report as in memory."""
     from ..calibrators.hygiene import held_out_row
@@ -170,8 +170,9 @@ def _fit_streamed(table: Path, cal: Any, method: str, output: Path, holdout: flo
     split = StreamSplit(table, holdout, seed) if holdout > 0 else None
     if split is not None and split.message is not None:
         console.print(f"note: {split.message}", highlight=False, markup=False, soft_wrap=True)
-    with _calibration_warnings():
-        fit_stream(cal, Batches(table, select=split.fit if split else None), freq_reference=freq_ref)
+    with progress_bars(quiet) as progress, _calibration_warnings():
+        fit_stream(cal, Batches(table, select=split.fit if split else None, progress=prefixed(progress, "fit:")),
+                   freq_reference=freq_ref)
     cal.save(output)
     n = cal.fit_info["n"] if method == "temperature" else sum(cal.counts.values())
     unit = _unit(split is not None and split.blocks)
@@ -181,8 +182,11 @@ def _fit_streamed(table: Path, cal: Any, method: str, output: Path, holdout: flo
     if split is None:
         console.print(f"wrote {output}")
         return
-    rows = [held_out_row(evaluate_stream(table, c, slices=[], bins=bins, bootstrap=bootstrap, seed=seed, worst=0,
-                                         select=split.held_out).overall, bootstrap) for c in (None, cal)]
+    with progress_bars(quiet) as progress:
+        rows = [held_out_row(evaluate_stream(table, c, slices=[], bins=bins, bootstrap=bootstrap, seed=seed,
+                                             worst=0, select=split.held_out,
+                                             progress=prefixed(progress, f"held out, {when}:")).overall, bootstrap)
+                for c, when in ((None, "before"), (cal, "after"))]
     _print_held_out(rows[0], rows[1], split.n_out, unit, output)
 
 

@@ -40,6 +40,7 @@ from ..calibrators.temperature import (
     nll_terms,
 )
 from ..errors import ValidationError
+from ..progress import ProgressCallback
 from ..sketch import LogitSketch
 from ..table import TokenTable
 
@@ -47,17 +48,23 @@ from ..table import TokenTable
 class Batches:
     """A dataset read in batches: :meth:`map` (one pass, outputs in storage order) and iteration.
     ``rows(batch)``: a boolean mask of the rows to keep; ``select(batch)``: the table to use instead of
-    each batch, None for none of its rows (e.g. :meth:`StreamSplit.fit`). Batches without rows are skipped."""
+    each batch, None for none of its rows (e.g. :meth:`StreamSplit.fit`). Batches without rows are skipped.
+    ``progress``: called as ``("read", rows read, rows)`` during each pass
+    (:func:`~tokcal.distributed.stats.with_progress`)."""
 
     def __init__(self, source: str | Path, batch_rows: int = 65536,
                  rows: Callable[[TokenTable], np.ndarray] | None = None, *,
-                 select: Callable[[TokenTable], TokenTable | None] | None = None) -> None:
+                 select: Callable[[TokenTable], TokenTable | None] | None = None,
+                 progress: ProgressCallback | None = None) -> None:
         self.source, self.batch_rows, self.rows, self.select = source, batch_rows, rows, select
+        self.progress = progress
 
     def __iter__(self) -> Iterator[TokenTable]:
-        from .stats import pick_rows, prefetch
+        from .stats import pick_rows, prefetch, source_rows, with_progress
 
-        for batch in prefetch(TokenTable.iter_parquet(self.source, batch_rows=self.batch_rows)):
+        total = source_rows(self.source) if self.progress is not None else 0
+        for batch in with_progress(prefetch(TokenTable.iter_parquet(self.source, batch_rows=self.batch_rows)),
+                                   self.progress, total):
             part = pick_rows(batch, self.rows, self.select)
             if part is not None and len(part):
                 yield part
@@ -70,8 +77,8 @@ class Batches:
         return [fn(b, a) for b, a in zip(self, args, strict=True)]
 
     def first(self) -> TokenTable:
-        """Some first rows (the metadata: vocabulary, source, groups)."""
-        return next(iter(self))
+        """Some first rows (the metadata: vocabulary, source, groups); not a pass, so not reported."""
+        return next(iter(Batches(self.source, self.batch_rows, self.rows, select=self.select)))
 
 
 def _labelled(batch: TokenTable) -> TokenTable | None:

@@ -58,6 +58,7 @@ from ..metrics._kernels import kernels
 from ..metrics.binned import width_edges
 from ..metrics.smooth import _grid_points, _Smoother
 from ..probs import TokenProbs
+from ..progress import ProgressCallback, report
 from ..slices import FrequencySlice, GroupSlice, Slice, TokenTypeSlice, parse_slices
 from ..table import TokenTable, parquet_files
 
@@ -671,13 +672,15 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
                     classwise_top: int = 100, unit: str = "auto", block_length: int | None = None,
                     freq_ref: Any = None, batch_rows: int = 65536,
                     rows: Callable[[TokenTable], np.ndarray] | None = None, *,
-                    select: Callable[[TokenTable], TokenTable | None] | None = None) -> Any:
+                    select: Callable[[TokenTable], TokenTable | None] | None = None,
+                    progress: ProgressCallback | None = None) -> Any:
     """:func:`tokcal.evaluate` of a Parquet file or dataset directory, streamed in batches of
     ``batch_rows`` rows: memory independent of its size (module docstring for what is exact).
     ``rows(batch)``: an optional boolean mask of the rows to evaluate; ``select(batch)``: the table to
     evaluate instead of each batch, None for none of its rows (a held-out split,
     :class:`tokcal.distributed.fit.StreamSplit`).
-    ``binning="mass"``: the exact equal-mass edges first, by passes of counts (:func:`stream_mass_edges`)."""
+    ``binning="mass"``: the exact equal-mass edges first, by passes of counts (:func:`stream_mass_edges`).
+    ``progress``: called as ``("read", rows read, rows)`` during each pass (:func:`with_progress`)."""
     from ..validation import EvaluateParams, check_params
 
     args = check_params("evaluate", EvaluateParams, bins=bins, binning=binning, bootstrap=bootstrap, seed=seed,
@@ -689,8 +692,11 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
     summary, first = _summarize_rows(source, pick, block_length) if picked else \
         summarize(source, block_length=block_length)
 
+    total = source_rows(source) if progress is not None else 0
+
     def batches() -> Iterator[TokenTable]:
-        for batch in prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows)):
+        for batch in with_progress(prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows)), progress,
+                                   total):
             batch = pick(batch) if picked else batch
             if batch is not None and len(batch):
                 yield batch
@@ -704,6 +710,28 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
         acc.update(batch)
     acc.fingerprint = None if picked else fingerprint(source)
     return acc.result()
+
+
+def source_rows(source: str | Path) -> int:
+    """Rows of a Parquet file or dataset directory, from the file footers (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(source))
+
+
+def with_progress(batches: Iterable[TokenTable], progress: ProgressCallback | None, total: int,
+                  step: str = "read") -> Iterator[TokenTable]:
+    """``batches`` unchanged, reporting ``(step, rows read, total)`` (:mod:`tokcal.progress`) after each
+    batch is used; one pass over a source of ``total`` rows (:func:`source_rows`) runs from 0 to total."""
+    if progress is None:
+        yield from batches
+        return
+    done = 0
+    report(progress, step, 0, total)
+    for batch in batches:
+        yield batch
+        done += len(batch)
+        report(progress, step, min(done, total), total)
 
 
 def fingerprint(source: str | Path) -> str:
