@@ -236,6 +236,16 @@ class TokenTable:
             raise ValidationError(f"top_ids: k={k} must be in [1, vocab_size={self.vocab_size}]")
         if self.layout.kind == "empty" and k != self.vocab_size:
             raise ValidationError(f"tail layout 'empty' needs k == vocab_size, got k={k}")
+        if self.features is not None and (self.features.ndim != 2 or self.features.shape[0] != n):
+            raise ValidationError(f"features: expected shape ({n}, F), got {self.features.shape}")
+        if not self._surely_valid():
+            self._check_values()
+        if self.vocabulary is not None and self.vocabulary.size != self.vocab_size:
+            raise ValidationError(f"vocab: {self.vocabulary.size} strings for vocab_size={self.vocab_size}")
+
+    def _check_values(self) -> None:
+        """The value checks of :meth:`validate`, each naming its first bad row."""
+        k = self.top_ids.shape[1]
         self._check((self.label < -1) | (self.label >= self.vocab_size), "label",
                     f"outside [0, {self.vocab_size}) and not -1", self.label)
         self._check((self.top_ids < 0).any(1) | (self.top_ids >= self.vocab_size).any(1), "top_ids",
@@ -254,12 +264,18 @@ class TokenTable:
                     "label_logit", "exceeds the top-1 logit", self.label_logit)
         bad_tail = np.isnan(self.tail).any((1, 2)) | np.isposinf(self.tail).any((1, 2))
         self._check(bad_tail, "tail", "contains NaN or +inf", self.tail)
-        if self.features is not None and (self.features.ndim != 2 or self.features.shape[0] != n):
-            raise ValidationError(f"features: expected shape ({n}, F), got {self.features.shape}")
         if self.features is not None:
             self._check(~np.isfinite(self.features).all(1), "features", "is not finite", self.features)
-        if self.vocabulary is not None and self.vocabulary.size != self.vocab_size:
-            raise ValidationError(f"vocab: {self.vocabulary.size} strings for vocab_size={self.vocab_size}")
+
+    def _surely_valid(self) -> bool:
+        """One compiled pass: True when every check of :meth:`_check_values` certainly passes
+        (``tokcal._table_kernel``; tables with features take the numpy checks)."""
+        if self.features is not None or min(len(self.label), self.top_ids.shape[1]) == 0:
+            return False
+        from ._table_kernel import surely_valid
+
+        return bool(surely_valid(self.label, self.top_ids, self.top_logits, self.label_logit, self.log_normalizer,
+                                 self.tail, self.vocab_size))
 
     @staticmethod
     def _check(mask: np.ndarray, column: str, what: str, values: np.ndarray) -> None:
@@ -428,10 +444,12 @@ class TokenTable:
         return table.replace_schema_metadata({_META_KEY: meta, _DIGEST_KEY: hashlib.sha256(meta).hexdigest().encode()})
 
     @classmethod
-    def from_arrow(cls, table: pa.Table, where: str = "table") -> TokenTable:
+    def from_arrow(cls, table: pa.Table, where: str = "table", *,
+                   parsed: tuple[dict[str, Any], Vocabulary | None] | None = None) -> TokenTable:
         """The TokenTable stored in ``table`` (as :meth:`to_arrow` builds it). Column types, nulls and the
-        metadata are checked here (:class:`SchemaError` naming ``where``), values by :meth:`validate`."""
-        meta = _read_meta(table.schema.metadata, where)
+        metadata are checked here (:class:`SchemaError` naming ``where``), values by :meth:`validate`.
+        ``parsed``: the metadata and vocabulary of ``table``'s file, already read (batches of one file)."""
+        meta, vocab = parsed if parsed is not None else (_read_meta(table.schema.metadata, where), None)
         missing = [c for c in _REQUIRED if c not in table.column_names]
         if missing:
             raise SchemaError(f"{where}: missing column(s) {missing}")
@@ -450,7 +468,7 @@ class TokenTable:
                 raise ValidationError(f"tail_logz has {logz.shape[1]} nodes, tail_mean {mean.shape[1]}")
             tail = np.stack([logz, mean], axis=-1)
             return cls(**cols, tail=tail, layout=layout, vocab_size=meta["vocab_size"], groups=groups,
-                       vocab=_vocabulary(meta, where), source=meta.get("source"))
+                       vocab=_vocabulary(meta, where) if parsed is None else vocab, source=meta.get("source"))
         except ValidationError as e:
             raise ValidationError(f"{where}: {e}") from None
 
@@ -477,13 +495,14 @@ class TokenTable:
             try:
                 pf = pq.ParquetFile(file, page_checksum_verification=True)
                 meta_raw = pf.schema_arrow.metadata
-                _read_meta(meta_raw, str(file))
+                meta = _read_meta(meta_raw, str(file))
                 if batch_rows is None:
                     yield cls.from_arrow(pf.read(), str(file))
                     continue
+                parsed = (meta, _vocabulary(meta, str(file)))  # once per file, not per batch
                 for batch in pf.iter_batches(batch_size=batch_rows):
                     tbl = pa.Table.from_batches([batch]).replace_schema_metadata(meta_raw)
-                    yield cls.from_arrow(tbl, str(file))
+                    yield cls.from_arrow(tbl, str(file), parsed=parsed)
             except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
                 if isinstance(e, TokcalError):
                     raise

@@ -268,8 +268,8 @@ class EvaluationSums:
         self.cell_nll = np.zeros(lay.n_cells)
         self.cell_brier = np.zeros(lay.n_cells)
         self.boot = np.zeros((bootstrap, lay.n_cols)) if weights is not None else None
-        self.pairs = np.zeros(0, np.int64)  # unit * n_values + global value, unique
-        self.bin_pairs = np.zeros(0, np.int64)  # unit * bins + bin (all tokens), unique
+        self._pairs = _UniqueInts()  # unit * n_values + global value
+        self._bin_pairs = _UniqueInts()  # unit * bins + bin (all tokens)
         self.n_values = int(sum(lay.sizes))
         self.scalars = np.zeros(6)  # n, sum c, sum a, sum brier, sum nll, sum (c - a)^2
         self.smooth = {g: np.zeros((3, g)) for g in SMOOTH_GRIDS}
@@ -286,6 +286,7 @@ class EvaluationSums:
         self.passage: TokenTable | None = None
         self.passage_probs: TokenProbs | None = None
         self._carry: tuple[np.ndarray, np.ndarray] | None = None  # last rows' (sequence_id, label)
+        self._need: np.ndarray | None = None  # per predicted id: examples still wanted (None: count them)
 
     # -- map --------------------------------------------------------------------------------------------
 
@@ -326,21 +327,22 @@ class EvaluationSums:
         self.cell_nll += np.bincount(flat, np.broadcast_to(nll, cells.shape)[m], minlength=nc)
         self.cell_brier += np.bincount(flat, np.broadcast_to(brier, cells.shape)[m], minlength=nc)
         unit = self.units.ids(table.sequence_id[keep], table.position[keep])
+        uniq, local = np.unique(unit, return_inverse=True)
+        local = local.ravel()
         # (unit, value) pairs: how many units / sequences have a token in each slice value
         value = np.concatenate([k[k >= 0] + off // self.bins for k, off in zip(codes, lay.offsets[:-1], strict=True)])
-        who = np.concatenate([unit[k >= 0] for k in codes])
-        self.pairs = np.union1d(self.pairs, who * self.n_values + value)
-        self.bin_pairs = np.union1d(self.bin_pairs, unit * self.bins + tok_bin)
+        who = np.concatenate([local[k >= 0] for k in codes])
+        self._pairs.add_local(uniq, who, value, self.n_values)
+        self._bin_pairs.add_local(uniq, local, tok_bin, self.bins)
         if self.boot is not None:
-            uniq, local = np.unique(unit, return_inverse=True)
-            local = local.ravel()
             x = np.zeros((uniq.size, lay.n_cols))
             key = (np.broadcast_to(local, cells.shape)[m] * nc + flat)
             for j, w in enumerate((None, cw, aw)):
                 x[:, j * nc:(j + 1) * nc] = np.bincount(key, w, minlength=uniq.size * nc).reshape(uniq.size, nc)
             x[:, -2] = np.bincount(local, nll, minlength=uniq.size)
             x[:, -1] = np.bincount(local, brier, minlength=uniq.size)
-            self.boot += self.weights[:, uniq] @ x.astype(np.float32)
+            with _one_blas_thread():  # a small product: BLAS threads only contend with the reader thread
+                self.boot += self.weights[:, uniq] @ x.astype(np.float32)
         self.scalars += (c.size, c.sum(), a.sum(), brier.sum(), nll.sum(), np.sum((c - a) ** 2))
         grid_hist = kernels()["grid_hist"]
         for g, out in self.smooth.items():
@@ -371,9 +373,13 @@ class EvaluationSums:
         self.tok[2] += np.bincount(pred, a, minlength=v)
         if self.worst <= 0:
             return
-        need = np.full(v, 3, np.int64)
-        for t, ex in self.examples.items():
-            need[t] = 3 - len(ex)
+        if self._need is None:
+            self._need = np.full(v, 3, np.int64)
+            for t, ex in self.examples.items():
+                self._need[t] = 3 - len(ex)
+        need = self._need
+        if not need[pred].any():
+            return
         order = np.argsort(pred, kind="stable")
         sp = pred[order]
         rank = np.arange(sp.size) - np.searchsorted(sp, sp, side="left")  # occurrence number of each id
@@ -392,6 +398,7 @@ class EvaluationSums:
             while start > 0 and r - start < _CONTEXT and seq_all[start - 1] == seq_all[r]:
                 start -= 1
             self.examples.setdefault(int(t), []).append((int(t), lab_all[start:r].copy(), int(lab_all[r])))
+            need[t] -= 1
 
     def _passage(self, table: TokenTable, probs: TokenProbs) -> None:
         if self.summary.first_labelled_seq is None:
@@ -415,19 +422,30 @@ class EvaluationSums:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         if self.boot is not None:
             self.boot = self.boot + other.boot
-        self.pairs = np.union1d(self.pairs, other.pairs)
-        self.bin_pairs = np.union1d(self.bin_pairs, other.bin_pairs)
+        self._pairs.merge(other._pairs)
+        self._bin_pairs.merge(other._bin_pairs)
         for g in self.smooth:
             self.smooth[g] = self.smooth[g] + other.smooth[g]
         for t, ex in other.examples.items():
             mine = self.examples.setdefault(t, [])
             mine.extend(ex[:3 - len(mine)])
+        self._need = None
         if other.passage is not None:
             if self.passage is None:
                 self.passage, self.passage_probs = other.passage, other.passage_probs
             else:
                 self.update_passage_from(other)
         return self
+
+    @property
+    def pairs(self) -> np.ndarray:
+        """Sorted distinct ``unit * n_values + global value`` of every labelled token."""
+        return self._pairs.values()
+
+    @property
+    def bin_pairs(self) -> np.ndarray:
+        """Sorted distinct ``unit * bins + bin`` of every labelled token."""
+        return self._bin_pairs.values()
 
     def update_passage_from(self, other: EvaluationSums) -> None:
         part = TokenTable.concat([self.passage, other.passage])
@@ -496,6 +514,49 @@ class EvaluationSums:
             return out
 
         return E._worst_list(self.meta, self.tok[0], self.tok[1], self.tok[2], self.worst, contexts)
+
+
+class _UniqueInts:
+    """A set of int64 keys, added in chunks and merged lazily (each key sorted O(log) times in all)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._size = 0  # keys in the chunks (with repeats)
+        self._unique = 0  # keys in the first chunk, unique since the last compaction
+
+    def add(self, keys: np.ndarray) -> None:
+        self._chunks.append(np.asarray(keys, dtype=np.int64))
+        self._size += self._chunks[-1].size
+        if self._size > 2 * self._unique + (1 << 16):
+            self.values()
+
+    def add_local(self, uniq: np.ndarray, local: np.ndarray, value: np.ndarray, width: int) -> None:
+        """Add ``uniq[local] * width + value`` (``local`` indexes ``uniq``), deduplicated in the batch first."""
+        seen = np.flatnonzero(np.bincount(local * width + value, minlength=uniq.size * width))
+        self.add(uniq[seen // width] * width + seen % width)
+
+    def merge(self, other: _UniqueInts) -> None:
+        for c in other._chunks:
+            self.add(c)
+
+    def values(self) -> np.ndarray:
+        if len(self._chunks) != 1 or self._size != self._unique:
+            merged = np.unique(np.concatenate(self._chunks)) if self._chunks else np.zeros(0, np.int64)
+            self._chunks, self._size, self._unique = [merged], merged.size, merged.size
+        return self._chunks[0]
+
+
+_BLAS: Any = None
+
+
+def _one_blas_thread() -> Any:
+    """A context in which BLAS runs on one thread (threadpoolctl; the controller made once)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 class _StreamStats(_Layout):
