@@ -1,8 +1,11 @@
 """Out-of-core evaluate: tokens/s of the streamed ``tokcal evaluate`` (bootstrap and default slices) on a
-dataset directory, as a ratio to a bare pyarrow scan of the columns it reads; and the peak RSS of the
-streamed and the in-memory path at 1x and 4x the data.
+dataset directory, as a ratio to a bare pyarrow scan of the columns it reads (and to the same scan verifying
+the page checksums, as tokcal's reader does); and the peak RSS of the streamed and the in-memory path.
+Timings alternate (scan, evaluate, scan, ...) ``--repeat`` times and the fastest of each is kept, so a
+shared machine's load shifts both alike. ``--formats``: the same for copies of the dataset written with
+other Parquet compressions (the table format question).
 
-    python benchmarks/stream_bench.py [--tokens 2000000] [--top-k 32] [--quick]
+    python benchmarks/stream_bench.py [--tokens 2000000] [--top-k 32] [--repeat 3] [--formats] [--quick]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -33,12 +37,37 @@ PEAK = textwrap.dedent("""
 """)
 
 
-def scan(d: Path, batch: int) -> float:
+def scan(d: Path, batch: int, verify: bool = False) -> float:
     t0 = time.perf_counter()
     for f in sorted(d.glob("*.parquet")):
-        for b in pq.ParquetFile(f).iter_batches(batch_size=batch, columns=COLUMNS):
+        for b in pq.ParquetFile(f, page_checksum_verification=verify).iter_batches(batch_size=batch, columns=COLUMNS):
             b.column(3).values.to_numpy(zero_copy_only=False)  # decode, as a reader would
     return time.perf_counter() - t0
+
+
+def timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(d: Path, repeat: int) -> dict[str, float]:
+    """Fastest of ``repeat`` alternating runs: bare scan, scan verifying page checksums, streamed evaluate."""
+    runs: dict[str, list[float]] = {"scan": [], "scan_crc": [], "evaluate": []}
+    scan(d, 65536)  # the files in the page cache, for every run alike
+    for _ in range(repeat):
+        runs["scan"].append(scan(d, 65536))
+        runs["scan_crc"].append(scan(d, 65536, verify=True))
+        runs["evaluate"].append(timed(lambda: evaluate_stream(d, bootstrap=200)))
+    return {k: min(v) for k, v in runs.items()}
+
+
+def rewrite(src: Path, dst: Path, **options: Any) -> Path:
+    """The parts of ``src`` written again with other Parquet ``options`` (metadata and checksums kept)."""
+    dst.mkdir()
+    for f in sorted(src.glob("*.parquet")):
+        pq.write_table(pq.read_table(f), dst / f.name, write_page_checksum=True, **options)
+    return dst
 
 
 def peak(args: list[str], script: Path) -> int:
@@ -54,6 +83,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=32)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--part-rows", type=int, default=131072)
+    ap.add_argument("--repeat", type=int, default=3, help="alternating timing runs (the fastest is kept)")
+    ap.add_argument("--formats", action="store_true", help="also zstd level 3, lz4 and uncompressed copies")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     a = ap.parse_args()
     n = 60_000 if a.quick else a.tokens
@@ -69,14 +100,26 @@ def main() -> None:
         for j, r in enumerate(range(0, len(t), rows)):
             t.select(np.arange(r, min(len(t), r + rows))).write_parquet(d / f"part-{i:04d}-{j:03d}.parquet")
     size = sum(f.stat().st_size for f in d.glob("*.parquet"))
-    s_scan = min(scan(d, 65536) for _ in range(2))
-    t0 = time.perf_counter()
-    ev = evaluate_stream(d, bootstrap=200)
-    s_eval = time.perf_counter() - t0
-    print(f"tokens {n:,}, parquet {size / n:.0f} B/token, top-k {a.top_k}, vocab {a.vocab}")
-    print(f"bare pyarrow scan ({len(COLUMNS)} columns):  {n / s_scan:12,.0f} rows/s")
-    print(f"streamed evaluate (bootstrap 200, default slices): {n / s_eval:12,.0f} tokens/s   "
-          f"ratio to the scan {s_eval / s_scan:.2f}x   (ece {ev.overall['ece']:.4f})")
+    ev = evaluate_stream(d, bootstrap=200)  # compiles the kernels; and the ECE to print
+    m = measure(d, 1 if a.quick else a.repeat)
+    print(f"tokens {n:,}, parquet {size / n:.0f} B/token (zstd, tokcal's default), top-k {a.top_k}, vocab {a.vocab}")
+    print(f"bare pyarrow scan ({len(COLUMNS)} columns):              {n / m['scan']:12,.0f} rows/s")
+    print(f"pyarrow scan verifying page checksums:         {n / m['scan_crc']:12,.0f} rows/s")
+    print(f"streamed evaluate (bootstrap 200, default slices): {n / m['evaluate']:12,.0f} tokens/s   "
+          f"ratio to the bare scan {m['evaluate'] / m['scan']:.2f}x, to the verifying scan "
+          f"{m['evaluate'] / m['scan_crc']:.2f}x   (ece {ev.overall['ece']:.4f})")
+    if a.formats:
+        base = m["scan"]
+        print("format (scan and evaluate as ratios to the zstd-1 bare scan above): B/token, scan, evaluate")
+        formats = (("zstd level 1 (default)", {"compression": "zstd", "compression_level": 1}),
+                   ("zstd level 3", {"compression": "zstd", "compression_level": 3}),
+                   ("lz4", {"compression": "lz4"}), ("uncompressed", {"compression": "none"}))
+        for i, (name, options) in enumerate(formats):
+            other = rewrite(d, tmp / f"format{i}", **options)
+            mm = measure(other, 1 if a.quick else a.repeat)
+            b = sum(f.stat().st_size for f in other.glob("*.parquet")) / n
+            print(f"  {name:24s} {b:5.0f}   scan {mm['scan'] / base:.2f}x   evaluate {mm['evaluate'] / base:.2f}x   "
+                  f"(evaluate / its own scan {mm['evaluate'] / mm['scan']:.2f}x)")
     if not a.quick:
         script = tmp / "peak.py"
         script.write_text(PEAK)

@@ -301,6 +301,8 @@ class EvaluationSums:
         return self
 
     def _add(self, table: TokenTable, probs: TokenProbs, keep: np.ndarray) -> None:
+        from ._kernels import cell_sums
+
         lay = self.layout
         p = probs.select(keep) if not keep.all() else probs
         c = _confidence(p)
@@ -312,35 +314,22 @@ class EvaluationSums:
         codes = [np.zeros(c.shape[0], np.int64)]
         for s in self.slices:
             codes.append(_global_codes(s, table, probs)[keep])
-        cells = np.stack([np.where(k >= 0, off + k * self.bins + tok_bin, -1)
-                          for k, off in zip(codes, lay.offsets[:-1], strict=True)])
-        m = cells >= 0
-        flat = cells[m]
         nc = lay.n_cells
-        cw = np.broadcast_to(c, cells.shape)[m]
-        aw = np.broadcast_to(a, cells.shape)[m]
-        self.total[:nc] += np.bincount(flat, minlength=nc)
-        self.total[nc:2 * nc] += np.bincount(flat, cw, minlength=nc)
-        self.total[2 * nc:3 * nc] += np.bincount(flat, aw, minlength=nc)
         self.total[-2] += nll.sum()
         self.total[-1] += brier.sum()
-        self.cell_nll += np.bincount(flat, np.broadcast_to(nll, cells.shape)[m], minlength=nc)
-        self.cell_brier += np.bincount(flat, np.broadcast_to(brier, cells.shape)[m], minlength=nc)
         unit = self.units.ids(table.sequence_id[keep], table.position[keep])
         uniq, local = np.unique(unit, return_inverse=True)
         local = local.ravel()
-        # (unit, value) pairs: how many units / sequences have a token in each slice value
-        value = np.concatenate([k[k >= 0] + off // self.bins for k, off in zip(codes, lay.offsets[:-1], strict=True)])
-        who = np.concatenate([local[k >= 0] for k in codes])
-        self._pairs.add_local(uniq, who, value, self.n_values)
-        self._bin_pairs.add_local(uniq, local, tok_bin, self.bins)
+        # per unit of the batch: which slice values and bins it has a token in (units / sequences per value)
+        pair_seen = np.zeros(uniq.size * self.n_values, np.uint8)
+        bin_seen = np.zeros(uniq.size * self.bins, np.uint8)
+        x = np.zeros((uniq.size, lay.n_cols) if self.boot is not None else (0, 1))
+        offsets = lay.offsets[:-1].astype(np.int64)
+        cell_sums(np.stack(codes), offsets, offsets // self.bins, self.bins, tok_bin.astype(np.int64), c, a, nll,
+                  brier, local, nc, self.n_values, self.total, self.cell_nll, self.cell_brier, x, pair_seen, bin_seen)
+        self._pairs.add_seen(uniq, pair_seen, self.n_values)
+        self._bin_pairs.add_seen(uniq, bin_seen, self.bins)
         if self.boot is not None:
-            x = np.zeros((uniq.size, lay.n_cols))
-            key = (np.broadcast_to(local, cells.shape)[m] * nc + flat)
-            for j, w in enumerate((None, cw, aw)):
-                x[:, j * nc:(j + 1) * nc] = np.bincount(key, w, minlength=uniq.size * nc).reshape(uniq.size, nc)
-            x[:, -2] = np.bincount(local, nll, minlength=uniq.size)
-            x[:, -1] = np.bincount(local, brier, minlength=uniq.size)
             with _one_blas_thread():  # a small product: BLAS threads only contend with the reader thread
                 self.boot += self.weights[:, uniq] @ x.astype(np.float32)
         self.scalars += (c.size, c.sum(), a.sum(), brier.sum(), nll.sum(), np.sum((c - a) ** 2))
@@ -530,10 +519,10 @@ class _UniqueInts:
         if self._size > 2 * self._unique + (1 << 16):
             self.values()
 
-    def add_local(self, uniq: np.ndarray, local: np.ndarray, value: np.ndarray, width: int) -> None:
-        """Add ``uniq[local] * width + value`` (``local`` indexes ``uniq``), deduplicated in the batch first."""
-        seen = np.flatnonzero(np.bincount(local * width + value, minlength=uniq.size * width))
-        self.add(uniq[seen // width] * width + seen % width)
+    def add_seen(self, uniq: np.ndarray, seen: np.ndarray, width: int) -> None:
+        """Add ``uniq[j // width] * width + j % width`` for every j where ``seen[j]`` is set."""
+        j = np.flatnonzero(seen)
+        self.add(uniq[j // width] * width + j % width)
 
     def merge(self, other: _UniqueInts) -> None:
         for c in other._chunks:

@@ -1,0 +1,43 @@
+"""Numba kernel of :meth:`tokcal.distributed.stats.EvaluationSums.update`: one pass over a batch's tokens
+for the per-cell sums, the per-unit bootstrap rows and the (unit, value) and (unit, bin) marks. Each cell's
+sums add its tokens in token order, as ``numpy.bincount`` does, so the sums are those of the bincounts.
+
+Kept in its own module, imported on first use, so ``import tokcal`` does not load numba.
+"""
+
+import numba
+
+
+@numba.njit(cache=True, nogil=True)
+def cell_sums(codes, offsets, value_offsets, bins, tok_bin, c, a, nll, brier, local, nc, n_values,
+              total, cell_nll, cell_brier, x, pair_seen, bin_seen):
+    """``codes`` [P, n] (< 0: not in that part), cell = offsets[p] + code * bins + tok_bin. Adds count,
+    confidence and correctness sums to ``total[:3 nc]`` and ``x[local]`` (when ``x`` has rows; its last two
+    columns get NLL and Brier), NLL/Brier to ``cell_nll``/``cell_brier``, and sets ``pair_seen[local *
+    n_values + value]`` and ``bin_seen[local * bins + tok_bin]``."""
+    n_parts, n = codes.shape
+    has_x = x.shape[0] > 0
+    last = x.shape[1] - 1
+    for i in range(n):
+        u = local[i]
+        b = tok_bin[i]
+        ci, ai = c[i], a[i]
+        bin_seen[u * bins + b] = 1
+        for p in range(n_parts):
+            k = codes[p, i]
+            if k < 0:
+                continue
+            cell = offsets[p] + k * bins + b
+            total[cell] += 1.0
+            total[nc + cell] += ci
+            total[2 * nc + cell] += ai
+            cell_nll[cell] += nll[i]
+            cell_brier[cell] += brier[i]
+            pair_seen[u * n_values + value_offsets[p] + k] = 1
+            if has_x:
+                x[u, cell] += 1.0
+                x[u, nc + cell] += ci
+                x[u, 2 * nc + cell] += ai
+        if has_x:
+            x[u, last - 1] += nll[i]
+            x[u, last] += brier[i]
