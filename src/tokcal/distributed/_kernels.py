@@ -7,6 +7,8 @@ Kept in its own module, imported on first use, so ``import tokcal`` does not loa
 
 import numba
 
+from ..metrics._compiled import width_bin
+
 
 @numba.njit(cache=True, nogil=True)
 def cell_sums(codes, offsets, value_offsets, bins, tok_bin, c, a, nll, brier, local, nc, n_values,
@@ -41,3 +43,18 @@ def cell_sums(codes, offsets, value_offsets, bins, tok_bin, c, a, nll, brier, lo
         if has_x:
             x[u, last - 1] += nll[i]
             x[u, last] += brier[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def confidence_hists(c, a, aurc, hist, hist_edges):
+    """In place: ``aurc[0, min(floor(c n), n - 1)] += 1`` and ``aurc[1, ...] += 1 - a`` (n = aurc's width),
+    and ``hist`` counts ``c`` in equal-width bins as ``numpy.histogram(c, len(hist), (0, 1))``."""
+    n_aurc = aurc.shape[1]
+    nb = hist.shape[0]
+    for i in range(c.shape[0]):
+        j = int(c[i] * n_aurc)
+        if j > n_aurc - 1:
+            j = n_aurc - 1
+        aurc[0, j] += 1.0
+        aurc[1, j] += 1.0 - a[i]
+        hist[width_bin(c[i], nb, hist_edges)] += 1.0

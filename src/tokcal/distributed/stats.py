@@ -66,6 +66,7 @@ AURC_BINS = 1 << 18  #: equal-width confidence bins of the streamed AURC and ris
 SMOOTH_GRIDS = tuple(sorted({_grid_points(j / 1024) for j in range(1, 1025)}))  #: grid sizes smooth ECE can visit
 _TINY = np.finfo(np.float64).tiny
 _PASSAGE = 200
+_HIST_EDGES = np.linspace(0.0, 1.0, 51)  #: the confidence histogram's bins (as the in-memory ``_histogram``)
 _CONTEXT = 8
 
 
@@ -301,7 +302,7 @@ class EvaluationSums:
         return self
 
     def _add(self, table: TokenTable, probs: TokenProbs, keep: np.ndarray) -> None:
-        from ._kernels import cell_sums
+        from ._kernels import cell_sums, confidence_hists
 
         lay = self.layout
         p = probs.select(keep) if not keep.all() else probs
@@ -338,10 +339,7 @@ class EvaluationSums:
             part = np.zeros((3, g))
             grid_hist(c, a, np.empty(0), g, part)
             out += part
-        ab = np.minimum((c * AURC_BINS).astype(np.int64), AURC_BINS - 1)
-        self.aurc[0] += np.bincount(ab, minlength=AURC_BINS)
-        self.aurc[1] += np.bincount(ab, 1.0 - a, minlength=AURC_BINS)
-        self.hist += np.histogram(c, bins=50, range=(0.0, 1.0))[0]
+        confidence_hists(c, a, self.aurc, self.hist, _HIST_EDGES)
         self._classwise(p)
         self._tokens(table, keep, p, c, a)
 
@@ -367,9 +365,10 @@ class EvaluationSums:
             for t, ex in self.examples.items():
                 self._need[t] = 3 - len(ex)
         need = self._need
-        if not need[pred].any():
+        cand = np.flatnonzero(need[pred] > 0)  # rows whose predicted id still wants examples
+        if not cand.size:
             return
-        order = np.argsort(pred, kind="stable")
+        order = cand[np.argsort(pred[cand], kind="stable")]
         sp = pred[order]
         rank = np.arange(sp.size) - np.searchsorted(sp, sp, side="left")  # occurrence number of each id
         picked = np.sort(order[rank < need[sp]])  # the first still-needed occurrences, in storage order
