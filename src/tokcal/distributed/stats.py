@@ -734,6 +734,7 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
 
     args = check_params("evaluate", EvaluateParams, bins=bins, binning=binning, bootstrap=bootstrap, seed=seed,
                         worst=worst, classwise_top=classwise_top, unit=unit, block_length=block_length)
+
     def pick(batch: TokenTable) -> TokenTable | None:
         return pick_rows(batch, rows, select)
 
