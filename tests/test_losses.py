@@ -260,6 +260,18 @@ def test_mmce_sorted_sum_equals_brute_force_with_ties(width):
     assert float(slow.detach()) > 0 and a.grad.abs().max() > 0
 
 
+def test_second_derivatives_raise():
+    from tokcal.losses.auxiliary import _mmce_value
+
+    z, y = _data(n=20)
+    z.requires_grad_(True)
+    conf = torch.rand(30, dtype=torch.float64, requires_grad=True)
+    for out, x in ((L.focal(z, y), z), (_mmce_value(conf, (conf.detach() > 0.5).double(), 0.4), conf)):
+        (g,) = torch.autograd.grad(out, x, create_graph=True)
+        with pytest.raises(RuntimeError):
+            g.sum().backward()
+
+
 def test_mmce_on_tied_logit_rows_equals_authors():
     z, y = _data(n=150)
     z[50:100] = z[0]  # 51 identical rows: equal confidences

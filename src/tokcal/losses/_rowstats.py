@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..errors import ValidationError
 
@@ -82,6 +83,7 @@ class _RowStatsFn(torch.autograd.Function):
         return lse, zy, zmax, amax, zmean, s, zb
 
     @staticmethod
+    @once_differentiable  # a second derivative raises instead of being silently wrong
     def backward(ctx, g_lse, g_y, g_max, _g_amax, g_mean, g_s, g_below):
         z, labels, lse, amax, s, ib = ctx.saved_tensors
         want_top, want_mean, want_s, want_below = ctx.flags

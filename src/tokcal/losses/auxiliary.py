@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..errors import ValidationError
 from ._rowstats import Rows, check_reduction, reduce, row_stats
@@ -59,6 +60,7 @@ class _LaplaceKernelSum(torch.autograd.Function):
         return (dg * a_g).sum().to(r.dtype)
 
     @staticmethod
+    @once_differentiable  # a second derivative raises instead of being silently wrong
     def backward(ctx, g):
         d64, inverse, a_g, b_g = ctx.saved_tensors
         g64 = g.double()
