@@ -88,12 +88,12 @@ def mmce(logits: torch.Tensor, labels: torch.Tensor, *, kernel_width: float = 0.
     """Maximum mean calibration error, a kernel estimate of calibration error over the batch.
 
     With r_i the top-1 confidence, c_i = 1[argmax = y_i] and the Laplacian kernel
-    k(r, r') = exp(-|r - r'| / 0.4), the value returned is the squared estimate
-    ``MMCE_m^2 = sum_ij (c_i - r_i)(c_j - r_j) k(r_i, r_j) / n^2`` (smooth at 0, unlike its square root).
-    Computed exactly in O(n log n) time and O(n) memory over the n kept tokens of the batch (sorted by
-    confidence, the kernel factorises into prefix and suffix sums), not as the n x n kernel matrix of
-    the authors' code; ``kernel_width >= 0.001``. Reference: Kumar, Sarawagi
-    & Jain, "Trainable Calibration Measures For Neural Networks From Kernel Mean Embeddings", ICML 2018,
+    k(r, r') = exp(-|r - r'| / w) (w = ``kernel_width``, 0.4 as in the paper), the value returned is
+    the squared estimate ``MMCE_m^2 = sum_ij (c_i - r_i)(c_j - r_j) k(r_i, r_j) / n^2`` (smooth at 0,
+    unlike its square root). Computed exactly in O(n log n) time and O(n) memory over the n kept tokens
+    of the batch (sorted by confidence, the kernel factorises into prefix and suffix sums), not as the
+    n x n kernel matrix of the authors' code; ``kernel_width >= 0.001``. Reference: Kumar, Sarawagi &
+    Jain, "Trainable Calibration Measures For Neural Networks From Kernel Mean Embeddings", ICML 2018,
     eq. (2) (the ``MMCE`` of Mukhoti et al.'s public code is the test oracle).
     """
     width = _check_width(kernel_width)
