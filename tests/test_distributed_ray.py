@@ -138,7 +138,8 @@ def parts(tmp_path_factory):
 @pytest.mark.timeout(300)
 def test_ray_dataset_evaluate_and_fits_equal_in_memory(ray_cluster, parts, monkeypatch):
     """``read_parquet`` of the parts, ``from_arrow`` of the table in blocks cut inside sequences (the
-    first of 5 rows: worst-token contexts cross it), ``from_pandas`` (no tokcal metadata: ``meta=``)."""
+    first of 5 rows: worst-token contexts cross it), ``from_pandas`` (no tokcal metadata: ``meta=``);
+    equal-mass bins; fits with the warm start."""
     import tokcal.calibrators.temperature as T
     import tokcal.distributed.fit as F
     from tokcal.distributed import ray as tokcal_ray
@@ -156,6 +157,9 @@ def test_ray_dataset_evaluate_and_fits_equal_in_memory(ray_cluster, parts, monke
         got = tokcal_ray.evaluate(ds, cal, bootstrap=40, seed=2, batch_rows=1000, meta=meta).to_dict()
         assert got["settings"]["resampling"] == ref["settings"]["resampling"], name
         compare(ref, got)
+    mass = evaluate(full, cal, bins=10, binning="mass", bootstrap=20, seed=1).to_dict()  # exact edges by passes
+    compare(mass, tokcal_ray.evaluate(datasets["from_arrow"][0], cal, bins=10, binning="mass", bootstrap=20, seed=1,
+                                      batch_rows=1000).to_dict())
     monkeypatch.setattr(T, "_WARM_ROWS", 2000)  # groups of ~5k labelled rows: the warm start runs in both paths
     monkeypatch.setattr(F, "_WARM_ROWS", 2000)
     ds, meta = datasets["from_pandas"]

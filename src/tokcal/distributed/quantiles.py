@@ -258,9 +258,21 @@ def quantile_ranks(n: int, q: np.ndarray) -> np.ndarray:
 def mass_edges_of(passes: Callable[[], Iterable[np.ndarray]], bins: int) -> tuple[np.ndarray, int]:
     """:func:`tokcal.metrics.mass_edges` of all values that ``passes()`` yields (called once per pass),
     exactly; and the number of passes it took."""
+    def count(c: PassCounts) -> PassCounts:
+        for x in passes():
+            c.update(x)
+        return c
+
+    return mass_edges_by(count, bins)
+
+
+def mass_edges_by(count: Callable[[PassCounts], PassCounts], bins: int) -> tuple[np.ndarray, int]:
+    """:func:`mass_edges_of` where ``count(empty counts)`` returns one pass's counts of every value (for
+    shards elsewhere: the merge of their :class:`PassCounts`, each started from the empty one's layout)."""
     q = np.linspace(0.0, 1.0, bins + 1)
     stats = OrderStatistics(lambda n: quantile_ranks(n, q))
-    stats.run(passes)
+    while not stats.done:
+        stats.absorb(count(stats.counter()))
     edges = stats.quantiles(q)
     edges[0], edges[-1] = 0.0, 1.0
     return edges, stats.passes

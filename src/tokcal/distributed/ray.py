@@ -42,7 +42,8 @@ import ray
 from ..errors import SchemaError, TokcalError
 from ..table import _LISTS, _META_KEY, _REQUIRED, TokenTable, parquet_files
 from .fit import Batches, fit_stream
-from .stats import _CONTEXT, DatasetSummary, EvaluationSums, fingerprint, pick_rows, summarize
+from .quantiles import PassCounts, mass_edges_by
+from .stats import _CONTEXT, DatasetSummary, EvaluationSums, confidences, fingerprint, pick_rows, summarize
 
 _TASKS = ("causal", "seq2seq", "token-classification")
 
@@ -326,17 +327,42 @@ def _sums(item: Any, raw: dict[bytes, bytes] | None, where: str, summary: Datase
     return acc
 
 
-def evaluate(source: Any, calibrator: Any = None, *, slices: Any = None, bins: int = 15, bootstrap: int = 200,
-             seed: int = 0, worst: int = 20, classwise_top: int = 100, unit: str = "auto",
+@ray.remote(num_cpus=1)
+def _mass_counts(item: Any, raw: dict[bytes, bytes] | None, where: str, layout: tuple[Any, ...], calibrator: Any,
+                 batch_rows: int) -> PassCounts:
+    counts = PassCounts(*layout)
+    for t in _tables(item, raw, where, batch_rows):
+        counts.update(confidences(t, calibrator))
+    return counts
+
+
+def _mass_edges(shards: _Shards, calibrator: Any, bins: int, batch_rows: int) -> tuple[np.ndarray, int]:
+    """The exact equal-mass edges (:func:`~tokcal.distributed.stats.stream_mass_edges`), each pass of
+    counts a Ray task per shard (the counts travel, never the confidences)."""
+    def count(empty: PassCounts) -> PassCounts:
+        layout = (empty.lo, empty.hi, empty.shift, empty.digits)
+        for part in shards.run(_mass_counts, layout, calibrator, batch_rows):
+            empty = empty.merge(part)
+        return empty
+
+    return mass_edges_by(count, bins)
+
+
+def evaluate(source: Any, calibrator: Any = None, *, slices: Any = None, bins: int = 15, binning: str = "width",
+             bootstrap: int = 200, seed: int = 0, worst: int = 20, classwise_top: int = 100, unit: str = "auto",
              block_length: int | None = None, freq_ref: Any = None, batch_rows: int = 65536,
              meta: Any = None) -> Any:
     """:func:`tokcal.evaluate` of a Parquet file, a dataset directory (one Ray task per part file and pass)
-    or a ``ray.data.Dataset`` of TokenTable rows (materialized once, one task per block and pass); width
-    bins; what is exact: :mod:`tokcal.distributed.stats`. ``meta``: for a Dataset whose schema lost the
-    tokcal metadata (``from_pandas``), a TokenTable, Parquet file or dataset directory that has it.
-    Returns an :class:`~tokcal.evaluation.Evaluation`."""
+    or a ``ray.data.Dataset`` of TokenTable rows (materialized once, one task per block and pass); what
+    is exact: :mod:`tokcal.distributed.stats` (``binning="mass"``: the exact edges first, by passes of
+    counts). ``meta``: for a Dataset whose schema lost the tokcal metadata (``from_pandas``), a
+    TokenTable, Parquet file or dataset directory that has it. Returns an :class:`~tokcal.evaluation.Evaluation`."""
     from ..bootstrap import block_length_of, replicate_weights
+    from ..validation import EvaluateParams, check_params
 
+    a = check_params("evaluate", EvaluateParams, bins=bins, binning=binning, bootstrap=bootstrap, seed=seed,
+                     worst=worst, classwise_top=classwise_top, unit=unit, block_length=block_length)
+    bins, bootstrap, seed, unit, block_length = a.bins, a.bootstrap, a.seed, a.unit, a.block_length
     shards = _Shards(source, meta)
     head = shards.head
     b = block_length_of(head.source) if block_length is None else int(block_length)
@@ -345,13 +371,15 @@ def evaluate(source: Any, calibrator: Any = None, *, slices: Any = None, bins: i
     for s, last in shards.run(_summary, head.vocab_size, b):
         carries.append(tail if tail[0].size else None)
         summary, tail = summary.merge(s), _last_rows(tail, last)
+    edges, passes = _mass_edges(shards, calibrator, bins, batch_rows) if a.binning == "mass" else (None, 0)
     kwargs = {"calibrator": calibrator, "slices": slices, "bins": bins, "bootstrap": bootstrap, "seed": seed,
-              "worst": worst, "classwise_top": classwise_top, "unit": unit, "freq_ref": freq_ref}
+              "worst": a.worst, "classwise_top": a.classwise_top, "unit": unit, "freq_ref": freq_ref, "edges": edges}
     n_units = summary.units(unit).info.n_units
     weights = replicate_weights(n_units, bootstrap, seed) if bootstrap and n_units >= 2 else None
     total = None
     for part in shards.run(_sums, summary, head, kwargs, ray.put(weights), batch_rows, per_shard=carries):
         total = part if total is None else total.merge(part)
+    total.edge_passes = passes
     total.fingerprint = shards.fingerprint()
     return total.result()
 
