@@ -157,7 +157,7 @@ class _Shards:
                 raise SchemaError(f"ray Dataset: missing column(s) {missing} of a TokenTable (it has {names})")
             self.raw = _metadata(source, mat, meta)
             self.items = [r for b in mat.iter_internal_ref_bundles()
-                          for r, m in zip(b.block_refs, b.metadata, strict=True) if m.num_rows]
+                          for r, m in zip(b.block_refs, b.metadata, strict=True) if m.num_rows != 0]
             if not self.items:
                 raise TokcalError("ray Dataset: it has no rows")
             self.head = _get(_head.remote(self.items[0], self.raw, self.where(0)))
@@ -245,7 +245,8 @@ def _fixed_lists(col: Any, name: str, where: str) -> Any:
             c = c.storage
         if pa.types.is_list(c.type) or pa.types.is_large_list(c.type):
             if c.null_count:
-                raise SchemaError(f"{where}: column {name!r}: row {offset + int(np.argmax(c.is_null()))} is null")
+                row = offset + int(np.argmax(c.is_null().to_numpy(zero_copy_only=False)))
+                raise SchemaError(f"{where}: column {name!r}: row {row} is null")
             lens = pc.list_value_length(c).to_numpy()
             bad = np.flatnonzero(lens != lens[0]) if lens.size else lens
             if bad.size:
