@@ -77,7 +77,7 @@ def test_report_in_chromium(browser, tmp_path):
 
     js = browser.execute_script
     assert js("return document.title") == "browser test"
-    assert js("return document.scripts.length") == 0
+    assert js("return document.scripts.length") == 1  # the sorting script, allowed by its hash alone
     assert js("return document.querySelectorAll('#diagrams figure svg').length") == 3
     assert js("return document.querySelectorAll('#signatures').length") == 1
     for fig in ("reliability", "confidence_histogram", "risk_coverage"):  # drawn, not empty boxes
@@ -114,6 +114,48 @@ def test_report_in_chromium(browser, tmp_path):
     shot = OUTPUT / "report.png"
     assert browser.save_screenshot(str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_tables_sort_by_a_clicked_header_under_the_strict_csp(browser, tmp_path):
+    """The hashed inline script runs (no CSP violation) and sorts a table by the clicked column: numbers by
+    value (the interval after a value is ignored; a missing value last), text alphabetically, again: reversed."""
+    from tokcal.report.html import SORT_SCRIPT_HASH
+
+    evs = evaluations()
+    path = write_html(tmp_path / "sorting.html", evs, title="sorting")
+    page = path.read_text()
+    assert f"script-src '{SORT_SCRIPT_HASH}'" in page and "'unsafe-inline'" not in page.split("script-src")[1][:80]
+    errors, requested = visit(browser, path)
+    assert errors == [] and requested == []
+    js = browser.execute_script
+
+    def column(table: str, col: int) -> list[str]:
+        return js(f"return [...document.querySelector({json.dumps(table)}).tBodies[0].rows]"
+                  f".map(r => r.cells[{col}].innerText)")
+
+    def click(table: str, col: int) -> str:
+        th = f"document.querySelector({json.dumps(table)}).tHead.rows[0].cells[{col}]"
+        js(f"{th}.querySelector('button').click()")
+        return js(f"return {th}.getAttribute('aria-sort')")
+
+    def value(cell: str) -> float:
+        return float(cell.replace("\u2212", "-").replace(",", "").split()[0])
+
+    table = "#slices table"  # the first slice table: numbers, text, intervals under values
+    heads = js(f"return [...document.querySelector({json.dumps(table)}).tHead.rows[0].cells].map(h => h.innerText)")
+    ece = next(i for i, h in enumerate(heads) if h.strip().startswith("ECE"))
+    before = column(table, ece)
+    assert click(table, ece) == "ascending"
+    up = column(table, ece)
+    numbers = [value(c) for c in up if c.strip() and c.strip()[0] in "0123456789-\u2212."]
+    assert numbers == sorted(numbers) and sorted(up) == sorted(before), up  # the same rows, reordered
+    assert click(table, ece) == "descending"
+    down = [value(c) for c in column(table, ece) if c.strip() and c.strip()[0] in "0123456789-\u2212."]
+    assert down == sorted(numbers, reverse=True)
+    assert click(table, 0) == "ascending"  # the value column: text, in the browser's collation
+    names = column(table, 0)
+    assert names == js("return arguments[0].slice().sort((a, b) => a.localeCompare(b))", names)
+    assert js(f"return document.querySelector({json.dumps(table)}).querySelectorAll('th[aria-sort]').length") == 1
 
 
 def test_verdict_and_per_group_diagrams_are_visible_without_scrolling(browser, tmp_path):

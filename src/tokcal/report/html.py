@@ -9,12 +9,16 @@ reliability panel per evaluation, slices ordered by importance with what each on
 with their contexts, a passage shaded by confidence, and one signatures section.
 
 The file needs nothing else: the stylesheet is inlined, the diagrams are inline SVG (text drawn as
-paths, so no fonts are fetched), there is no script, the Content-Security-Policy forbids every request,
-and every string that comes from data (names, token strings, contexts, signatures) is HTML-escaped.
+paths, so no fonts are fetched), the one script is inline and allowed by its hash alone (it sorts a table
+when a column header is clicked; the page reads fully without it), the Content-Security-Policy forbids
+every request, and every string that comes from data (names, token strings, contexts, signatures) is
+HTML-escaped.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import os
@@ -90,16 +94,53 @@ def context_html(context: Any) -> str:
     return out
 
 
+#: sorts a ``table.sortable`` by the column whose header button is clicked (again: the other way); numbers
+#: (the first number of a cell: ``0.0123 [0.01, 0.02]``, ``−0.004``, ``1,234``) by value, ``text`` columns
+#: alphabetically, cells without a number last. The page's CSP allows this exact text by its hash.
+SORT_SCRIPT = r"""(function () {
+  function key(cell) {
+    var text = cell.textContent.replace(/\u2212/g, "-").replace(/,/g, "").trim();
+    var m = text.match(/^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?/i);
+    return m ? parseFloat(m[0]) : null;
+  }
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    var heads = table.querySelectorAll("thead th");
+    heads.forEach(function (th, col) {
+      var button = th.querySelector("button");
+      if (!button) { return; }
+      button.addEventListener("click", function () {
+        var up = th.getAttribute("aria-sort") !== "ascending", text = th.classList.contains("text");
+        heads.forEach(function (other) { other.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", up ? "ascending" : "descending");
+        var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (r1, r2) {
+          var c1 = r1.cells[col], c2 = r2.cells[col];
+          if (text) { return (up ? 1 : -1) * c1.textContent.localeCompare(c2.textContent); }
+          var a = key(c1), b = key(c2);
+          if (a === null || b === null) { return (a === null) - (b === null); }
+          return up ? a - b : b - a;
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      });
+    });
+  });
+})();"""
+#: the CSP source that allows :data:`SORT_SCRIPT` and nothing else
+SORT_SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode("utf-8")).digest()).decode()
+
+
 def _table(headers: list[str], rows: list[tuple[str, list[str]]], text_cols: int = 1) -> str:
-    """An HTML table; cells are already-escaped HTML; the first ``text_cols`` columns align left."""
-    head = "".join(f'<th class="text">{h}</th>' if i < text_cols else f"<th>{h}</th>"
-                   for i, h in enumerate(headers))
+    """A sortable HTML table (:data:`SORT_SCRIPT`); cells are already-escaped HTML; the first ``text_cols``
+    columns align left (and sort alphabetically)."""
+    head = "".join(f'<th class="text"><button type="button">{h}</button></th>' if i < text_cols
+                   else f'<th><button type="button">{h}</button></th>' for i, h in enumerate(headers))
     body = []
     for cls, cells in rows:
         tds = "".join(f'<td class="text">{c}</td>' if i < text_cols else f"<td>{c}</td>"
                       for i, c in enumerate(cells))
         body.append(f'<tr class="{cls}">{tds}</tr>' if cls else f"<tr>{tds}</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
+            "</tbody></table></div>")
 
 
 def _calibrator_name(ev: Mapping[str, Any]) -> str:
@@ -384,13 +425,15 @@ def render_html(evaluations: Any, title: str = "tokcal calibration report", reco
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        # No request may leave the page: forbid every remote source, allow only inline styles/data images.
+        # No request may leave the page: forbid every remote source, allow only inline styles/data images
+        # and the one sorting script, by its hash.
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        f"script-src '{SORT_SCRIPT_HASH}'; "
         "style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'\">"
         f"<title>{e(title)}</title><style>{css}</style></head><body>"
         f"<header><h1>{e(title)}</h1><p class=\"muted\">{len(evs)} evaluation{'' if len(evs) == 1 else 's'}: "
         f"{e(', '.join(evs))} · tokcal {e(__version__)}</p><nav>{nav}</nav></header>"
-        f"<main>{body}</main></body></html>\n"
+        f"<main>{body}</main><script>{SORT_SCRIPT}</script></body></html>\n"
     )
 
 
