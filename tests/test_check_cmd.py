@@ -149,7 +149,8 @@ def test_baseline_with_other_settings_is_refused(tables, tmp_path):
     (["--max-ece", "-1"], "--max-ece must be a finite number >= 0"),
     ([], "nothing to check"),
     (["--max-ece", "0.1", "--metric", "mce"], "--metric must be one of ece, ece_debiased, smooth_ece"),
-    (["--max-ece", "0.1", "--slice", "nonsense", "--max-slice-ece", "0.1"], "unknown slice spec 'nonsense'"),
+    (["--max-ece", "0.1", "--slice", "nonsense", "--max-slice-ece", "0.1"],
+     "--slice must be freq, freq:predicted, type, type:predicted, group:NAME, position or words:FILE, got 'nonsense'"),
     (["--max-ece", "0.1", "--slice", "group:topic", "--max-slice-ece", "0.1"], "topic"),
     (["--max-regression", "0.1"], "--baseline and --max-regression go together"),
 ])

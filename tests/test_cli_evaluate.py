@@ -57,7 +57,7 @@ def test_evaluate_with_calibrator_and_html(table_path, tmp_path):
 
 @pytest.mark.parametrize("args,match", [
     (["evaluate", "/nonexistent/t.parquet"], "no such file"),
-    (["evaluate", "TABLE", "--slice", "bogus"], "unknown slice"),
+    (["evaluate", "TABLE", "--slice", "bogus"], "--slice must be freq, freq:predicted"),
     (["evaluate", "TABLE", "--binning", "log"], "--binning"),
     (["synth", "-o", "OUT", "--domains", "news"], "--domains"),
     (["synth", "-o", "OUT", "--n", "0"], "--n must be greater than or equal to 1, got 0"),

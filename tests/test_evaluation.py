@@ -262,7 +262,8 @@ def test_unknown_labels_are_excluded_and_calibrator_used(full):
 def test_bad_inputs_raise_tokcal_errors(full):
     _, _, t = full
     for kwargs, match in [({"bins": 0}, "bins"), ({"binning": "log"}, "binning"), ({"bootstrap": -1}, "bootstrap"),
-                          ({"slices": ["nope"]}, "unknown slice"), ({"calibrator": object()}, "token_probs")]:
+                          ({"slices": ["nope"]}, "slices must be freq, freq:predicted"),
+                          ({"calibrator": object()}, "token_probs")]:
         with pytest.raises(TokcalError, match=match):
             evaluate(t, **kwargs)
     with pytest.raises(TokcalError, match="TokenTable"):

@@ -123,13 +123,14 @@ def test_parse_specs_and_errors(table, tmp_path):
     assert names == ["freq", "freq:predicted", "type", "group:domain", "position"]
     assert [s.name for s in parse_slices(None, table)] == ["freq", "freq:predicted", "type", "position",
                                                            "group:domain"]
-    for bad, match in [("nope", "unknown slice"), ("freq:sideways", "predicted"), ("group:", "group column"),
-                       ("words:", "file"), (f"words:{tmp_path / 'missing.txt'}", "cannot read"), ("", "non-empty")]:
+    for bad, match in [("nope", "slices must be freq, freq:predicted"), ("freq:sideways", "predicted"),
+                       ("group:", "group column"), ("words:", "file"),
+                       (f"words:{tmp_path / 'missing.txt'}", "cannot read"), ("", "non-empty")]:
         with pytest.raises(TokcalError, match=match):
             parse_slice(bad)
     with pytest.raises(TokcalError, match="unique"):
         parse_slices(["freq", "freq"], table)
-    with pytest.raises(TokcalError, match="no group column"):
+    with pytest.raises(TokcalError, match="slices must name a group column of the table"):
         parse_slice("group:lang").codes(table)
     no_vocab = TokenTable.from_logits(np.zeros((2, 3), np.float32) + [[1, 0, 0]], [0, 1], top_k=2)
     with pytest.raises(TokcalError, match="no vocabulary"):

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ValidationError
+from .errors import ParameterError, ValidationError
 from .frequency import FrequencyReference, load_reference
 from .metrics.signature import signature
 from .table import TokenTable
@@ -175,6 +175,10 @@ class GroupSlice(Slice):
     group: str = ""
 
     def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
+        if self.group not in table.groups:
+            have = ", ".join(sorted(table.groups)) or "none"
+            raise ParameterError(f"{{slices}} must name a group column of the table ({ParameterError.quote(have)}), "
+                                 f"got {ParameterError.quote(repr(self.name))}", "slice")
         g = table.group(self.group)
         self.labels = list(g.categories)
         return g.codes.astype(np.int32)
@@ -268,7 +272,7 @@ def parse_slice(spec: str | Slice, *, reference: Any = None, counts: Any = None)
     if isinstance(spec, Slice):
         return spec
     if not isinstance(spec, str) or not spec.strip():
-        raise ValidationError(f"slice spec must be a non-empty string, got {spec!r}")
+        raise ParameterError(f"{{slices}} must be a non-empty string, got {ParameterError.quote(repr(spec))}", "slice")
     kind, _, arg = spec.strip().partition(":")
     if kind == "freq":
         on = arg or "gold"
@@ -279,21 +283,23 @@ def parse_slice(spec: str | Slice, *, reference: Any = None, counts: Any = None)
         return TokenTypeSlice(name="type" if on == "gold" else f"type:{on}", on=_check_spec(spec, on))
     if kind == "group":
         if not arg:
-            raise ValidationError(f"slice spec {spec!r}: give the group column, e.g. 'group:domain'")
+            raise ParameterError(f"{{slices}} must name the group column, e.g. group:domain, got {spec!r}", "slice")
         return GroupSlice(name=f"group:{arg}", group=arg)
     if kind == "position" and not arg:
         return PositionSlice()
     if kind == "words":
         if not arg:
-            raise ValidationError(f"slice spec {spec!r}: give a file, e.g. 'words:challenge.txt'")
+            raise ParameterError(f"{{slices}} must name a file, e.g. words:challenge.txt, got {spec!r}", "slice")
         return WordListSlice.from_file(arg)
-    raise ValidationError(f"unknown slice spec {spec!r}; use freq, freq:predicted, type, type:predicted, "
-                          "group:NAME, position or words:FILE")
+    raise ParameterError("{slices} must be freq, freq:predicted, type, type:predicted, group:NAME, position or "
+                         f"words:FILE, got {ParameterError.quote(repr(spec))}", "slice")
 
 
 def _check_spec(spec: str, on: str) -> str:
     if on not in ("gold", "predicted"):
-        raise ValidationError(f"slice spec {spec!r}: expected ':gold' or ':predicted', got ':{on}'")
+        kind = spec.strip().partition(":")[0]
+        raise ParameterError(f"{{slices}} must be {kind}, {kind}:gold or {kind}:predicted, "
+                             f"got {ParameterError.quote(repr(spec))}", "slice")
     return on
 
 

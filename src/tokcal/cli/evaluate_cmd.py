@@ -13,7 +13,7 @@ from .common import QUIET_HELP, console, friendly_errors, progress_bars, refuse_
 
 
 @app.command()
-@friendly_errors
+@friendly_errors(aliases={"slices": "--slice"})
 def evaluate(
     table: Annotated[Path, typer.Argument(help="TokenTable: a Parquet file or a directory of parts.")],
     calibrator: Annotated[Path | None, typer.Option("--calibrator", "-c", help="Calibrator JSON to apply.")] = None,
