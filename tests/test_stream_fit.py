@@ -102,7 +102,7 @@ def test_cli_streamed_fit_by_blocks_and_freq_groups(long, short, tmp_path):
 
 
 def test_cli_streamed_fit_refusals(short, tmp_path):
-    for method in ("isotonic", "adaptive", "conformal"):
+    for method in ("isotonic", "adaptive", "conformal", "beta"):
         r = CliRunner().invoke(app, ["fit", str(short), "--stream", "--method", method, "-o", str(tmp_path / "c.json")])
         text = " ".join(r.output.split())
         assert r.exit_code == 2 and "needs the table in memory" in text and "--in-memory" in text, text
@@ -113,3 +113,28 @@ def test_cli_streamed_fit_refusals(short, tmp_path):
         from tokcal.calibrators import Isotonic
 
         fit_stream(Isotonic(), Batches(short))
+
+
+@pytest.mark.parametrize("binning", ["mass", "width"])
+def test_histogram_binning_streams(short, binning, monkeypatch):
+    import tokcal.distributed.quantiles as Q
+    from tokcal.calibrators import HistogramBinning
+
+    full = TokenTable.read_parquet(short)
+    a = HistogramBinning(12, binning=binning, min_count=5).fit(full)
+    b = fit_stream(HistogramBinning(12, binning=binning, min_count=5), Batches(short, batch_rows=1700))
+    assert b.edges.tobytes() == a.edges.tobytes()  # exact quantiles
+    np.testing.assert_allclose(b.values, a.values, rtol=1e-12, atol=1e-15)
+    monkeypatch.setattr(Q, "CAP", 4)  # the bit-range passes: the same edges
+    c = fit_stream(HistogramBinning(12, binning=binning, min_count=5), Batches(short, batch_rows=1700))
+    assert c.edges.tobytes() == a.edges.tobytes()
+
+
+def test_cli_streamed_histogram_fit(short, tmp_path):
+    from tokcal.calibrators import HistogramBinning
+
+    for m in ("--stream", "--in-memory"):
+        run("fit", str(short), "--method", "histogram", m, "--bootstrap", "10", "-o", str(tmp_path / f"h{m}.json"))
+    a, b = (HistogramBinning.load(tmp_path / f"h{m}.json") for m in ("--in-memory", "--stream"))
+    assert b.edges.tobytes() == a.edges.tobytes()
+    np.testing.assert_allclose(b.values, a.values, rtol=1e-12, atol=1e-15)

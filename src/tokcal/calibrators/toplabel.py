@@ -190,17 +190,29 @@ class HistogramBinning(TopLabelCalibrator):
     def fitted(self) -> bool:
         return self.values is not None
 
+    def inner_quantiles(self) -> np.ndarray:
+        """The quantile levels of the inner edges (``binning="mass"``)."""
+        return np.linspace(0, 1, self.bins + 1)[1:-1]
+
     def _fit_map(self, c: np.ndarray, a: np.ndarray) -> None:
         if self.binning == "mass":
-            inner = np.unique(np.quantile(c, np.linspace(0, 1, self.bins + 1)[1:-1]))
+            inner = np.unique(np.quantile(c, self.inner_quantiles()))
         else:
             inner = np.linspace(0, 1, self.bins + 1)[1:-1]
-        self.edges = np.concatenate([[0.0], inner, [1.0]])
+        self.set_bins(inner, *self.bin_sums(inner, c, a))
+
+    @staticmethod
+    def bin_sums(inner: np.ndarray, c: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Count, correctness and confidence sums of ``c`` in the bins of the inner edges ``inner``
+        (mergeable: sums of shards add up)."""
         b = np.searchsorted(inner, c, side="right")
-        nb = len(self.edges) - 1
-        cnt = np.bincount(b, minlength=nb)
-        acc = np.bincount(b, weights=a, minlength=nb)
-        conf = np.bincount(b, weights=c, minlength=nb)
+        nb = len(inner) + 1
+        return (np.bincount(b, minlength=nb).astype(np.float64), np.bincount(b, weights=a, minlength=nb),
+                np.bincount(b, weights=c, minlength=nb))
+
+    def set_bins(self, inner: np.ndarray, cnt: np.ndarray, acc: np.ndarray, conf: np.ndarray) -> None:
+        """The fitted map from the inner edges and the sums of :meth:`bin_sums` over the fitting tokens."""
+        self.edges = np.concatenate([[0.0], inner, [1.0]])
         mid = 0.5 * (self.edges[:-1] + self.edges[1:])
         self.values = np.where(cnt >= max(self.min_count, 1), acc / np.maximum(cnt, 1),
                                np.where(cnt > 0, conf / np.maximum(cnt, 1), mid))

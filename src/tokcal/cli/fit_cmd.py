@@ -95,13 +95,13 @@ def fit_command(
     if freq_ref is not None and method != "adaptive" and not (method == "group" and by == "freq"):
         raise ValidationError(f"--freq-ref: --method {method} uses no token frequency (adaptive and "
                               "group --by freq do)")
-    streamable = method in ("temperature", "group")
+    streamable = method in ("temperature", "group", "histogram")
     if streamable and should_stream(table, stream):
         _fit_streamed(table, cal, method, output, holdout, bins, bootstrap, seed, freq_ref, quiet)
         return
     if stream:
-        raise ValidationError(f"--stream: method {method!r} needs the table in memory (streamed: temperature "
-                              "and group); use --in-memory, on the table or on a sample of it (some of its "
+        raise ValidationError(f"--stream: method {method!r} needs the table in memory (streamed: temperature, "
+                              "group and histogram); use --in-memory, on the table or on a sample of it (some of its "
                               "part files)")
     data = TokenTable.read_parquet(table)
     blocks = False  # split by contiguous blocks (one long document, few sequences): say so
@@ -174,7 +174,7 @@ def _fit_streamed(table: Path, cal: Any, method: str, output: Path, holdout: flo
         fit_stream(cal, Batches(table, select=split.fit if split else None, progress=prefixed(progress, "fit:")),
                    freq_reference=freq_ref)
     cal.save(output)
-    n = cal.fit_info["n"] if method == "temperature" else sum(cal.counts.values())
+    n = sum(cal.counts.values()) if method == "group" else cal.fit_info["n"]
     unit = _unit(split is not None and split.blocks)
     units = f"{plural(split.n_fit_units, unit)}, streamed" if split else "streamed"
     console.print(Text.assemble("fitted ", (method, "bold"), f" on {plural(n, 'token')} ({units}): {cal!r}"),

@@ -337,21 +337,61 @@ def _freq_buckets(cal: GroupTemperature, batches: Batches, first: TokenTable, fr
     cal.freq_reference = f"{sl.used.tag()} ({sl.used.name})"
 
 
-STREAMED_FITS = ("Temperature", "GroupTemperature")  #: the calibrators :func:`fit_stream` fits by passes
+def fit_histogram_binning(batches: Batches, calibrator: Any) -> Any:
+    """:meth:`HistogramBinning.fit` on every labelled row of ``batches``: the equal-mass inner edges exact
+    (:mod:`tokcal.distributed.quantiles`, passes over the confidences), then one pass of bin sums."""
+    from ..probs import token_probs
+    from .quantiles import OrderStatistics, quantile_ranks
+
+    cal = calibrator
+
+    def rows() -> Iterator[tuple[np.ndarray, np.ndarray]]:  # confidence and correctness, as fit() reads them
+        for b in batches:
+            lab = _labelled(b)
+            if lab is not None:
+                tp = token_probs(lab)
+                yield tp.confidence.astype(np.float64), tp.correct.astype(np.float64)
+
+    q = cal.inner_quantiles()
+    if cal.binning == "mass" and q.size:
+        stats = OrderStatistics(lambda n: quantile_ranks(n, q))
+        stats.run(lambda: (c for c, _ in rows()))
+        inner = np.unique(stats.quantiles(q))
+    else:
+        inner = np.linspace(0, 1, cal.bins + 1)[1:-1]
+    sums = [np.zeros(len(inner) + 1) for _ in range(3)]
+    n = 0
+    for c, a in rows():
+        n += c.size
+        for total, part in zip(sums, cal.bin_sums(inner, c, a), strict=True):
+            total += part
+    if not n:
+        raise ValidationError("HistogramBinning.fit: the data have no labelled rows (all labels are -1)")
+    cal.set_bins(inner, *sums)
+    cal.fit_info = {"n": n}  # the tokens fitted on (what the CLI reports; not part of the saved calibrator)
+    return cal
+
+
+STREAMED_FITS = ("Temperature", "GroupTemperature", "HistogramBinning")  #: what :func:`fit_stream` fits
 
 
 def fit_stream(calibrator: Any, batches: Batches, *, freq_reference: Any = None) -> Any:
-    """Fit ``calibrator`` (a :class:`Temperature` or :class:`GroupTemperature`) by passes over ``batches``.
+    """Fit ``calibrator`` (one of :data:`STREAMED_FITS`) by passes over ``batches``.
 
-    Others need every row at once (isotonic regression and histogram/beta fits sort or iterate over all
-    confidences; adaptive temperature and conformal sets optimise over all rows) and are refused."""
+    Others need every row at once (isotonic regression and beta calibration fit on all confidences,
+    adaptive temperature and conformal sets optimise over all rows) and are refused."""
+    from ..calibrators import HistogramBinning
+
+    if freq_reference is not None and type(calibrator) is not GroupTemperature:
+        raise ValidationError(f"{type(calibrator).__name__}: freq_reference is only used by "
+                              "GroupTemperature(by='freq')")
     if type(calibrator) is Temperature:
-        if freq_reference is not None:
-            raise ValidationError("Temperature: freq_reference is only used by GroupTemperature(by='freq')")
         return fit_temperature(batches, calibrator)
     if type(calibrator) is GroupTemperature:
         return fit_group_temperature(batches, calibrator, freq_reference=freq_reference)
-    raise ValidationError(f"streaming fit supports temperature and group temperature, not "
+    if type(calibrator) is HistogramBinning:
+        return fit_histogram_binning(batches, calibrator)
+    raise ValidationError(f"streaming fit supports temperature, group temperature and histogram binning, not "
                           f"{type(calibrator).__name__}: fit it in memory (tokcal fit --in-memory) on the table "
                           "or on a sample of it (some of its part files)")
 

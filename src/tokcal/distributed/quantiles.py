@@ -1,4 +1,5 @@
-"""Exact order statistics of float64 values in [0, 1] seen in passes of mergeable counts (bounded memory).
+"""Exact order statistics of float64 values in [0, 2) seen in passes of mergeable counts (bounded memory):
+confidences, which rounding can put a hair above 1 before they are clipped.
 
 Equal-mass bin edges (:func:`tokcal.metrics.mass_edges`) are quantiles of every confidence. Here they are
 found exactly, without holding the values, by a selection over the values' bit patterns: a float64
@@ -6,8 +7,8 @@ found exactly, without holding the values, by a selection over the values' bit p
 ``[L, H)`` of bit patterns, and a *group* is such a range together with the rank of its first value.
 
 * Pass 1 counts the values in ``2^20`` equal-width bins ``floor(x 2^20)`` (bit ranges
-  ``[bits(j 2^-20), bits((j + 1) 2^-20))``, the last one closed at 1) and collects the distinct values
-  with their counts while they are at most :data:`CAP`.
+  ``[bits(j 2^-20), bits((j + 1) 2^-20))``, the last one holding everything from 1 - 2^-20 up) and
+  collects the distinct values with their counts while they are at most :data:`CAP`.
 * If the collection held everything, every order statistic is read off it. Otherwise the bin of each
   wanted rank becomes a group; each later pass counts the values of the open groups in ``2^D`` sub-ranges
   of their bit range and again collects their distinct values (at most :data:`CAP` in all; groups whose
@@ -34,11 +35,11 @@ from ..errors import ValidationError
 
 FIRST_BITS = 20  #: pass 1 bins: floor(x * 2^FIRST_BITS)
 CAP = 1 << 20  #: distinct values collected per pass, at most
-_ONE = int(np.float64(1.0).view(np.int64))
+_TWO = int(np.float64(2.0).view(np.int64))  # one past the largest value
 
 
 def bits_of(values: np.ndarray) -> np.ndarray:
-    """int64 bit patterns of float64 values in [0, 1], ordered as the values (``-0.0`` read as ``0.0``)."""
+    """int64 bit patterns of float64 values >= 0, ordered as the values (``-0.0`` read as ``0.0``)."""
     x = np.asarray(values, dtype=np.float64) + 0.0
     return x.view(np.int64)
 
@@ -48,10 +49,10 @@ def _value_of(bits: np.ndarray) -> np.ndarray:
 
 
 def _first_edge(j: np.ndarray) -> np.ndarray:
-    """Bit pattern of ``j 2^-20`` (j = 2^20: one past 1.0, so the last bin holds 1)."""
+    """Bit pattern of ``j 2^-20`` (j = 2^20: that of 2, so the last bin holds 1 and a hair above)."""
     j = np.asarray(j, dtype=np.int64)
     b = bits_of(j.astype(np.float64) * 2.0 ** -FIRST_BITS)
-    return np.where(j >= 1 << FIRST_BITS, _ONE + 1, b)
+    return np.where(j >= 1 << FIRST_BITS, _TWO, b)
 
 
 class PassCounts:
@@ -71,12 +72,12 @@ class PassCounts:
         return np.searchsorted(self.lo, b, side="right") - 1
 
     def update(self, values: np.ndarray) -> PassCounts:
-        """Count ``values`` (float64 in [0, 1]; NaN is an error)."""
+        """Count ``values`` (float64 in [0, 2); NaN is an error)."""
         x = np.asarray(values, dtype=np.float64)
         if not x.size:
             return self
-        if np.isnan(x).any() or x.min() < 0.0 or x.max() > 1.0:
-            raise ValidationError("equal-mass edges: a confidence is NaN or outside [0, 1]")
+        if np.isnan(x).any() or x.min() < 0.0 or x.max() >= 2.0:
+            raise ValidationError("equal-mass edges: a confidence is NaN or outside [0, 2)")
         b = bits_of(x)
         if self.lo is None:
             j = np.minimum((x * float(1 << FIRST_BITS)).astype(np.int64), (1 << FIRST_BITS) - 1)
@@ -142,7 +143,7 @@ class PassCounts:
 
 
 class OrderStatistics:
-    """Exact ``x_(k)`` (0-based ranks in sorted order) of float64 values in [0, 1], by passes (module docstring).
+    """Exact ``x_(k)`` (0-based ranks in sorted order) of float64 values in [0, 2), by passes (module docstring).
 
     Loop: ``while not s.done: c = s.counter(); <c.update(values) for every batch>; s.absorb(c)``. The ranks
     come from ``ranks(n)`` once pass 1 has counted the ``n`` values; :meth:`values` returns the statistics.
@@ -182,7 +183,7 @@ class OrderStatistics:
             if self.n == 0:
                 raise ValidationError("equal-mass edges: no values")
             self.ranks = np.unique(np.asarray(self._ranks_of(self.n), np.int64))
-            groups = [(0, _ONE + 1, 0, self.ranks.tolist())]
+            groups = [(0, _TWO, 0, self.ranks.tolist())]
         else:
             groups = self._open
         opened: dict[int, tuple[int, int, int, list[int]]] = {}
