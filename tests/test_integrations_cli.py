@@ -111,7 +111,8 @@ def test_generate_refusal_names_the_flag(files):
     path = HistogramBinning().fit(make_table(2000, 100, seed=0)).save(d / "hist.json")
     res = runner.invoke(app, ["generate", str(model_dir), "-c", str(path), "-p", "The", "--max-new-tokens", "2"])
     text = " ".join(res.output.split())
-    assert res.exit_code == 2 and "pass --allow-argmax-change to decode" in text and "=True" not in text, text
+    assert res.exit_code == 2 and "pass --allow-argmax-change to decode" in text, text
+    assert "=True" not in text and "preserves_argmax" not in text, text
 
 
 def test_generate_is_seeded_and_prints_the_continuation(files):

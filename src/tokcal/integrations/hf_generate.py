@@ -54,8 +54,8 @@ def check_calibrator(calibrator: Any, allow_argmax_change: bool) -> None:
         raise TokcalError(f"{type(calibrator).__name__} is not a tokcal calibrator (no transform_logits)")
     if not getattr(calibrator, "preserves_argmax", False) and not allow_argmax_change:
         raise ParameterError(
-            f"calibrator {type(calibrator).__name__} may change the most likely token (preserves_argmax is "
-            "not True); pass {allow_argmax_change=True} to decode with it anyway"
+            f"calibrator {type(calibrator).__name__} may change the most likely token (it does "
+            "not preserve the argmax); pass {allow_argmax_change=True} to decode with it anyway"
         )
 
 
