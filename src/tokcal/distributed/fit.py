@@ -123,6 +123,14 @@ class _GroupedPasses:
     def codes(self, lab: TokenTable) -> np.ndarray:
         return np.searchsorted(self.cats, np.asarray(self.key(lab)).astype(str).astype(object))
 
+    def by_group(self, lab: TokenTable, betas: dict[int, float]) -> Iterator[tuple[int, float, TokenTable]]:
+        """``(group, its beta, its rows of lab)`` for each group of ``betas`` with rows in ``lab``."""
+        codes = self.codes(lab)
+        for g, beta in betas.items():
+            rows = np.flatnonzero(codes == g)
+            if rows.size:
+                yield g, beta, lab if rows.size == len(lab) else lab.select(rows)
+
     def sums(self, betas: dict[int, float]) -> dict[int, np.ndarray]:
         """``{group: [sum NLL, sum NLL', sum NLL'']}`` at each group's beta: one pass."""
         def kernel(batch: TokenTable) -> np.ndarray:
@@ -130,12 +138,8 @@ class _GroupedPasses:
             lab = _labelled(batch)
             if lab is None:
                 return out
-            codes = self.codes(lab)
-            for g, beta in betas.items():
-                rows = np.flatnonzero(codes == g)
-                if rows.size:
-                    sk = lab.sketch if rows.size == len(lab) else lab.select(rows).sketch
-                    out[g] = nll_sums(sk, beta)
+            for g, beta, part in self.by_group(lab, betas):
+                out[g] = nll_sums(part.sketch, beta)
             return out
 
         total = np.sum(self.batches.map(kernel), axis=0)
@@ -173,14 +177,10 @@ class _GroupedPasses:
             lab = _labelled(batch)
             if lab is None:
                 return out
-            codes = self.codes(lab)
-            for g, beta in betas.items():
-                rows = np.flatnonzero(codes == g)
-                if rows.size:
-                    part = lab if rows.size == len(lab) else lab.select(rows)
-                    _, grad, hess = nll_terms(part.sketch, np.full(rows.size, beta))
-                    seq, inv = np.unique(units.ids(part.sequence_id, part.position), return_inverse=True)
-                    out[g] = (seq, np.bincount(inv.ravel(), grad), float(hess.sum()))
+            for g, beta, part in self.by_group(lab, betas):
+                _, grad, hess = nll_terms(part.sketch, np.full(len(part), beta))
+                seq, inv = np.unique(units.ids(part.sequence_id, part.position), return_inverse=True)
+                out[g] = (seq, np.bincount(inv.ravel(), grad), float(hess.sum()))
             return out
 
         acc: dict[int, list[Any]] = {g: [[], [], 0.0] for g in betas}

@@ -40,6 +40,21 @@ def _colors(n: int) -> list[Any]:
     return [PALETTE[i % len(PALETTE)] for i in range(n)]
 
 
+
+def _accuracy_intervals(ax: Any, bins: list[dict], conf: list, acc: list, color: Any, *, elinewidth: float,
+                        capsize: float) -> None:
+    """Error bars of each bin's accuracy interval (``acc_ci``) where the bin has one and an accuracy."""
+    xs, ys, lo, hi = [], [], [], []
+    for b, x, y in zip(bins, conf, acc, strict=True):
+        ci = interval(b.get("acc_ci"))
+        if ci is not None and y is not None:
+            xs.append(x)
+            ys.append(y)
+            lo.append(max(y - ci[0], 0.0))
+            hi.append(max(ci[1] - y, 0.0))
+    if xs:
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor=color, elinewidth=elinewidth, capsize=capsize)
+
 def plain_text(s: str) -> str:
     """``s`` drawn literally by matplotlib: ``$`` escaped so no mathtext is parsed, and a leading ``_``
     (which would hide a legend entry) guarded by a zero-width space."""
@@ -84,16 +99,7 @@ def reliability_diagram(evaluations: Any, title: str | None = "Reliability") -> 
         acc = [number(b.get("accuracy")) for b in rows]
         ax.plot(conf, acc, marker="o", markersize=3.5, linewidth=1.4, color=color,
                 label=_label(name, "ECE", ev["overall"].get("ece")))
-        xs, ys, lo_err, hi_err = [], [], [], []
-        for b, c, a in zip(rows, conf, acc, strict=True):
-            ci = interval(b.get("acc_ci"))
-            if ci is not None and a is not None:
-                xs.append(c)
-                ys.append(a)
-                lo_err.append(max(a - ci[0], 0.0))
-                hi_err.append(max(ci[1] - a, 0.0))
-        if xs:
-            ax.errorbar(xs, ys, yerr=[lo_err, hi_err], fmt="none", ecolor=color, elinewidth=1, capsize=2)
+        _accuracy_intervals(ax, rows, conf, acc, color, elinewidth=1, capsize=2)
         for b in ev["bins"]:
             lo, hi, n = number(b.get("lo")), number(b.get("hi")), number(b.get("n"))
             if lo is not None and hi is not None and n:
@@ -175,16 +181,7 @@ def reliability_panels(evaluations: Any, panel: float = 2.6) -> Any:
         xs = [number(b["confidence"]) for b in rows]
         ys = [number(b["accuracy"]) for b in rows]
         ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.3, color=color)
-        lo, hi, ex, ey = [], [], [], []
-        for b, x, y in zip(rows, xs, ys, strict=True):
-            ci = interval(b.get("acc_ci"))
-            if ci is not None:
-                ex.append(x)
-                ey.append(y)
-                lo.append(max(y - ci[0], 0.0))
-                hi.append(max(ci[1] - y, 0.0))
-        if ex:
-            ax.errorbar(ex, ey, yerr=[lo, hi], fmt="none", ecolor=color, elinewidth=0.9, capsize=1.5)
+        _accuracy_intervals(ax, rows, xs, ys, color, elinewidth=0.9, capsize=1.5)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_title(_label(name, "ECE", ev["overall"].get("ece")), fontsize=8)
