@@ -97,6 +97,7 @@ def main() -> None:
         t = make_table(min(chunk, n - s), a.vocab, domains={"a": 0.8, "b": 1.3}, seq_len=200, top_k=a.top_k, seed=i)
         t = t.select(np.arange(len(t)))
         t.sequence_id = t.sequence_id + s
+        t.source = {**t.source, "seed": "the chunk's index"}  # one source for all parts, as in a collected dataset
         for j, r in enumerate(range(0, len(t), rows)):
             t.select(np.arange(r, min(len(t), r + rows))).write_parquet(d / f"part-{i:04d}-{j:03d}.parquet")
     size = sum(f.stat().st_size for f in d.glob("*.parquet"))

@@ -69,6 +69,24 @@ def test_difference_pairs_only_the_same_tokens_and_resamples(table):
     assert "no bootstrap replicates" in paired.pairing(none, none)[1]
 
 
+
+def test_fingerprint_hashes_the_labelled_rows_and_old_definitions_do_not_pair(table):
+    import hashlib
+
+    from tokcal.evaluation import table_fingerprint
+
+    keep = table.labeled
+    rows = np.stack([table.sequence_id[keep], table.position[keep], table.label[keep]], axis=1).astype(np.int64)
+    assert table_fingerprint(table) == "sha256-rows:" + hashlib.sha256(rows.tobytes()).hexdigest()
+    relabelled = table.select(np.arange(len(table)))
+    relabelled.label = relabelled.label.copy()
+    relabelled.label[np.flatnonzero(keep)[7]] = (relabelled.label[np.flatnonzero(keep)[7]] + 1) % table.vocab_size
+    assert table_fingerprint(relabelled) != table_fingerprint(table)
+    ev = tokcal.evaluate(table, bootstrap=R).to_dict()
+    old = {**ev, "table_fingerprint": "sha256:" + "0" * 64}  # as tokcal wrote it before (per column)
+    ok, reason = paired.pairing(old, ev)
+    assert not ok and "different definitions" in reason and "older tokcal" in reason
+
 def test_verdict_words_follow_the_rules(table):
     kw = {"slices": ["group:domain"], "bootstrap": R, "seed": 0}
     evs = {"uncalibrated": tokcal.evaluate(table, **kw).to_dict(),

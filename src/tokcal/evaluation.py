@@ -277,7 +277,7 @@ def evaluate(
                    seed=seed, classwise_top=classwise_top, calibrator=calibrator,
                    worst_tokens=lambda: _worst_tokens(table, keep, p, c, a, bins, worst),
                    curve=(cov, risk), histogram=_histogram(c), passage=_passage(table, probs),
-                   fingerprint=table_fingerprint(table, keep), progress=progress)
+                   fingerprint=table_fingerprint(table), progress=progress)
 
 
 def _result(stats: Any, boot: np.ndarray | None, sl: list[Any], units: ResamplingUnits, edges: np.ndarray, n: int,
@@ -470,15 +470,28 @@ def _slice_bins(st: UnitStats, k: int, labels: list[str]) -> dict[str, dict[str,
     return out
 
 
-def table_fingerprint(table: TokenTable, keep: np.ndarray) -> str:
-    """sha256 of the evaluated tokens' (sequence_id, position, label): equal for two evaluations of the same
-    tokens whatever the calibrator, different when a token was added, dropped or relabelled."""
+FINGERPRINT_PREFIX = "sha256-rows:"  #: the fingerprint's definition (older tokcal wrote "sha256:", per column)
+
+
+def fingerprint_rows(sequence_id: np.ndarray, position: np.ndarray, label: np.ndarray) -> bytes:
+    """What :func:`table_fingerprint` hashes of some rows: their (sequence_id, position, label) as int64
+    triples, row after row, of the rows with a known label. A table's bytes are the concatenation of
+    its batches' bytes, so a stream of batches (or of shards, in order) hashes to the same fingerprint."""
+    keep = np.asarray(label) >= 0
+    rows = np.empty((int(keep.sum()), 3), np.int64)
+    for j, col in enumerate((sequence_id, position, label)):
+        rows[:, j] = np.asarray(col)[keep]
+    return rows.tobytes()
+
+
+def table_fingerprint(table: TokenTable) -> str:
+    """sha256 of the evaluated tokens' (every labelled row's) (sequence_id, position, label)
+    (:func:`fingerprint_rows`): equal for two evaluations of the same tokens whatever the calibrator,
+    different when a token was added, dropped or relabelled."""
     import hashlib
 
-    h = hashlib.sha256()
-    for col in (table.sequence_id, table.position, table.label):
-        h.update(np.ascontiguousarray(np.asarray(col)[keep], dtype=np.int64).tobytes())
-    return "sha256:" + h.hexdigest()
+    rows = fingerprint_rows(table.sequence_id, table.position, table.label)
+    return FINGERPRINT_PREFIX + hashlib.sha256(rows).hexdigest()
 
 
 def _replicates(st: UnitStats, boot: np.ndarray | None, overall: dict[str, np.ndarray] | None,

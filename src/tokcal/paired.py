@@ -57,6 +57,9 @@ def pairing(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[bool, str]:
     if not fa or not fb:
         return False, "an evaluation has no table fingerprint (written by an older tokcal)"
     if fa != fb:
+        if fa.split(":")[0] != fb.split(":")[0]:
+            return False, ("their table fingerprints have different definitions (one was written by an older "
+                           "tokcal): evaluate both with this one to pair them")
         return False, "they were computed on different tokens (table fingerprints differ)"
     from .metrics.signature import definition_differences
 

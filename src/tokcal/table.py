@@ -495,11 +495,10 @@ class TokenTable:
             try:
                 pf = pq.ParquetFile(file, page_checksum_verification=True)
                 meta_raw = pf.schema_arrow.metadata
-                meta = _read_meta(meta_raw, str(file))
+                parsed = _file_meta(meta_raw, str(file))  # once per file (once per dataset), not per batch
                 if batch_rows is None:
-                    yield cls.from_arrow(pf.read(), str(file))
+                    yield cls.from_arrow(pf.read(), str(file), parsed=parsed)
                     continue
-                parsed = (meta, _vocabulary(meta, str(file)))  # once per file, not per batch
                 for batch in pf.iter_batches(batch_size=batch_rows):
                     tbl = pa.Table.from_batches([batch]).replace_schema_metadata(meta_raw)
                     yield cls.from_arrow(tbl, str(file), parsed=parsed)
@@ -544,8 +543,11 @@ def _column(table: pa.Table, name: str, where: str) -> np.ndarray:
         target: pa.DataType = pa.list_(_LISTS[name], col.type.list_size)
     else:
         target = _PLAIN[name]
+    same = col.type == target or (pa.types.is_fixed_size_list(col.type) and col.type.list_size == target.list_size
+                                  and col.type.value_type == target.value_type)  # only the field name differs
     try:
-        arr = col.cast(target, safe=True).combine_chunks()
+        col = col if same else col.cast(target, safe=True)
+        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()  # combine_chunks copies even one chunk
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         raise SchemaError(f"{where}: column {name!r} of type {col.type} cannot be read as {target} ({e})") from None
     if arr.null_count:
@@ -602,16 +604,30 @@ def _read_meta(raw: Mapping[bytes, bytes] | None, where: str) -> dict[str, Any]:
     return meta
 
 
+def _file_meta(raw: Mapping[bytes, bytes] | None, where: str) -> tuple[dict[str, Any], Vocabulary | None]:
+    """:func:`_read_meta` and :func:`_vocabulary` of a file's schema metadata; the parts of one dataset
+    carry the same bytes, which are checked and parsed once (the latest bytes are remembered)."""
+    key = (raw or {}).get(_META_KEY), (raw or {}).get(_DIGEST_KEY)
+    if key[0] is not None and _META_CACHE.get("key") == key:
+        return _META_CACHE["parsed"]
+    meta = _read_meta(raw, where)
+    parsed = meta, _vocabulary(meta, where)
+    _META_CACHE.update(key=key, parsed=parsed)
+    return parsed
+
+
+_META_CACHE: dict[str, Any] = {}
+
+
 def _vocabulary(meta: Mapping[str, Any], where: str) -> Vocabulary | None:
     """The table's vocabulary: raw pieces + convention (version 2), or version 1's decoded strings
     (convention ``"text"`` when their leading spaces mark word starts, see :func:`tokcal.vocab.detect_convention`).
 
     The batches and parts of one dataset share one object (and its derived arrays) while their
     metadata is equal."""
-    key = json.dumps([meta.get("vocabulary"), meta.get("vocab")], sort_keys=True)
-    hit = _VOCAB_CACHE.get(key)
-    if hit is not None:
-        return hit
+    key = [meta.get("vocabulary"), meta.get("vocab")]
+    if _VOCAB_CACHE and _VOCAB_CACHE[0] == key:  # equal parsed JSON: equal vocabularies
+        return _VOCAB_CACHE[1]
     if meta.get("vocabulary") is not None:
         vocabulary = Vocabulary.from_dict(meta["vocabulary"], where)
     else:
@@ -621,9 +637,8 @@ def _vocabulary(meta: Mapping[str, Any], where: str) -> Vocabulary | None:
         if not isinstance(old, list) or not all(isinstance(x, str) for x in old):
             raise SchemaError(f"{where}: metadata 'vocab' must be a list of strings")
         vocabulary = Vocabulary.from_pieces(old)
-    _VOCAB_CACHE.clear()  # keep only the latest: bounded memory
-    _VOCAB_CACHE[key] = vocabulary
+    _VOCAB_CACHE[:] = [key, vocabulary]  # keep only the latest: bounded memory
     return vocabulary
 
 
-_VOCAB_CACHE: dict[str, Vocabulary] = {}
+_VOCAB_CACHE: list[Any] = []

@@ -7,23 +7,34 @@ Kept in its own module, imported on first use, so ``import tokcal`` does not loa
 
 import numba
 
-from ..metrics._compiled import width_bin
+from ..metrics._compiled import edge_bin
 
 
 @numba.njit(cache=True, nogil=True)
-def cell_sums(codes, offsets, value_offsets, bins, tok_bin, c, a, nll, brier, local, nc, n_values,
+def cell_sums(codes, offsets, value_offsets, bins, edges, uniform, c, a, nll, brier, local, nc, n_values,
               total, cell_nll, cell_brier, x, pair_seen, bin_seen):
-    """``codes`` [P, n] (< 0: not in that part), cell = offsets[p] + code * bins + tok_bin. Adds count,
-    confidence and correctness sums to ``total[:3 nc]`` and ``x[local]`` (when ``x`` has rows; its last two
-    columns get NLL and Brier), NLL/Brier to ``cell_nll``/``cell_brier``, and sets ``pair_seen[local *
-    n_values + value]`` and ``bin_seen[local * bins + tok_bin]``."""
+    """``codes`` [P, n] (< 0: not in that part), cell = offsets[p] + code * bins + bin(c), the bin of
+    ``edges`` (``uniform``: equal widths, :func:`tokcal.metrics._compiled.width_bin`; else
+    :func:`~tokcal.metrics._compiled.edge_bin`). Adds count, confidence and correctness sums to
+    ``total[:3 nc]`` and ``x[local]`` (when ``x`` has rows; its last two columns get NLL and Brier),
+    NLL/Brier to ``cell_nll``/``cell_brier``, and sets ``pair_seen[local * n_values + value]`` and
+    ``bin_seen[local * bins + bin]``."""
     n_parts, n = codes.shape
     has_x = x.shape[0] > 0
     last = x.shape[1] - 1
     for i in range(n):
         u = local[i]
-        b = tok_bin[i]
         ci, ai = c[i], a[i]
+        if uniform:  # width_bin written out: a call per token costs 3-4x the loop
+            b = int(ci * bins)
+            if b > bins - 1:
+                b = bins - 1
+            if b > 0 and ci < edges[b]:
+                b -= 1
+            elif b < bins - 1 and ci >= edges[b + 1]:
+                b += 1
+        else:
+            b = edge_bin(ci, bins, edges)
         bin_seen[u * bins + b] = 1
         for p in range(n_parts):
             k = codes[p, i]
@@ -52,9 +63,17 @@ def confidence_hists(c, a, aurc, hist, hist_edges):
     n_aurc = aurc.shape[1]
     nb = hist.shape[0]
     for i in range(c.shape[0]):
-        j = int(c[i] * n_aurc)
+        ci = c[i]
+        j = int(ci * n_aurc)
         if j > n_aurc - 1:
             j = n_aurc - 1
         aurc[0, j] += 1.0
         aurc[1, j] += 1.0 - a[i]
-        hist[width_bin(c[i], nb, hist_edges)] += 1.0
+        b = int(ci * nb)  # width_bin written out, as in cell_sums
+        if b > nb - 1:
+            b = nb - 1
+        if b > 0 and ci < hist_edges[b]:
+            b -= 1
+        elif b < nb - 1 and ci >= hist_edges[b + 1]:
+            b += 1
+        hist[b] += 1.0

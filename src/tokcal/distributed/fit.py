@@ -410,7 +410,7 @@ class StreamSplit:
         first = next(TokenTable.iter_parquet(source, batch_rows=1))
         b = block_length_of(first.source) if block_length is None else int(block_length)
         total = DatasetSummary(first.vocab_size, b)
-        for seq, pos, lab, _ in _arrow_summary(Path(source), first.vocab_size, b):  # every row counts
+        for seq, pos, lab, _ in _arrow_summary(Path(source)):  # every row counts
             total = total.merge(DatasetSummary.of_arrays(first.vocab_size, b, seq, pos, np.zeros_like(lab), {}))
         self.units = total.units()
         info = self.units.info

@@ -40,6 +40,7 @@ import numpy as np
 import ray
 
 from ..errors import SchemaError, TokcalError
+from ..evaluation import FINGERPRINT_PREFIX, fingerprint_rows
 from ..table import _LISTS, _META_KEY, _REQUIRED, TokenTable, parquet_files
 from .fit import Batches, fit_stream
 from .quantiles import PassCounts, mass_edges_by
@@ -185,14 +186,13 @@ class _Shards:
             yield _get(pending.popleft())
 
     def fingerprint(self) -> str:
-        """:func:`tokcal.evaluation.table_fingerprint` of every labelled token (one column per sweep)."""
+        """:func:`tokcal.evaluation.table_fingerprint` of every labelled token (one sweep, shards in order)."""
         if self.source is not None:
             return fingerprint(self.source)
         h = hashlib.sha256()
-        for col in ("sequence_id", "position", "label"):
-            for values in self.run(_labelled_column, col):
-                h.update(values.tobytes())
-        return "sha256:" + h.hexdigest()
+        for rows in self.run(_fingerprint_rows):
+            h.update(rows)
+        return FINGERPRINT_PREFIX + h.hexdigest()
 
 
 def _get(ref: Any) -> Any:
@@ -295,9 +295,8 @@ def _head(item: Any, raw: dict[bytes, bytes], where: str) -> TokenTable:
 
 
 @ray.remote(num_cpus=1)
-def _labelled_column(item: Any, raw: dict[bytes, bytes] | None, where: str, column: str) -> np.ndarray:
-    out = [np.asarray(getattr(t, column))[t.labeled] for t in _tables(item, raw, where, 1 << 20)]
-    return np.ascontiguousarray(np.concatenate(out) if out else np.zeros(0), dtype=np.int64)
+def _fingerprint_rows(item: Any, raw: dict[bytes, bytes] | None, where: str) -> bytes:
+    return b"".join(fingerprint_rows(t.sequence_id, t.position, t.label) for t in _tables(item, raw, where, 1 << 20))
 
 
 @ray.remote(num_cpus=1)

@@ -35,6 +35,7 @@ edges: ~60 MB more, during their passes).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -192,7 +193,7 @@ class StreamUnits:
         return out
 
 
-def _arrow_summary(path: Path, vocab_size: int | None, block_length: int | None) -> Iterator[tuple[Any, ...]]:
+def _arrow_summary(path: Path) -> Iterator[tuple[Any, ...]]:
     import pyarrow.parquet as pq
 
     for file in parquet_files(path):
@@ -209,13 +210,20 @@ def _arrow_summary(path: Path, vocab_size: int | None, block_length: int | None)
                    batch.column("label").to_numpy(), groups)
 
 
-def summarize(path: str | Path, *, block_length: int | None = None) -> tuple[DatasetSummary, TokenTable]:
-    """Pass 1 over a Parquet file or dataset directory; also returns its first rows (metadata carrier)."""
+def summarize(path: str | Path, *, block_length: int | None = None,
+              hasher: Any = None) -> tuple[DatasetSummary, TokenTable]:
+    """Pass 1 over a Parquet file or dataset directory; also returns its first rows (metadata carrier).
+    ``hasher`` (a :mod:`hashlib` object): updated with :func:`tokcal.evaluation.fingerprint_rows` of
+    every batch, in storage order (the table fingerprint, in the same pass)."""
+    from ..evaluation import fingerprint_rows
+
     first = next(TokenTable.iter_parquet(path, batch_rows=1))
     b = block_length_of(first.source) if block_length is None else int(block_length)
     total = DatasetSummary(first.vocab_size, b)
-    for seq, pos, lab, groups in _arrow_summary(Path(path), first.vocab_size, b):
+    for seq, pos, lab, groups in _arrow_summary(Path(path)):
         total = total.merge(DatasetSummary.of_arrays(first.vocab_size, b, seq, pos, lab, groups))
+        if hasher is not None:
+            hasher.update(fingerprint_rows(seq, pos, lab))
     return total, first
 
 
@@ -311,7 +319,6 @@ class EvaluationSums:
         py = np.clip(np.asarray(p.label_prob, dtype=np.float64), 0.0, 1.0)
         nll = -np.log(np.maximum(py, _TINY))
         brier = np.asarray(p.sum_sq, dtype=np.float64) - 2.0 * py + 1.0
-        tok_bin = np.clip(np.searchsorted(self.edges, c, side="right") - 1, 0, self.bins - 1)
         codes = [np.zeros(c.shape[0], np.int64)]
         for s in self.slices:
             codes.append(_global_codes(s, table, probs)[keep])
@@ -326,8 +333,9 @@ class EvaluationSums:
         bin_seen = np.zeros(uniq.size * self.bins, np.uint8)
         x = np.zeros((uniq.size, lay.n_cols) if self.boot is not None else (0, 1))
         offsets = lay.offsets[:-1].astype(np.int64)
-        cell_sums(np.stack(codes), offsets, offsets // self.bins, self.bins, tok_bin.astype(np.int64), c, a, nll,
-                  brier, local, nc, self.n_values, self.total, self.cell_nll, self.cell_brier, x, pair_seen, bin_seen)
+        cell_sums(np.stack(codes), offsets, offsets // self.bins, self.bins, self.edges, self.binning == "width", c,
+                  a, nll, brier, local, nc, self.n_values, self.total, self.cell_nll, self.cell_brier, x, pair_seen,
+                  bin_seen)
         self._pairs.add_seen(uniq, pair_seen, self.n_values)
         self._bin_pairs.add_seen(uniq, bin_seen, self.bins)
         if self.boot is not None:
@@ -677,7 +685,7 @@ def aurc_from_bins(count: np.ndarray, errors: np.ndarray) -> tuple[float, float,
 # -- evaluate and fit from a path ----------------------------------------------------------------------
 
 
-def prefetch(batches: Iterator[TokenTable], depth: int = 1) -> Iterator[TokenTable]:
+def prefetch(batches: Iterator[TokenTable], depth: int = 3) -> Iterator[TokenTable]:
     """``batches``, the next ``depth`` read ahead on a thread (Parquet decoding releases the GIL, so
     reading overlaps the computation). Memory: ``depth + 1`` batches."""
     import queue
@@ -730,6 +738,7 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
     :class:`tokcal.distributed.fit.StreamSplit`).
     ``binning="mass"``: the exact equal-mass edges first, by passes of counts (:func:`stream_mass_edges`).
     ``progress``: called as ``("read", rows read, rows)`` during each pass (:func:`with_progress`)."""
+    from .. import evaluation as E
     from ..validation import EvaluateParams, check_params
 
     args = check_params("evaluate", EvaluateParams, bins=bins, binning=binning, bootstrap=bootstrap, seed=seed,
@@ -739,8 +748,9 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
         return pick_rows(batch, rows, select)
 
     picked = rows is not None or select is not None
+    hasher = None if picked else hashlib.sha256()  # the fingerprint of a part of the dataset is not computed
     summary, first = _summarize_rows(source, pick, block_length) if picked else \
-        summarize(source, block_length=block_length)
+        summarize(source, block_length=block_length, hasher=hasher)
 
     total = source_rows(source) if progress is not None else 0
 
@@ -758,7 +768,7 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
     acc.edge_passes = passes
     for batch in batches():
         acc.update(batch)
-    acc.fingerprint = None if picked else fingerprint(source)
+    acc.fingerprint = None if hasher is None else E.FINGERPRINT_PREFIX + hasher.hexdigest()
     return acc.result()
 
 
@@ -786,20 +796,16 @@ def with_progress(batches: Iterable[TokenTable], progress: ProgressCallback | No
 
 def fingerprint(source: str | Path) -> str:
     """:func:`tokcal.evaluation.table_fingerprint` of every labelled token of a Parquet file or dataset
-    directory (sha256 of all sequence ids, then all positions, then all labels): three scans of one
-    integer column each."""
-    import hashlib
-
+    directory, from one scan of its sequence_id, position and label columns."""
     import pyarrow.parquet as pq
 
-    files = parquet_files(source)
+    from ..evaluation import FINGERPRINT_PREFIX, fingerprint_rows
+
     h = hashlib.sha256()
-    for col in ("sequence_id", "position", "label"):
-        for f in files:
-            for b in pq.ParquetFile(f).iter_batches(batch_size=1 << 20, columns=sorted({col, "label"})):
-                keep = b.column("label").to_numpy() >= 0
-                h.update(np.ascontiguousarray(b.column(col).to_numpy()[keep], dtype=np.int64).tobytes())
-    return "sha256:" + h.hexdigest()
+    for f in parquet_files(source):
+        for b in pq.ParquetFile(f).iter_batches(batch_size=1 << 20, columns=["sequence_id", "position", "label"]):
+            h.update(fingerprint_rows(*(b.column(c).to_numpy() for c in ("sequence_id", "position", "label"))))
+    return FINGERPRINT_PREFIX + h.hexdigest()
 
 
 def pick_rows(batch: TokenTable, rows: Callable[[TokenTable], np.ndarray] | None,

@@ -119,14 +119,19 @@ def grid_hist(c, a, w, g, out):
 
 @numba.njit(cache=True, nogil=True)
 def classwise(top_ids, top_probs, label, label_prob, tail, lookup, nb, edges, use_label_prob,
-              base, corr):
+              base, hit, moved):
     """Per-class binned sums of p_i(j) vs 1[y_i = j] without materialising [N, M].
 
-    Every labeled row adds its tail probability to ``base`` (shared by all classes); classes in
-    the row's top-k (and the gold class) move that row's mass from the tail bin to their own.
+    Every labeled row adds its tail probability to ``base`` [2, B] (shared by all classes); each class
+    in the row's top-k (and the gold class) moves that row from the tail bin to its own bin:
+    ``hit[m, b]`` += (1, p, 1[correct]) and ``moved[m, bt]`` += (1, t), subtracted by the caller.
+    ``lookup`` maps ids to class rows and every other id to one of the four spare rows at the end
+    (``hit.shape[0] - 4`` onwards, a lane per j % 4): no branch on membership, and consecutive
+    misses do not wait on each other's store (about 3x faster than branching on ``m >= 0``).
     """
     n, k = top_ids.shape
     nlook = lookup.shape[0]
+    spare = hit.shape[0] - 4
     for i in range(n):
         y = label[i]
         if y < 0:
@@ -134,37 +139,50 @@ def classwise(top_ids, top_probs, label, label_prob, tail, lookup, nb, edges, us
         t = tail[i]
         if not (t >= 0.0 and t <= 1.0):
             return i, 3
-        bt = width_bin(t, nb, edges)
+        bt = int(t * nb)  # width_bin written out (a call costs more than the loop)
+        if bt > nb - 1:
+            bt = nb - 1
+        if bt > 0 and t < edges[bt]:
+            bt -= 1
+        elif bt < nb - 1 and t >= edges[bt + 1]:
+            bt += 1
         base[0, bt] += 1.0
         base[1, bt] += t
-        ycls = lookup[y] if y < nlook else -1
         y_in_top = False
         for j in range(k):
+            tid = top_ids[i, j]
+            if tid < 0:
+                return i, 4
+            m = lookup[tid] if tid < nlook else spare
+            m += (m == spare) * (j & 3)
             p = top_probs[i, j]
             if not (p >= 0.0 and p <= 1.0):
                 return i, 1
-            tid = top_ids[i, j]
-            m = lookup[tid] if (tid >= 0 and tid < nlook) else -1
-            if m < 0:
-                continue
-            b = width_bin(p, nb, edges)
-            corr[0, m, bt] -= 1.0
-            corr[1, m, bt] -= t
-            corr[0, m, b] += 1.0
-            corr[1, m, b] += p
-            if tid == y:
-                corr[2, m, b] += 1.0
-                y_in_top = True
-        if ycls >= 0 and not y_in_top:
+            b = int(p * nb)
+            if b > nb - 1:
+                b = nb - 1
+            if b > 0 and p < edges[b]:
+                b -= 1
+            elif b < nb - 1 and p >= edges[b + 1]:
+                b += 1
+            is_y = tid == y
+            hit[m, b, 0] += 1.0
+            hit[m, b, 1] += p
+            hit[m, b, 2] += 1.0 if is_y else 0.0
+            moved[m, bt, 0] += 1.0
+            moved[m, bt, 1] += t
+            y_in_top |= is_y
+        ycls = lookup[y] if y < nlook else spare
+        if ycls < spare and not y_in_top:
             p = label_prob[i] if use_label_prob else t
             if not (p >= 0.0 and p <= 1.0):
                 return i, 2
             b = width_bin(p, nb, edges)
-            corr[0, ycls, bt] -= 1.0
-            corr[1, ycls, bt] -= t
-            corr[0, ycls, b] += 1.0
-            corr[1, ycls, b] += p
-            corr[2, ycls, b] += 1.0
+            hit[ycls, b, 0] += 1.0
+            hit[ycls, b, 1] += p
+            hit[ycls, b, 2] += 1.0
+            moved[ycls, bt, 0] += 1.0
+            moved[ycls, bt, 1] += t
     return -1, 0
 
 

@@ -65,9 +65,8 @@ def _prepare(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any, label_pro
     y = y.astype(np.int64, copy=False)
     n, k = ids.shape
     V.same_length(top_ids=ids, label=y)
-    for name, bad in (("top_ids", (ids < 0).any(1)), ("label", y < -1)):
-        if bad.any():
-            raise ValidationError(f"{name}: ids must be >= 0 (labels: -1 = unknown); row {first_bad_row(bad)}")
+    if (y < -1).any():
+        raise ValidationError(f"label: ids must be >= 0 (labels: -1 = unknown); row {first_bad_row(y < -1)}")
     labeled = y >= 0
     if not labeled.any():
         raise ValidationError("label: no labeled tokens (all -1)")
@@ -87,16 +86,22 @@ def _prepare(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any, label_pro
 
 def _sums(ids: np.ndarray, probs: np.ndarray, y: np.ndarray, lp: np.ndarray, tail: np.ndarray, cls: np.ndarray,
           bins: int, has_label_prob: bool) -> tuple[np.ndarray, np.ndarray]:
-    size = int(max(ids.max(), y.max(), cls.max())) + 1
-    lookup = np.full(size, -1, np.int64)
-    lookup[cls] = np.arange(cls.shape[0])
+    m = cls.shape[0]
+    size = int(max(y.max(), cls.max())) + 1  # larger ids are in no class (the kernel checks ids >= 0)
+    lookup = np.full(size, m, np.int64)  # row m (and the three after it): the spare rows of no class
+    lookup[cls] = np.arange(m)
     edges = width_edges(bins)
     base = np.zeros((2, bins))
-    corr = np.zeros((3, cls.shape[0], bins))
-    i, what = kernels()["classwise"](ids, probs, y, lp, tail, lookup, bins, edges, has_label_prob, base, corr)
+    hit = np.zeros((m + 4, bins, 3))
+    moved = np.zeros((m + 4, bins, 2))
+    i, what = kernels()["classwise"](ids, probs, y, lp, tail, lookup, bins, edges, has_label_prob, base, hit, moved)
     if i >= 0:
+        if what == 4:
+            raise ValidationError(f"top_ids: ids must be >= 0; row {i} holds {ids[i]!r}")
         name, arr = {1: ("top_probs", probs[i]), 2: ("label_prob", lp[i]), 3: ("tail_prob", tail[i])}[what]
         raise ValidationError(f"{name}: probabilities must be finite and in [0, 1]; row {i} holds {arr!r}")
+    hit, moved = hit[:m], moved[:m]
+    corr = np.stack([hit[..., 0] - moved[..., 0], hit[..., 1] - moved[..., 1], hit[..., 2]])
     return base, corr
 
 
@@ -127,7 +132,7 @@ def classwise_calibration(top_ids: Any, top_probs: Any, label: Any, tail_prob: A
         if (cls < 0).any():
             raise ValidationError("classes: ids must be >= 0")
     base, corr = _sums(ids, probs, y, lp, tail, cls, bins, label_prob is not None)
-    size = int(max(ids.max(), y.max(), cls.max())) + 1
+    size = int(max(y.max(), cls.max())) + 1
     count = np.maximum(base[0][None, :] + corr[0], 0.0)  # exact small integers; max() drops -0.0
     conf_sum = base[1][None, :] + corr[1]
     support = np.bincount(y[labeled], minlength=size)[cls]
