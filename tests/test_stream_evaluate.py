@@ -208,3 +208,16 @@ def test_peak_rss_is_flat_from_1x_to_16x(tmp_path):
     sixteen = json.loads((tmp_path / "e16.json").read_text())
     assert sixteen["overall"]["n"] == 16 * memory["overall"]["n"]
     assert sixteen["overall"]["ece"] == pytest.approx(memory["overall"]["ece"], rel=1e-9)  # copies: same ECE
+
+
+def test_unique_fast_path_equals_numpy_unique():
+    from tokcal.distributed.stats import _unique
+
+    rng = np.random.default_rng(0)
+    cases = [np.sort(rng.integers(0, 50, 1000)), rng.integers(0, 50, 1000), np.zeros(0, np.int64), np.array([3]),
+             np.array([1, 1, 1]), np.arange(10)]
+    for x in cases:
+        assert np.array_equal(_unique(x), np.unique(x))
+        for kw, name in (({"counts": True}, "return_counts"), ({"inverse": True}, "return_inverse")):
+            got, want = _unique(x, **kw), np.unique(x, **{name: True})
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1].ravel())

@@ -77,3 +77,30 @@ def confidence_hists(c, a, aurc, hist, hist_edges):
         elif b < nb - 1 and ci >= hist_edges[b + 1]:
             b += 1
         hist[b] += 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def smooth_grids(c, a, sizes, starts, out):
+    """:func:`tokcal.metrics._compiled.grid_hist` (unweighted) for every grid size ``sizes[q]`` in one
+    pass: grid q's [3, g] sums at ``out[starts[q]:starts[q] + 3 g]``, each added in token order with the
+    same products, so each grid equals its own ``grid_hist``. ``c`` in [0, 1], ``a`` 0/1 (the caller's)."""
+    n_grids = sizes.shape[0]
+    for i in range(c.shape[0]):
+        f = c[i]
+        ai = a[i]
+        r = f - ai
+        for q in range(n_grids):
+            g = sizes[q]
+            o = starts[q]
+            x = f * (g - 1)
+            b = int(x)
+            if b > g - 2:
+                b = g - 2
+            frac = x - b
+            lo = 1.0 - frac
+            out[o + b] += lo
+            out[o + b + 1] += frac
+            out[o + g + b] += lo * r
+            out[o + g + b + 1] += frac * r
+            out[o + 2 * g + b] += lo * ai
+            out[o + 2 * g + b + 1] += frac * ai

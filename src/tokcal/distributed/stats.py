@@ -55,7 +55,6 @@ from ..bootstrap import (
     replicate_weights,
 )
 from ..errors import ValidationError
-from ..metrics._kernels import kernels
 from ..metrics.binned import width_edges
 from ..metrics.smooth import _grid_points, _Smoother
 from ..probs import TokenProbs
@@ -65,6 +64,8 @@ from ..table import TokenTable, parquet_files
 
 AURC_BINS = 1 << 18  #: equal-width confidence bins of the streamed AURC and risk-coverage curve
 SMOOTH_GRIDS = tuple(sorted({_grid_points(j / 1024) for j in range(1, 1025)}))  #: grid sizes smooth ECE can visit
+_SMOOTH_SIZES = np.asarray(SMOOTH_GRIDS, np.int64)
+_SMOOTH_STARTS = np.concatenate([[0], np.cumsum(3 * _SMOOTH_SIZES)]).astype(np.int64)
 _TINY = np.finfo(np.float64).tiny
 _PASSAGE = 200
 _HIST_EDGES = np.linspace(0.0, 1.0, 51)  #: the confidence histogram's bins (as the in-memory ``_histogram``)
@@ -101,9 +102,9 @@ class DatasetSummary:
         lab = np.asarray(label, np.int64)
         keep = lab >= 0
         s_lab = seq[keep]
-        useq, cnt = np.unique(s_lab, return_counts=True)
+        useq, cnt = _unique(s_lab, counts=True)
         blk = np.floor_divide(np.asarray(position, np.int64)[keep], block_length)
-        all_seq, all_cnt = np.unique(seq, return_counts=True)
+        all_seq, all_cnt = _unique(seq, counts=True)
         return cls(vocab_size, block_length, int(seq.size),
                    np.bincount(lab[keep], minlength=vocab_size).astype(np.float64), all_seq,
                    all_cnt.astype(np.int64), useq, cnt.astype(np.int64), _unique_pairs(s_lab, blk),
@@ -147,6 +148,24 @@ class DatasetSummary:
         return StreamUnits(info, keys, self.block_length if kind == "block" else None)
 
 
+def _unique(x: np.ndarray, *, counts: bool = False, inverse: bool = False) -> Any:
+    """``numpy.unique(x)`` (with ``return_counts`` or ``return_inverse``), in one linear pass when ``x`` is
+    already sorted -- the usual case here: rows are stored in sequence order, and keys built from them
+    (units, (unit, value) pairs, chunks added in storage order) come sorted."""
+    x = np.asarray(x)
+    if x.size and not (x[1:] >= x[:-1]).all():
+        out = np.unique(x, return_counts=counts, return_inverse=inverse)
+        return (out[0], out[1].ravel()) if inverse else out
+    first = np.ones(x.size, bool)
+    np.not_equal(x[1:], x[:-1], out=first[1:])
+    keys = x[first]
+    if counts:
+        return keys, np.diff(np.append(np.flatnonzero(first), x.size))
+    if inverse:
+        return keys, np.cumsum(first) - 1
+    return keys
+
+
 def _add_counts(k1: np.ndarray, c1: np.ndarray, k2: np.ndarray, c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keys, inv = np.unique(np.concatenate([k1, k2]), return_inverse=True)
     return keys, np.bincount(inv.ravel(), np.concatenate([c1, c2]), minlength=keys.size).astype(np.int64)
@@ -160,7 +179,7 @@ def _unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a0, b0 = int(a.min()), int(b.min())
     span = int(b.max()) - b0 + 1
     if a0 >= 0 and b0 >= 0 and int(a.max()) < (1 << 62) // span:
-        key = np.unique(a * span + (b - b0))
+        key = _unique(a * span + (b - b0))
         return np.stack([key // span, key % span + b0], axis=1)
     return np.unique(np.stack([a, b], axis=1), axis=0)
 
@@ -310,7 +329,7 @@ class EvaluationSums:
         return self
 
     def _add(self, table: TokenTable, probs: TokenProbs, keep: np.ndarray) -> None:
-        from ._kernels import cell_sums, confidence_hists
+        from ._kernels import cell_sums, confidence_hists, smooth_grids
 
         lay = self.layout
         p = probs.select(keep) if not keep.all() else probs
@@ -326,8 +345,7 @@ class EvaluationSums:
         self.total[-2] += nll.sum()
         self.total[-1] += brier.sum()
         unit = self.units.ids(table.sequence_id[keep], table.position[keep])
-        uniq, local = np.unique(unit, return_inverse=True)
-        local = local.ravel()
+        uniq, local = _unique(unit, inverse=True)
         # per unit of the batch: which slice values and bins it has a token in (units / sequences per value)
         pair_seen = np.zeros(uniq.size * self.n_values, np.uint8)
         bin_seen = np.zeros(uniq.size * self.bins, np.uint8)
@@ -342,11 +360,10 @@ class EvaluationSums:
             with _one_blas_thread():  # a small product: BLAS threads only contend with the reader thread
                 self.boot += self.weights[:, uniq] @ x.astype(np.float32)
         self.scalars += (c.size, c.sum(), a.sum(), brier.sum(), nll.sum(), np.sum((c - a) ** 2))
-        grid_hist = kernels()["grid_hist"]
-        for g, out in self.smooth.items():
-            part = np.zeros((3, g))
-            grid_hist(c, a, np.empty(0), g, part)
-            out += part
+        part = np.zeros(_SMOOTH_STARTS[-1])
+        smooth_grids(c, a, _SMOOTH_SIZES, _SMOOTH_STARTS, part)
+        for q, (g, out) in enumerate(self.smooth.items()):
+            out += part[_SMOOTH_STARTS[q]:_SMOOTH_STARTS[q + 1]].reshape(3, g)
         confidence_hists(c, a, self.aurc, self.hist, _HIST_EDGES)
         self._classwise(p)
         self._tokens(table, keep, p, c, a)
@@ -389,12 +406,13 @@ class EvaluationSums:
             seq_all = np.concatenate([self._carry[0], seq_all])
             lab_all = np.concatenate([self._carry[1], lab_all])
             shift = self._carry[0].size
-        for t, r in zip(pred[picked], rows + shift, strict=True):
-            start = r
-            while start > 0 and r - start < _CONTEXT and seq_all[start - 1] == seq_all[r]:
-                start -= 1
-            self.examples.setdefault(int(t), []).append((int(t), lab_all[start:r].copy(), int(lab_all[r])))
-            need[t] -= 1
+        rows = rows + shift
+        change = np.flatnonzero(seq_all[1:] != seq_all[:-1]) + 1  # where a sequence's run of rows starts
+        run_start = np.concatenate([[0], change])[np.searchsorted(change, rows, side="right")]
+        starts = np.maximum(run_start, rows - _CONTEXT)  # up to _CONTEXT rows before, of the same sequence
+        for t, start, r in zip(pred[picked].tolist(), starts.tolist(), rows.tolist(), strict=True):
+            self.examples.setdefault(t, []).append((t, lab_all[start:r].copy(), int(lab_all[r])))
+        np.subtract.at(need, pred[picked], 1)
 
     def _passage(self, table: TokenTable, probs: TokenProbs) -> None:
         if self.summary.first_labelled_seq is None:
@@ -537,7 +555,7 @@ class _UniqueInts:
 
     def values(self) -> np.ndarray:
         if len(self._chunks) != 1 or self._size != self._unique:
-            merged = np.unique(np.concatenate(self._chunks)) if self._chunks else np.zeros(0, np.int64)
+            merged = _unique(np.concatenate(self._chunks)) if self._chunks else np.zeros(0, np.int64)
             self._chunks, self._size, self._unique = [merged], merged.size, merged.size
         return self._chunks[0]
 
@@ -685,43 +703,65 @@ def aurc_from_bins(count: np.ndarray, errors: np.ndarray) -> tuple[float, float,
 # -- evaluate and fit from a path ----------------------------------------------------------------------
 
 
-def prefetch(batches: Iterator[TokenTable], depth: int = 3) -> Iterator[TokenTable]:
-    """``batches``, the next ``depth`` read ahead on a thread (Parquet decoding releases the GIL, so
-    reading overlaps the computation). Memory: ``depth + 1`` batches."""
-    import queue
-    import threading
+class Prefetch:
+    """``batches`` read ahead on a thread, from construction on: up to ``depth`` batches wait in a queue
+    (Parquet decoding releases the GIL, so reading overlaps the computation -- and, started before pass 1,
+    pass 1 too). Iterate it once; :meth:`close` (or the context manager, or the end of the iteration)
+    stops the thread. Memory: ``depth + 1`` batches."""
 
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
+    _DONE = object()
 
-    def run() -> None:
+    def __init__(self, batches: Iterable[TokenTable], depth: int = 3) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(batches),), daemon=True)
+        self._thread.start()
+
+    def _run(self, batches: Iterator[TokenTable]) -> None:
         try:
             for b in batches:
-                if stop.is_set():
+                if self._stop.is_set():
                     return
-                q.put(b)
-            q.put(done)
+                self._queue.put(b)
+            self._queue.put(self._DONE)
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            q.put(e)
+            self._queue.put(e)
 
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while th.is_alive():  # unblock a pending put, then let the thread end
+    def __iter__(self) -> Iterator[TokenTable]:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is self._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        import queue
+
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a pending put, then let the thread end
             try:
-                q.get_nowait()
+                self._queue.get_nowait()
             except queue.Empty:
-                th.join(0.05)
+                self._thread.join(0.05)
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prefetch(batches: Iterable[TokenTable], depth: int = 3) -> Iterator[TokenTable]:
+    """:class:`Prefetch`, iterated."""
+    return iter(Prefetch(batches, depth))
 
 
 def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = None, bins: int = 15,
@@ -749,25 +789,29 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
 
     picked = rows is not None or select is not None
     hasher = None if picked else hashlib.sha256()  # the fingerprint of a part of the dataset is not computed
-    summary, first = _summarize_rows(source, pick, block_length) if picked else \
-        summarize(source, block_length=block_length, hasher=hasher)
+    readers = [Prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows))]  # the next pass reads during pass 1
+    try:
+        summary, first = _summarize_rows(source, pick, block_length) if picked else \
+            summarize(source, block_length=block_length, hasher=hasher)
+        total = source_rows(source) if progress is not None else 0
 
-    total = source_rows(source) if progress is not None else 0
+        def batches() -> Iterator[TokenTable]:
+            reader = readers.pop() if readers else Prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows))
+            for batch in with_progress(reader, progress, total):
+                batch = pick(batch) if picked else batch
+                if batch is not None and len(batch):
+                    yield batch
 
-    def batches() -> Iterator[TokenTable]:
-        for batch in with_progress(prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows)), progress,
-                                   total):
-            batch = pick(batch) if picked else batch
-            if batch is not None and len(batch):
-                yield batch
-
-    edges, passes = stream_mass_edges(batches, calibrator, args.bins) if args.binning == "mass" else (None, 0)
-    acc = EvaluationSums(summary, first, calibrator=calibrator, slices=slices, bins=args.bins,
-                         bootstrap=args.bootstrap, seed=args.seed, worst=args.worst,
-                         classwise_top=args.classwise_top, unit=args.unit, freq_ref=freq_ref, edges=edges)
-    acc.edge_passes = passes
-    for batch in batches():
-        acc.update(batch)
+        edges, passes = stream_mass_edges(batches, calibrator, args.bins) if args.binning == "mass" else (None, 0)
+        acc = EvaluationSums(summary, first, calibrator=calibrator, slices=slices, bins=args.bins,
+                             bootstrap=args.bootstrap, seed=args.seed, worst=args.worst,
+                             classwise_top=args.classwise_top, unit=args.unit, freq_ref=freq_ref, edges=edges)
+        acc.edge_passes = passes
+        for batch in batches():
+            acc.update(batch)
+    finally:
+        for reader in readers:  # not iterated (an error before pass 2)
+            reader.close()
     acc.fingerprint = None if hasher is None else E.FINGERPRINT_PREFIX + hasher.hexdigest()
     return acc.result()
 

@@ -124,7 +124,8 @@ def classwise(top_ids, top_probs, label, label_prob, tail, lookup, nb, edges, us
 
     Every labeled row adds its tail probability to ``base`` [2, B] (shared by all classes); each class
     in the row's top-k (and the gold class) moves that row from the tail bin to its own bin:
-    ``hit[m, b]`` += (1, p, 1[correct]) and ``moved[m, bt]`` += (1, t), subtracted by the caller.
+    ``hit[m, b]`` += (1, p, 1[correct]) and ``moved[m, bt]`` += (1, t), subtracted by the caller (when
+    b is the tail bin, only ``hit[m, b, 1] += p - t``: the count does not change).
     ``lookup`` maps ids to class rows and every other id to one of the four spare rows at the end
     (``hit.shape[0] - 4`` onwards, a lane per j % 4): no branch on membership, and consecutive
     misses do not wait on each other's store (about 3x faster than branching on ``m >= 0``).
@@ -165,13 +166,16 @@ def classwise(top_ids, top_probs, label, label_prob, tail, lookup, nb, edges, us
                 b -= 1
             elif b < nb - 1 and p >= edges[b + 1]:
                 b += 1
-            is_y = tid == y
-            hit[m, b, 0] += 1.0
-            hit[m, b, 1] += p
-            hit[m, b, 2] += 1.0 if is_y else 0.0
-            moved[m, bt, 0] += 1.0
-            moved[m, bt, 1] += t
-            y_in_top |= is_y
+            if b == bt:  # from the tail bin to the same bin (most ids beyond the first few): p - t only
+                hit[m, b, 1] += p - t
+            else:
+                hit[m, b, 0] += 1.0
+                hit[m, b, 1] += p
+                moved[m, bt, 0] += 1.0
+                moved[m, bt, 1] += t
+            if tid == y:
+                hit[m, b, 2] += 1.0
+                y_in_top = True
         ycls = lookup[y] if y < nlook else spare
         if ycls < spare and not y_in_top:
             p = label_prob[i] if use_label_prob else t

@@ -79,8 +79,7 @@ def _prepare(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any, label_pro
         tail = np.zeros(n)
     lp = np.zeros(n) if label_prob is None else np.asarray(label_prob, dtype=np.float64)
     if label_prob is not None:
-        V.same_length(label=y, label_prob=lp)
-        lp = np.where(labeled, lp, 0.0)  # unknown labels carry NaN; those rows are skipped anyway
+        V.same_length(label=y, label_prob=lp)  # unknown labels carry NaN: the kernel skips those rows
     return ids, probs, y, lp, tail, labeled
 
 
