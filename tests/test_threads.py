@@ -31,3 +31,33 @@ def test_kernels_keep_torch_single_threaded():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "1"
+
+
+def test_streamed_passes_run_numba_on_one_thread_of_the_caller_only(tmp_path, monkeypatch):
+    import threading
+
+    import numba
+
+    from tokcal._threads import numba_threads
+    from tokcal.distributed import stats
+    from tokcal.synthetic import make_table
+
+    before = numba.get_num_threads()
+    seen: dict[str, int] = {}
+    with numba_threads(1):
+        seen["inside"] = numba.get_num_threads()
+        other = threading.Thread(target=lambda: seen.update(other=numba.get_num_threads()))
+        other.start()
+        other.join()
+    assert seen["inside"] == 1 and seen["other"] == before and numba.get_num_threads() == before
+    make_table(3000, 300, seq_len=50, seed=0).write_parquet(tmp_path / "t.parquet")
+    calls = []
+    update = stats.EvaluationSums.update
+
+    def recording(self, table):
+        calls.append(numba.get_num_threads())
+        return update(self, table)
+
+    monkeypatch.setattr(stats.EvaluationSums, "update", recording)  # records, then runs the real update
+    stats.evaluate_stream(tmp_path / "t.parquet", bootstrap=10, batch_rows=1000)
+    assert calls == [1, 1, 1] and numba.get_num_threads() == before

@@ -11,9 +11,10 @@ threads)`` when torch is loaded, and torch's count is put back if the launch cha
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -39,3 +40,19 @@ def torch_aligned(kernel: Callable[..., Any]) -> Callable[..., Any]:
                 torch.set_num_threads(theirs)
 
     return launch
+
+
+@contextlib.contextmanager
+def numba_threads(n: int) -> Iterator[None]:
+    """Parallel numba kernels launched from this thread use at most ``n`` threads inside the block (numba's
+    setting is per thread, so other threads are not affected). The streamed passes run their kernels on
+    one thread: a reader thread already decodes the next batch, and a parallel region's barrier waits for
+    a worker that the reader has descheduled (measured: the streamed evaluate ran 10-15 % faster on 2 cores)."""
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n, old)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)

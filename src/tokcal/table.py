@@ -275,7 +275,7 @@ class TokenTable:
         from ._table_kernel import surely_valid
 
         return bool(surely_valid(self.label, self.top_ids, self.top_logits, self.label_logit, self.log_normalizer,
-                                 self.tail, self.vocab_size))
+                                 np.ascontiguousarray(self.tail), self.vocab_size))
 
     @staticmethod
     def _check(mask: np.ndarray, column: str, what: str, values: np.ndarray) -> None:

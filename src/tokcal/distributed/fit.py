@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._threads import numba_threads
 from ..calibrators.group import GroupTemperature, _shrink
 from ..calibrators.temperature import (
     _WARM_ROWS,
@@ -63,11 +64,12 @@ class Batches:
         from .stats import pick_rows, prefetch, source_rows, with_progress
 
         total = source_rows(self.source) if self.progress is not None else 0
-        for batch in with_progress(prefetch(TokenTable.iter_parquet(self.source, batch_rows=self.batch_rows)),
-                                   self.progress, total):
-            part = pick_rows(batch, self.rows, self.select)
-            if part is not None and len(part):
-                yield part
+        with numba_threads(1):  # while the caller computes on a batch, too (:func:`tokcal._threads.numba_threads`)
+            for batch in with_progress(prefetch(TokenTable.iter_parquet(self.source, batch_rows=self.batch_rows)),
+                                       self.progress, total):
+                part = pick_rows(batch, self.rows, self.select)
+                if part is not None and len(part):
+                    yield part
 
     def map(self, fn: Callable[[TokenTable], Any]) -> list[Any]:
         return [fn(b) for b in self]

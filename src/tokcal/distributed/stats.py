@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .._threads import numba_threads
 from ..bootstrap import (
     ResamplingUnits,
     ResamplingWarning,
@@ -802,13 +803,15 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
                 if batch is not None and len(batch):
                     yield batch
 
-        edges, passes = stream_mass_edges(batches, calibrator, args.bins) if args.binning == "mass" else (None, 0)
-        acc = EvaluationSums(summary, first, calibrator=calibrator, slices=slices, bins=args.bins,
-                             bootstrap=args.bootstrap, seed=args.seed, worst=args.worst,
-                             classwise_top=args.classwise_top, unit=args.unit, freq_ref=freq_ref, edges=edges)
-        acc.edge_passes = passes
-        for batch in batches():
-            acc.update(batch)
+        with numba_threads(1):  # the reader thread is the parallelism (:func:`tokcal._threads.numba_threads`)
+            edges, passes = stream_mass_edges(batches, calibrator, args.bins) if args.binning == "mass" else \
+                (None, 0)
+            acc = EvaluationSums(summary, first, calibrator=calibrator, slices=slices, bins=args.bins,
+                                 bootstrap=args.bootstrap, seed=args.seed, worst=args.worst,
+                                 classwise_top=args.classwise_top, unit=args.unit, freq_ref=freq_ref, edges=edges)
+            acc.edge_passes = passes
+            for batch in batches():
+                acc.update(batch)
     finally:
         for reader in readers:  # not iterated (an error before pass 2)
             reader.close()
