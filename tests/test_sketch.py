@@ -180,6 +180,27 @@ def test_kernel_exponential_is_within_one_float32_ulp():
     assert (e[:3] == 0).all()  # below float32's normal range, and masked ids: exactly 0
 
 
+
+def test_temperature_stats_exponential_is_within_two_float64_ulp():
+    """The probabilities of temperature_stats (the kernel's vectorised double exp) against numpy's exp of
+    the same exponents, over the whole normal range, at several temperatures (masked ids: see
+    test_masked_ids_at_minus_infinity_have_probability_zero)."""
+    k = 32
+    z = np.random.default_rng(0).uniform(-700.0, 0.0, (6000, k)).astype(np.float32)
+    z[:, 0] = 0.0
+    sk = sketch.sketch_logits(z, top_k=k)  # k = V: exact, no tail
+    for t in (1.0, 0.7, 3.0):
+        st_ = sketch.temperature_stats(sk, t, top_probs=True)
+        b = 1.0 / t
+        mx = b * sk.top_logits[:, :1].astype(np.float64)
+        x = b * sk.top_logits.astype(np.float64) - mx
+        assert np.allclose(st_.logz, np.log(np.exp(x).sum(1)) + mx[:, 0], rtol=0, atol=1e-6 if t == 1 else 1e-12)
+        want = np.exp(x) * np.exp(mx - st_.logz[:, None])  # the kernel's normaliser (the stored one at T = 1)
+        ok = want > 1e-300
+        assert np.max(np.abs(st_.top_probs[ok] - want[ok]) / want[ok]) < 1e-15
+        assert (st_.top_probs[~ok] < 1e-290).all()
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 3000), st.integers(0, 2**32 - 1), st.sampled_from([2, 5, 1000]))
 def test_top_k_and_normaliser_match_brute_force_with_ties(k, vocab, seed, levels):

@@ -446,47 +446,75 @@ def hermite_tail(tail, i, nodes, beta):
     return val, d1, d2 if d2 > 0.0 else 0.0
 
 
+# Cephes exp (double): exp(d) = 2^n exp(r), n = floor(d log2(e) + 1/2), r = d - n ln 2 (ln 2 in two
+# parts), exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)); within 2 ulp of numpy's exp (tests/test_sketch.py).
+_DLOG2E, _DC1, _DC2 = 1.4426950408889634073599, 6.93145751953125e-1, 1.42860682030941723212e-6
+_DP0, _DP1, _DP2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1
+_DQ0, _DQ1, _DQ2, _DQ3 = 3.00198505138664455042e-6, 2.52448340349684104192e-3, 2.27265548208155028766e-1, 2.0
+_DLO = -708.0  # exp(-708) is about the smallest normal double; below it (and -inf): exactly 0
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, var_out, sumsq_out,
                       probs_out, want_probs):
     """Per row, one pass over the top-k: log Z(beta), E_p[z], Var_p[z], sum_j p_j^2 (and p_top).
 
     The tail enters through its cumulants f(beta), f'(beta), f''(beta) and f(2 beta); rows with
-    beta == 1 take the stored exact normaliser ``exact_logz`` as log Z.
+    beta == 1 take the stored exact normaliser ``exact_logz`` as log Z. Rows in chunks (in parallel),
+    each chunk with its own work space for the exponentials: ``exp(b z_j - b z_1)`` by the Cephes
+    formula above, vectorised (no library call; 2^n is built in ``bits`` and read back as float64),
+    ~4x faster than a scalar ``np.exp`` per logit. Written out here: a call per row costs more.
     """
     n, k = top.shape
-    for i in numba.prange(n):
-        b = beta[i]
-        ft, ft1, ft2 = hermite_tail(tail, i, nodes, b)
-        f2b = hermite_tail(tail, i, nodes, 2.0 * b)[0]
-        mx = b * np.float64(top[i, 0])
-        s = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        q = 0.0
-        for j in range(k):
-            x = np.float64(top[i, j])
-            e = np.exp(b * x - mx)
-            s += e
-            s1 += e * x
-            s2 += e * x * x
-            q += e * e
-            if want_probs:
-                probs_out[i, j] = e
-        et = np.exp(ft - mx) if ft > -np.inf else 0.0
-        logz = mx + np.log(s + et)
-        if b == 1.0:
-            logz = np.float64(exact_logz[i])
-        scale = np.exp(mx - logz)
-        pt = et * scale
-        mean = s1 * scale + pt * ft1
-        second = s2 * scale + pt * (ft2 + ft1 * ft1)
-        var = second - mean * mean
-        logz_out[i] = logz
-        mean_out[i] = mean
-        var_out[i] = var if var > 0.0 else 0.0
-        sq = q * scale * scale + (np.exp(f2b - 2.0 * logz) if f2b > -np.inf else 0.0)
-        sumsq_out[i] = sq if sq < 1.0 else 1.0  # a probability vector's sum of squares is <= 1
-        if want_probs:
+    n_chunks = min(n, 64)
+    for ch in numba.prange(n_chunks):
+        e = np.empty(k)
+        bits = np.empty(k, np.int64)
+        pw = bits.view(np.float64)
+        for i in range(ch * n // n_chunks, (ch + 1) * n // n_chunks):
+            b = beta[i]
+            ft, ft1, ft2 = hermite_tail(tail, i, nodes, b)
+            f2b = hermite_tail(tail, i, nodes, 2.0 * b)[0]
+            mx = b * np.float64(top[i, 0])
             for j in range(k):
-                probs_out[i, j] *= scale
+                d = b * np.float64(top[i, j]) - mx
+                small = d < _DLO  # NaN is kept: it must reach the sums, which flag the row
+                if small:
+                    d = _DLO
+                nn = np.floor(d * _DLOG2E + 0.5)
+                r = d - nn * _DC1 - nn * _DC2
+                rr = r * r
+                pp = r * ((_DP0 * rr + _DP1) * rr + _DP2)
+                qq = ((_DQ0 * rr + _DQ1) * rr + _DQ2) * rr + _DQ3
+                e[j] = 1.0 + 2.0 * (pp / (qq - pp))
+                bits[j] = 0 if small else (np.int64(nn) + 1023) << 52
+            for j in range(k):
+                e[j] *= pw[j]
+            s = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            q = 0.0
+            for j in range(k):
+                x = np.float64(top[i, j])
+                ej = e[j]
+                s += ej
+                s1 += ej * x
+                s2 += ej * x * x
+                q += ej * ej
+            et = np.exp(ft - mx) if ft > -np.inf else 0.0
+            logz = mx + np.log(s + et)
+            if b == 1.0:
+                logz = np.float64(exact_logz[i])
+            scale = np.exp(mx - logz)
+            pt = et * scale
+            mean = s1 * scale + pt * ft1
+            second = s2 * scale + pt * (ft2 + ft1 * ft1)
+            var = second - mean * mean
+            logz_out[i] = logz
+            mean_out[i] = mean
+            var_out[i] = var if var > 0.0 else 0.0
+            sq = q * scale * scale + (np.exp(f2b - 2.0 * logz) if f2b > -np.inf else 0.0)
+            sumsq_out[i] = sq if sq < 1.0 else 1.0  # a probability vector's sum of squares is <= 1
+            if want_probs:
+                for j in range(k):
+                    probs_out[i, j] = e[j] * scale
