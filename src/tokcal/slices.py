@@ -54,6 +54,12 @@ def _target_ids(table: TokenTable, probs: Any, on: str) -> np.ndarray:
     return np.asarray(probs.predicted if probs is not None else table.predicted)
 
 
+def codes_by_id(per_id: np.ndarray, table: TokenTable, probs: Any, on: str) -> np.ndarray:
+    """The codes of a slice defined per token id (``per_id`` [V]) for the gold (``on="gold"``) or
+    predicted id of every row; -1 where the gold label is unknown."""
+    return _lookup(per_id, _target_ids(table, probs, on))
+
+
 def _lookup(per_id: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """``per_id[ids]`` with -1 where ``ids`` is -1 (unknown gold label)."""
     ids = np.asarray(ids)
@@ -125,7 +131,7 @@ class FrequencySlice(Slice):
         return np.where(ref.seen, per_id, len(self.edges) + 1).astype(np.int32)
 
     def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
-        return _lookup(self.id_buckets(table), _target_ids(table, probs, self.on))
+        return codes_by_id(self.id_buckets(table), table, probs, self.on)
 
     def settings(self) -> dict[str, Any]:
         ref = self.used.describe() if self.used is not None else None
@@ -156,11 +162,15 @@ class TokenTypeSlice(Slice):
     def __post_init__(self) -> None:
         _check_on(self.on)
 
-    def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
+    def id_types(self, table: TokenTable) -> np.ndarray:
+        """[V]: the type (index into ``labels``) of every id of ``table``'s vocabulary."""
         if table.vocabulary is None:
             raise ValidationError(f"slice '{self.name}': the table has no vocabulary (id -> string)")
         self.convention = table.vocabulary.convention
-        return _lookup(table.vocabulary.token_types(), _target_ids(table, probs, self.on))
+        return table.vocabulary.token_types()
+
+    def codes(self, table: TokenTable, probs: Any = None) -> np.ndarray:
+        return codes_by_id(self.id_types(table), table, probs, self.on)
 
     def settings(self) -> dict[str, Any]:
         return {"kind": "type", "on": self.on, "convention": self.convention, "rules": TOKEN_TYPE_RULES}

@@ -60,7 +60,7 @@ from ..metrics.binned import width_edges
 from ..metrics.smooth import _grid_points, _Smoother
 from ..probs import TokenProbs
 from ..progress import ProgressCallback, report
-from ..slices import FrequencySlice, GroupSlice, Slice, TokenTypeSlice, parse_slices
+from ..slices import FrequencySlice, GroupSlice, Slice, TokenTypeSlice, codes_by_id, parse_slices
 from ..table import TokenTable, parquet_files
 
 AURC_BINS = 1 << 18  #: equal-width confidence bins of the streamed AURC and risk-coverage curve
@@ -316,6 +316,7 @@ class EvaluationSums:
         self.passage_probs: TokenProbs | None = None
         self._carry: tuple[np.ndarray, np.ndarray] | None = None  # last rows' (sequence_id, label)
         self._need: np.ndarray | None = None  # per predicted id: examples still wanted (None: count them)
+        self._per_id: list[np.ndarray | None] | None = None  # the slices' codes per token id (:func:`_id_codes`)
 
     # -- map --------------------------------------------------------------------------------------------
 
@@ -340,8 +341,10 @@ class EvaluationSums:
         nll = -np.log(np.maximum(py, _TINY))
         brier = np.asarray(p.sum_sq, dtype=np.float64) - 2.0 * py + 1.0
         codes = [np.zeros(c.shape[0], np.int64)]
-        for s in self.slices:
-            codes.append(_global_codes(s, table, probs)[keep])
+        if self._per_id is None:
+            self._per_id = _id_codes(self.slices, self.meta)
+        for s, per_id in zip(self.slices, self._per_id, strict=True):
+            codes.append(_global_codes(s, table, probs, per_id)[keep])
         nc = lay.n_cells
         self.total[-2] += nll.sum()
         self.total[-1] += brier.sum()
@@ -662,7 +665,16 @@ def _global_slices(slices: list[Slice], summary: DatasetSummary, ref: Any) -> li
     return out
 
 
-def _global_codes(s: Slice, table: TokenTable, probs: TokenProbs) -> np.ndarray:
+def _id_codes(slices: list[Slice], meta: TokenTable) -> list[np.ndarray | None]:
+    """Per slice, its code of every token id when it is defined per id (frequency buckets, token types),
+    computed once for the dataset instead of once per batch; else None."""
+    return [s.id_buckets(meta) if isinstance(s, FrequencySlice) else s.id_types(meta)
+            if isinstance(s, TokenTypeSlice) else None for s in slices]
+
+
+def _global_codes(s: Slice, table: TokenTable, probs: TokenProbs, per_id: np.ndarray | None = None) -> np.ndarray:
+    if per_id is not None:
+        return np.asarray(codes_by_id(per_id, table, probs, s.on), dtype=np.int64)
     if isinstance(s, GroupSlice):
         g = table.group(s.group)
         lookup = np.searchsorted(np.asarray(s.labels, dtype=object), np.asarray(g.categories, dtype=object))
