@@ -445,15 +445,18 @@ class TokenTable:
 
     @classmethod
     def from_arrow(cls, table: pa.Table, where: str = "table", *,
-                   parsed: tuple[dict[str, Any], Vocabulary | None] | None = None) -> TokenTable:
+                   parsed: tuple[dict[str, Any], Vocabulary | None] | None = None, view: bool = False) -> TokenTable:
         """The TokenTable stored in ``table`` (as :meth:`to_arrow` builds it). Column types, nulls and the
         metadata are checked here (:class:`SchemaError` naming ``where``), values by :meth:`validate`.
-        ``parsed``: the metadata and vocabulary of ``table``'s file, already read (batches of one file)."""
+        ``parsed``: the metadata and vocabulary of ``table``'s file, already read (batches of one file).
+        ``view``: columns are views of ``table``'s buffers where possible (a streamed batch: faster; a
+        whole table read to be kept is copied, which frees Arrow's buffers and keeps the peak lower)."""
         meta, vocab = parsed if parsed is not None else (_read_meta(table.schema.metadata, where), None)
         missing = [c for c in _REQUIRED if c not in table.column_names]
         if missing:
             raise SchemaError(f"{where}: missing column(s) {missing}")
-        cols = {name: _column(table, name, where) for name in (*_REQUIRED, "features") if name in table.column_names}
+        cols = {name: _column(table, name, where, view) for name in (*_REQUIRED, "features")
+                if name in table.column_names}
         if cols["top_ids"].shape[1] != meta["k"]:
             raise SchemaError(f"{where}: top_ids has {cols['top_ids'].shape[1]} ids per row, the metadata says "
                               f"k={meta['k']}")
@@ -501,7 +504,7 @@ class TokenTable:
                     continue
                 for batch in pf.iter_batches(batch_size=batch_rows):
                     tbl = pa.Table.from_batches([batch]).replace_schema_metadata(meta_raw)
-                    yield cls.from_arrow(tbl, str(file), parsed=parsed)
+                    yield cls.from_arrow(tbl, str(file), parsed=parsed, view=True)
             except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
                 if isinstance(e, TokcalError):
                     raise
@@ -533,9 +536,10 @@ def _first_null(arr: pa.Array) -> int:
     return first_bad_row(arr.is_null().to_numpy(zero_copy_only=False))
 
 
-def _column(table: pa.Table, name: str, where: str) -> np.ndarray:
+def _column(table: pa.Table, name: str, where: str, view: bool = False) -> np.ndarray:
     """Column ``name`` as numpy, of the type :meth:`TokenTable.to_arrow` writes; SchemaError on a type it
-    cannot be read as without loss, or on a null (tokcal never writes one)."""
+    cannot be read as without loss, or on a null (tokcal never writes one). ``view``: a view of a
+    one-chunk column's Arrow buffer when its type is already right (no copy; it keeps the buffer alive)."""
     col = table.column(name)
     if name in _LISTS:
         if not pa.types.is_fixed_size_list(col.type):
@@ -547,7 +551,7 @@ def _column(table: pa.Table, name: str, where: str) -> np.ndarray:
                                   and col.type.value_type == target.value_type)  # only the field name differs
     try:
         col = col if same else col.cast(target, safe=True)
-        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()  # combine_chunks copies even one chunk
+        arr = col.chunk(0) if view and col.num_chunks == 1 else col.combine_chunks()  # which copies even one chunk
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         raise SchemaError(f"{where}: column {name!r} of type {col.type} cannot be read as {target} ({e})") from None
     if arr.null_count:
