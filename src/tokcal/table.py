@@ -465,11 +465,12 @@ class TokenTable:
             if name.startswith("group:"):
                 groups[name[6:]] = _group_column(table, name, where)
         try:
-            layout = TailLayout.from_dict(meta["tail_layout"])
+            layout = _tail_layout(meta["tail_layout"])
             logz, mean = cols.pop("tail_logz"), cols.pop("tail_mean")
             if logz.shape != mean.shape:
                 raise ValidationError(f"tail_logz has {logz.shape[1]} nodes, tail_mean {mean.shape[1]}")
-            tail = np.stack([logz, mean], axis=-1)
+            tail = np.empty((*logz.shape, 2), np.result_type(logz, mean))
+            tail[..., 0], tail[..., 1] = logz, mean  # as np.stack(axis=-1), which is ~7x slower here
             return cls(**cols, tail=tail, layout=layout, vocab_size=meta["vocab_size"], groups=groups,
                        vocab=_vocabulary(meta, where) if parsed is None else vocab, source=meta.get("source"))
         except ValidationError as e:
@@ -621,6 +622,18 @@ def _file_meta(raw: Mapping[bytes, bytes] | None, where: str) -> tuple[dict[str,
 
 
 _META_CACHE: dict[str, Any] = {}
+
+
+def _tail_layout(d: Any) -> TailLayout:
+    """:meth:`TailLayout.from_dict`, the latest layout remembered (every batch of a dataset has the same)."""
+    if _LAYOUT_CACHE and _LAYOUT_CACHE[0] == d:
+        return _LAYOUT_CACHE[1]
+    layout = TailLayout.from_dict(d)  # immutable (a frozen dataclass): tables can share it
+    _LAYOUT_CACHE[:] = [d, layout]
+    return layout
+
+
+_LAYOUT_CACHE: list[Any] = []
 
 
 def _vocabulary(meta: Mapping[str, Any], where: str) -> Vocabulary | None:
