@@ -118,11 +118,12 @@ def grid_hist(c, a, w, g, out):
     return -1, 0
 
 @numba.njit(cache=True, nogil=True)
-def classwise(top_ids, top_probs, label, label_prob, tail, lookup, nb, edges, use_label_prob,
+def classwise(top_ids, top_probs, label, label_prob, tail, tail_vocab, lookup, nb, edges, use_label_prob,
               base, hit, moved):
     """Per-class binned sums of p_i(j) vs 1[y_i = j] without materialising [N, M].
 
-    Every labeled row adds its tail probability to ``base`` [2, B] (shared by all classes); each class
+    Every labeled row adds its tail probability (``tail``, or computed from ``tail_vocab`` when ``tail`` is
+    empty) to ``base`` [2, B] (shared by all classes); each class
     in the row's top-k (and the gold class) moves that row from the tail bin to its own bin:
     ``hit[m, b]`` += (1, p, 1[correct]) and ``moved[m, bt]`` += (1, t), subtracted by the caller (when
     b is the tail bin, only ``hit[m, b, 1] += p - t``: the count does not change).
@@ -133,13 +134,22 @@ def classwise(top_ids, top_probs, label, label_prob, tail, lookup, nb, edges, us
     n, k = top_ids.shape
     nlook = lookup.shape[0]
     spare = hit.shape[0] - 4
+    given = tail.shape[0] > 0  # else the mean tail probability (1 - sum_j p_j) / (tail_vocab - k), in [0, 1]
     for i in range(n):
         y = label[i]
         if y < 0:
             continue
-        t = tail[i]
-        if not (t >= 0.0 and t <= 1.0):
-            return i, 3
+        if given:
+            t = tail[i]
+            if not (t >= 0.0 and t <= 1.0):
+                return i, 3
+        elif tail_vocab > k:
+            s = 0.0
+            for j in range(k):
+                s += top_probs[i, j]
+            t = min(max((1.0 - s) / (tail_vocab - k), 0.0), 1.0)
+        else:
+            t = 0.0
         bt = int(t * nb)  # width_bin written out (a call costs more than the loop)
         if bt > nb - 1:
             bt = nb - 1

@@ -54,7 +54,8 @@ def _int_matrix(name: str, x: Any) -> np.ndarray:
 
 def _prepare(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any, label_prob: Any,
              vocab_size: int | None) -> tuple[np.ndarray, ...]:
-    """Validated ``(ids, probs, y, lp, tail, labeled)`` for the classwise kernel."""
+    """Validated ``(ids, probs, y, lp, tail, labeled)`` for the classwise kernel (``tail`` empty: the kernel
+    derives it from ``vocab_size``, see :func:`_sums`)."""
     ids = _int_matrix("top_ids", top_ids)  # any integer dtype: the kernel compiles per dtype, no copy
     probs = np.asarray(top_probs, dtype=np.float64)
     if probs.shape != ids.shape:
@@ -73,10 +74,8 @@ def _prepare(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any, label_pro
     if tail_prob is not None:
         tail = V.confidence(tail_prob, "tail_prob").astype(np.float64, copy=False)
         V.same_length(label=y, tail_prob=tail)
-    elif vocab_size is not None and vocab_size > k:
-        tail = np.clip((1.0 - probs.sum(1)) / (vocab_size - k), 0.0, 1.0)
-    else:
-        tail = np.zeros(n)
+    else:  # the kernel computes (1 - sum_k top_probs) / (vocab_size - k), clipped to [0, 1] (0 without vocab_size)
+        tail = np.zeros(0)
     lp = np.zeros(n) if label_prob is None else np.asarray(label_prob, dtype=np.float64)
     if label_prob is not None:
         V.same_length(label=y, label_prob=lp)  # unknown labels carry NaN: the kernel skips those rows
@@ -84,7 +83,7 @@ def _prepare(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any, label_pro
 
 
 def _sums(ids: np.ndarray, probs: np.ndarray, y: np.ndarray, lp: np.ndarray, tail: np.ndarray, cls: np.ndarray,
-          bins: int, has_label_prob: bool) -> tuple[np.ndarray, np.ndarray]:
+          bins: int, has_label_prob: bool, vocab_size: int | None) -> tuple[np.ndarray, np.ndarray]:
     m = cls.shape[0]
     size = int(max(y.max(), cls.max())) + 1  # larger ids are in no class (the kernel checks ids >= 0)
     lookup = np.full(size, m, np.int64)  # row m (and the three after it): the spare rows of no class
@@ -93,11 +92,13 @@ def _sums(ids: np.ndarray, probs: np.ndarray, y: np.ndarray, lp: np.ndarray, tai
     base = np.zeros((2, bins))
     hit = np.zeros((m + 4, bins, 3))
     moved = np.zeros((m + 4, bins, 2))
-    i, what = kernels()["classwise"](ids, probs, y, lp, tail, lookup, bins, edges, has_label_prob, base, hit, moved)
+    i, what = kernels()["classwise"](ids, probs, y, lp, tail, vocab_size or 0, lookup, bins, edges, has_label_prob,
+                                     base, hit, moved)
     if i >= 0:
         if what == 4:
             raise ValidationError(f"top_ids: ids must be >= 0; row {i} holds {ids[i]!r}")
-        name, arr = {1: ("top_probs", probs[i]), 2: ("label_prob", lp[i]), 3: ("tail_prob", tail[i])}[what]
+        name, arr = {1: ("top_probs", probs), 2: ("label_prob", lp), 3: ("tail_prob", tail)}[what]
+        arr = arr[i]
         raise ValidationError(f"{name}: probabilities must be finite and in [0, 1]; row {i} holds {arr!r}")
     hit, moved = hit[:m], moved[:m]
     corr = np.stack([hit[..., 0] - moved[..., 0], hit[..., 1] - moved[..., 1], hit[..., 2]])
@@ -112,7 +113,7 @@ def classwise_sums(top_ids: Any, top_probs: Any, label: Any, classes: Any, bins:
     Sums of shards add up to the sums of their union."""
     ids, probs, y, lp, tail, _ = _prepare(top_ids, top_probs, label, tail_prob, label_prob, vocab_size)
     cls = np.asarray(classes, dtype=np.int64)
-    return _sums(ids, probs, y, lp, tail, cls, V.n_bins(bins), label_prob is not None)
+    return _sums(ids, probs, y, lp, tail, cls, V.n_bins(bins), label_prob is not None, vocab_size)
 
 
 def classwise_calibration(top_ids: Any, top_probs: Any, label: Any, tail_prob: Any = None,
@@ -130,7 +131,7 @@ def classwise_calibration(top_ids: Any, top_probs: Any, label: Any, tail_prob: A
         cls = np.unique(V.as_1d("classes", classes).astype(np.int64))
         if (cls < 0).any():
             raise ValidationError("classes: ids must be >= 0")
-    base, corr = _sums(ids, probs, y, lp, tail, cls, bins, label_prob is not None)
+    base, corr = _sums(ids, probs, y, lp, tail, cls, bins, label_prob is not None, vocab_size)
     size = int(max(y.max(), cls.max())) + 1
     count = np.maximum(base[0][None, :] + corr[0], 0.0)  # exact small integers; max() drops -0.0
     conf_sum = base[1][None, :] + corr[1]
