@@ -5,7 +5,7 @@ Timings alternate (scan, evaluate, scan, ...) ``--repeat`` times and the fastest
 shared machine's load shifts both alike. ``--formats``: the same for copies of the dataset written with
 other Parquet compressions (the table format question).
 
-    python benchmarks/stream_bench.py [--tokens 2000000] [--top-k 32] [--repeat 3] [--formats] [--quick]
+    python benchmarks/stream_bench.py [--tokens 2000000] [--top-k 32] [--repeat 3] [--formats] [--split] [--quick]
 """
 
 from __future__ import annotations
@@ -62,6 +62,45 @@ def measure(d: Path, repeat: int) -> dict[str, float]:
     return {k: min(v) for k, v in runs.items()}
 
 
+def split(d: Path, repeat: int) -> None:
+    """Where the time of the streamed evaluate goes: each step alone (fastest of ``repeat``), wall and CPU
+    seconds of this process (all threads)."""
+    import hashlib
+
+    from tokcal._threads import numba_threads
+    from tokcal.distributed.stats import EvaluationSums, summarize
+    from tokcal.table import TokenTable
+
+    def best(fn: Any) -> tuple[float, float]:
+        out = []
+        for _ in range(repeat):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0, time.process_time() - c0))
+        return min(out)
+
+    summary, first = summarize(d)
+    tables = list(TokenTable.iter_parquet(d, batch_rows=65536))
+
+    def compute() -> EvaluationSums:
+        acc = EvaluationSums(summary, first, bootstrap=200)
+        with numba_threads(1):
+            for t in tables:
+                acc.update(t)
+        return acc
+
+    acc = compute()
+    steps = (("bare scan", lambda: scan(d, 65536)), ("scan verifying checksums", lambda: scan(d, 65536, True)),
+             ("pass 1 (summary and fingerprint)", lambda: summarize(d, hasher=hashlib.sha256())),
+             ("reading TokenTables", lambda: sum(len(t) for t in TokenTable.iter_parquet(d, batch_rows=65536))),
+             ("computing on tables already read", compute), ("the result", acc.result),
+             ("streamed evaluate (all of it)", lambda: evaluate_stream(d, bootstrap=200)))
+    print("split (each step alone, fastest of the runs): wall s, CPU s")
+    for name, fn in steps:
+        wall, cpu = best(fn)
+        print(f"  {name:34s} {wall:6.3f}  {cpu:6.3f}")
+
+
 def rewrite(src: Path, dst: Path, **options: Any) -> Path:
     """The parts of ``src`` written again with other Parquet ``options`` (metadata and checksums kept)."""
     dst.mkdir()
@@ -85,6 +124,7 @@ def main() -> None:
     ap.add_argument("--part-rows", type=int, default=131072)
     ap.add_argument("--repeat", type=int, default=3, help="alternating timing runs (the fastest is kept)")
     ap.add_argument("--formats", action="store_true", help="also zstd level 3, lz4 and uncompressed copies")
+    ap.add_argument("--split", action="store_true", help="also each step of the evaluation alone (CPU and wall)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     a = ap.parse_args()
     n = 60_000 if a.quick else a.tokens
@@ -109,6 +149,8 @@ def main() -> None:
     print(f"streamed evaluate (bootstrap 200, default slices): {n / m['evaluate']:12,.0f} tokens/s   "
           f"ratio to the bare scan {m['evaluate'] / m['scan']:.2f}x, to the verifying scan "
           f"{m['evaluate'] / m['scan_crc']:.2f}x   (ece {ev.overall['ece']:.4f})")
+    if a.split:
+        split(d, 1 if a.quick else a.repeat)
     if a.formats:
         base = m["scan"]
         print("format (scan and evaluate as ratios to the zstd-1 bare scan above): B/token, scan, evaluate")
