@@ -83,6 +83,22 @@ def test_mass_ece_equals_sklearn(bins):
     assert ece(c, a, bins=bins, binning="mass") == pytest.approx(_sklearn_ece(c, a, bins, "quantile"), abs=1e-12)
 
 
+
+def test_width_bin_equals_searchsorted_on_numpys_linspace_edges():
+    """The kernels' width bin (no edge array: the edges are b * (1 / B), as numpy's linspace computes them)
+    against numpy.searchsorted on linspace(0, 1, B + 1), on and next to every edge, for B = 1 .. 2000."""
+    from tokcal.metrics._kernels import kernels
+
+    bin_index = kernels()["bin_index"]
+    rng = np.random.default_rng(0)
+    for bins in (*range(1, 200), 255, 256, 1000, 1023, 1024, 1999, 2000):
+        edges = np.linspace(0.0, 1.0, bins + 1)
+        c = np.clip(np.concatenate([edges, np.nextafter(edges, 2), np.nextafter(edges, -1), rng.random(50)]), 0, 1)
+        got = np.empty(c.size, np.int64)
+        assert bin_index(c, bins, edges, True, got)[0] == -1
+        want = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, bins - 1)
+        np.testing.assert_array_equal(got, want, err_msg=f"bins={bins}")
+
 def test_width_bins_equal_relplot_binning_including_edges():
     # relplot.estimators.Binning: bucket = min(floor(c * B), B - 1) -- the documented formula exactly.
     from relplot.estimators import Binning

@@ -7,7 +7,7 @@ Kept in its own module, imported on first use, so ``import tokcal`` does not loa
 
 import numba
 
-from ..metrics._compiled import edge_bin
+from ..metrics._compiled import edge_bin, width_bin
 
 
 @numba.njit(cache=True, nogil=True)
@@ -25,16 +25,7 @@ def cell_sums(codes, offsets, value_offsets, bins, edges, uniform, c, a, nll, br
     for i in range(n):
         u = local[i]
         ci, ai = c[i], a[i]
-        if uniform:  # width_bin written out: a call per token costs 3-4x the loop
-            b = int(ci * bins)
-            if b > bins - 1:
-                b = bins - 1
-            if b > 0 and ci < edges[b]:
-                b -= 1
-            elif b < bins - 1 and ci >= edges[b + 1]:
-                b += 1
-        else:
-            b = edge_bin(ci, bins, edges)
+        b = width_bin(ci, bins) if uniform else edge_bin(ci, bins, edges)
         bin_seen[u * bins + b] = 1
         for p in range(n_parts):
             k = codes[p, i]
@@ -57,7 +48,7 @@ def cell_sums(codes, offsets, value_offsets, bins, edges, uniform, c, a, nll, br
 
 
 @numba.njit(cache=True, nogil=True)
-def confidence_hists(c, a, aurc, hist, hist_edges):
+def confidence_hists(c, a, aurc, hist):
     """In place: ``aurc[0, min(floor(c n), n - 1)] += 1`` and ``aurc[1, ...] += 1 - a`` (n = aurc's width),
     and ``hist`` counts ``c`` in equal-width bins as ``numpy.histogram(c, len(hist), (0, 1))``."""
     n_aurc = aurc.shape[1]
@@ -69,14 +60,7 @@ def confidence_hists(c, a, aurc, hist, hist_edges):
             j = n_aurc - 1
         aurc[0, j] += 1.0
         aurc[1, j] += 1.0 - a[i]
-        b = int(ci * nb)  # width_bin written out, as in cell_sums
-        if b > nb - 1:
-            b = nb - 1
-        if b > 0 and ci < hist_edges[b]:
-            b -= 1
-        elif b < nb - 1 and ci >= hist_edges[b + 1]:
-            b += 1
-        hist[b] += 1.0
+        hist[width_bin(ci, nb)] += 1.0
 
 
 @numba.njit(cache=True, nogil=True)

@@ -69,7 +69,6 @@ _SMOOTH_SIZES = np.asarray(SMOOTH_GRIDS, np.int64)
 _SMOOTH_STARTS = np.concatenate([[0], np.cumsum(3 * _SMOOTH_SIZES)]).astype(np.int64)
 _TINY = np.finfo(np.float64).tiny
 _PASSAGE = 200
-_HIST_EDGES = np.linspace(0.0, 1.0, 51)  #: the confidence histogram's bins (as the in-memory ``_histogram``)
 _CONTEXT = 8
 
 
@@ -370,7 +369,7 @@ class EvaluationSums:
         smooth_grids(c, a, _SMOOTH_SIZES, _SMOOTH_STARTS, part)
         for q, (g, out) in enumerate(self.smooth.items()):
             out += part[_SMOOTH_STARTS[q]:_SMOOTH_STARTS[q + 1]].reshape(3, g)
-        confidence_hists(c, a, self.aurc, self.hist, _HIST_EDGES)
+        confidence_hists(c, a, self.aurc, self.hist)
         self._classwise(p)
         self._tokens(table, keep, p, c, a)
 

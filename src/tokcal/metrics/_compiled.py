@@ -9,15 +9,19 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def width_bin(ci, nb, edges):
-    # bin = min(floor(c * B), B - 1), corrected by one where float rounding of c * B disagrees
-    # with the reported edges linspace(0, 1, B + 1) (as numpy.histogram does).
+def width_bin(ci, nb):
+    """bin = min(floor(c * B), B - 1), corrected by one where float rounding of c * B disagrees with the
+    reported edges ``linspace(0, 1, B + 1)`` (as numpy.histogram does). Those edges are ``b * (1 / B)``
+    exactly (numpy's linspace arithmetic; tests/test_metrics_binned.py), so no edge array is passed:
+    with an array argument the call cost 3-4x a loop with the arithmetic written out (numba counts the
+    array's references on every call), without one it costs nothing."""
     b = int(ci * nb)
     if b > nb - 1:
         b = nb - 1
-    if b > 0 and ci < edges[b]:
+    step = 1.0 / nb
+    if b > 0 and ci < b * step:
         b -= 1
-    elif b < nb - 1 and ci >= edges[b + 1]:
+    elif b < nb - 1 and ci >= (b + 1) * step:
         b += 1
     return b
 
@@ -32,7 +36,7 @@ def edge_bin(ci, nb, edges):
     return b
 
 @numba.njit(cache=True, nogil=True)
-def binned_stats(c, a, w, codes, nb, edges, out):
+def binned_stats(c, a, w, codes, nb, out):
     """Width bins: out[0|1|2, s * B + b] += weight, weight * c, weight * a.
 
     Four interleaved partial sums break the store-to-load dependency of consecutive tokens
@@ -54,15 +58,7 @@ def binned_stats(c, a, w, codes, nb, edges, out):
             s = codes[i]
             if s < 0:
                 continue
-        # width_bin written out: numba's call inlining slows this loop down 2x
-        b = int(ci * nb)
-        if b > nb - 1:
-            b = nb - 1
-        if b > 0 and ci < edges[b]:
-            b -= 1
-        elif b < nb - 1 and ci >= edges[b + 1]:
-            b += 1
-        k = s * nb + b
+        k = s * nb + width_bin(ci, nb)
         lane = i & 3
         if has_w:
             wi = w[i]
@@ -85,7 +81,7 @@ def bin_index(c, nb, edges, uniform, out):
         ci = c[i]
         if not (ci >= 0.0 and ci <= 1.0):
             return i, 1
-        out[i] = width_bin(ci, nb, edges) if uniform else edge_bin(ci, nb, edges)
+        out[i] = width_bin(ci, nb) if uniform else edge_bin(ci, nb, edges)
     return -1, 0
 
 @numba.njit(cache=True, nogil=True)
@@ -118,7 +114,7 @@ def grid_hist(c, a, w, g, out):
     return -1, 0
 
 @numba.njit(cache=True, nogil=True)
-def classwise(top_ids, top_probs, label, label_prob, tail, tail_vocab, lookup, nb, edges, use_label_prob,
+def classwise(top_ids, top_probs, label, label_prob, tail, tail_vocab, lookup, nb, use_label_prob,
               base, hit, moved):
     """Per-class binned sums of p_i(j) vs 1[y_i = j] without materialising [N, M].
 
@@ -150,13 +146,7 @@ def classwise(top_ids, top_probs, label, label_prob, tail, tail_vocab, lookup, n
             t = min(max((1.0 - s) / (tail_vocab - k), 0.0), 1.0)
         else:
             t = 0.0
-        bt = int(t * nb)  # width_bin written out (a call costs more than the loop)
-        if bt > nb - 1:
-            bt = nb - 1
-        if bt > 0 and t < edges[bt]:
-            bt -= 1
-        elif bt < nb - 1 and t >= edges[bt + 1]:
-            bt += 1
+        bt = width_bin(t, nb)
         base[0, bt] += 1.0
         base[1, bt] += t
         y_in_top = False
@@ -169,13 +159,7 @@ def classwise(top_ids, top_probs, label, label_prob, tail, tail_vocab, lookup, n
             p = top_probs[i, j]
             if not (p >= 0.0 and p <= 1.0):
                 return i, 1
-            b = int(p * nb)
-            if b > nb - 1:
-                b = nb - 1
-            if b > 0 and p < edges[b]:
-                b -= 1
-            elif b < nb - 1 and p >= edges[b + 1]:
-                b += 1
+            b = width_bin(p, nb)
             if b == bt:  # from the tail bin to the same bin (most ids beyond the first few): p - t only
                 hit[m, b, 1] += p - t
             else:
@@ -191,7 +175,7 @@ def classwise(top_ids, top_probs, label, label_prob, tail, tail_vocab, lookup, n
             p = label_prob[i] if use_label_prob else t
             if not (p >= 0.0 and p <= 1.0):
                 return i, 2
-            b = width_bin(p, nb, edges)
+            b = width_bin(p, nb)
             hit[ycls, b, 0] += 1.0
             hit[ycls, b, 1] += p
             hit[ycls, b, 2] += 1.0
@@ -202,7 +186,7 @@ def classwise(top_ids, top_probs, label, label_prob, tail, tail_vocab, lookup, n
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def binned_stats_parallel(c, a, w, codes, nb, edges, out):
+def binned_stats_parallel(c, a, w, codes, nb, out):
     """:func:`binned_stats` over ``n_chunks`` contiguous chunks in parallel, each into its own partial
     sums (float64), added in chunk order at the end; the first bad token is the first bad index of
     the first chunk that has one."""
@@ -221,7 +205,7 @@ def binned_stats_parallel(c, a, w, codes, nb, edges, out):
         if lo >= hi:
             continue
         i, what = binned_stats(c[lo:hi], a[lo:hi], w[lo:hi] if has_w else w, codes[lo:hi] if has_s else codes,
-                               nb, edges, part[ch])
+                               nb, part[ch])
         if i >= 0:
             bad_i[ch] = lo + i
             bad_what[ch] = what

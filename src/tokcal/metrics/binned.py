@@ -70,7 +70,7 @@ def binned_sums(c: np.ndarray, a: np.ndarray, edges: np.ndarray, uniform: bool,
     if uniform:
         kernel = kernels()["binned_stats_parallel" if c.shape[0] >= 1 << 20 else "binned_stats"]
         i, what = kernel(c, a, np.empty(0) if w is None else w,
-                         np.empty(0, np.int64) if codes is None else codes, bins, edges, flat)
+                         np.empty(0, np.int64) if codes is None else codes, bins, flat)
     else:
         idx = np.empty(c.shape[0], np.int64)
         i, what = kernels()["bin_index"](c, bins, edges, False, idx)

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ValidationError, first_bad_row
 from . import _validate as V
 from ._kernels import kernels
-from .binned import stats_metrics, width_edges
+from .binned import stats_metrics
 
 
 @dataclass
@@ -88,12 +88,11 @@ def _sums(ids: np.ndarray, probs: np.ndarray, y: np.ndarray, lp: np.ndarray, tai
     size = int(max(y.max(), cls.max())) + 1  # larger ids are in no class (the kernel checks ids >= 0)
     lookup = np.full(size, m, np.int64)  # row m (and the three after it): the spare rows of no class
     lookup[cls] = np.arange(m)
-    edges = width_edges(bins)
     base = np.zeros((2, bins))
     hit = np.zeros((m + 4, bins, 3))
     moved = np.zeros((m + 4, bins, 2))
-    i, what = kernels()["classwise"](ids, probs, y, lp, tail, vocab_size or 0, lookup, bins, edges, has_label_prob,
-                                     base, hit, moved)
+    i, what = kernels()["classwise"](ids, probs, y, lp, tail, vocab_size or 0, lookup, bins, has_label_prob, base,
+                                     hit, moved)
     if i >= 0:
         if what == 4:
             raise ValidationError(f"top_ids: ids must be >= 0; row {i} holds {ids[i]!r}")
