@@ -51,7 +51,7 @@ class Batches:
     ``rows(batch)``: a boolean mask of the rows to keep; ``select(batch)``: the table to use instead of
     each batch, None for none of its rows (e.g. :meth:`StreamSplit.fit`). Batches without rows are skipped.
     ``progress``: called as ``("read", rows read, rows)`` during each pass
-    (:func:`~tokcal.distributed.stats.with_progress`)."""
+    (:func:`~tokcal.distributed.reading.with_progress`)."""
 
     def __init__(self, source: str | Path, batch_rows: int = 65536,
                  rows: Callable[[TokenTable], np.ndarray] | None = None, *,
@@ -61,7 +61,7 @@ class Batches:
         self.progress = progress
 
     def __iter__(self) -> Iterator[TokenTable]:
-        from .stats import pick_rows, prefetch, source_rows, with_progress
+        from .reading import pick_rows, prefetch, source_rows, with_progress
 
         total = source_rows(self.source) if self.progress is not None else 0
         with numba_threads(1):  # while the caller computes on a batch, too (:func:`tokcal._threads.numba_threads`)

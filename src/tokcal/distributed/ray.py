@@ -44,7 +44,8 @@ from ..evaluation import FINGERPRINT_PREFIX, fingerprint_rows
 from ..table import _LISTS, _META_KEY, _REQUIRED, TokenTable, parquet_files
 from .fit import Batches, fit_stream
 from .quantiles import PassCounts, mass_edges_by
-from .stats import _CONTEXT, DatasetSummary, EvaluationSums, confidences, fingerprint, pick_rows, summarize
+from .reading import pick_rows
+from .stats import _CONTEXT, DatasetSummary, EvaluationSums, confidences, fingerprint, summarize
 
 _TASKS = ("causal", "seq2seq", "token-classification")
 
