@@ -68,8 +68,8 @@ def dataset(tmp_path_factory):
     return write_parts(t, tmp_path_factory.mktemp("ds"), 5000)
 
 
-@pytest.mark.parametrize("seq_len", [60, 4000])  # 400 sequences; 6 long ones (block bootstrap)
-def test_streamed_evaluate_equals_in_memory(tmp_path, seq_len):
+@pytest.mark.parametrize(("seq_len", "workers"), [(60, 1), (60, 3), (4000, 2)])  # 400 sequences; 6 long ones
+def test_streamed_evaluate_equals_in_memory(tmp_path, seq_len, workers):
     t = with_unlabelled(make_table(24000, 400, domains={"news": 0.7, "code": 1.5}, seq_len=seq_len, top_k=16,
                                    seed=3), 13)
     d = write_parts(t, tmp_path / "ds", 5000)
@@ -77,7 +77,7 @@ def test_streamed_evaluate_equals_in_memory(tmp_path, seq_len):
     cal = GroupTemperature("domain").fit(full)
     for c in (None, cal):
         a = evaluate(full, c, bootstrap=60, seed=4).to_dict()
-        b = evaluate_stream(d, c, bootstrap=60, seed=4, batch_rows=1700).to_dict()
+        b = evaluate_stream(d, c, bootstrap=60, seed=4, batch_rows=1700, workers=workers).to_dict()
         assert b["settings"]["resampling"]["unit"] == ("sequence" if seq_len == 60 else "block")
         compare(a, b)
         bound = b["settings"]["streaming"]["aurc_error_bound"]

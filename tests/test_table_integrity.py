@@ -32,6 +32,16 @@ def original(tmp_path_factory):
     return path, TokenTable.read_parquet(path)
 
 
+def test_written_files_are_lz4_with_dictionaries_only_for_integer_and_category_columns(original):
+    path, _ = original
+    rg = pq.ParquetFile(path).metadata.row_group(0)
+    enc = {rg.column(i).path_in_schema: rg.column(i) for i in range(rg.num_columns)}
+    assert {c.compression for c in enc.values()} == {"LZ4"}
+    floats = ("top_logits", "label_logit", "log_normalizer", "tail_logz", "tail_mean")
+    for name, c in enc.items():
+        assert ("RLE_DICTIONARY" in c.encodings) != name.startswith(floats), (name, c.encodings)
+
+
 def test_written_files_carry_page_checksums_and_a_metadata_digest(original):
     path, _ = original
     md = pq.ParquetFile(path).schema_arrow.metadata

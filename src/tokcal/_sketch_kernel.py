@@ -405,34 +405,48 @@ def tail_nodes(cnt, sm, tail1, betas, var, out, n_chunks):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def hermite_tail(tail, i, nodes, beta):
-    """Tail cumulants at ``beta`` for row i: f, f' and f'' by cubic Hermite interpolation between
-    the nodes, kept within the convexity bounds (linear beyond the last node). Empty tail:
-    (-inf, 0, 0)."""
+def hermite_basis(nodes, beta):
+    """The part of :func:`hermite_row` that depends on ``beta`` alone (computed once for all rows at that
+    beta): the node interval j (-1: beyond the last node, then the second value is beta - last node), its
+    width h, the position t in it, and the cubic Hermite basis of the value, the first and the second
+    derivative."""
     m = nodes.shape[0]
     if beta >= nodes[m - 1]:
-        fl = np.float64(tail[i, m - 1, 0])
-        gl = np.float64(tail[i, m - 1, 1])
-        if fl == -np.inf:
-            return -np.inf, 0.0, 0.0
-        return fl + (beta - nodes[m - 1]) * gl, gl, 0.0
+        z = 0.0
+        return -1, beta - nodes[m - 1], z, z, z, z, z, z, z, z, z, z, z, z, z
     j = 0
     while j < m - 2 and nodes[j + 1] <= beta:
         j += 1
     x0 = nodes[j]
     h = nodes[j + 1] - x0
     t = (beta - x0) / h
+    t2 = t * t
+    t3 = t2 * t
+    return (j, h, t, 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + t, -2 * t3 + 3 * t2, t3 - t2,
+            6 * t2 - 6 * t, 3 * t2 - 4 * t + 1, -6 * t2 + 6 * t, 3 * t2 - 2 * t,
+            12 * t - 6, 6 * t - 4, -12 * t + 6, 6 * t - 2)
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def hermite_row(tail, i, m, bs):
+    """Tail cumulants of row i at the beta of ``bs`` (:func:`hermite_basis`; m nodes): f, f' and f'' by
+    cubic Hermite interpolation between the nodes, kept within the convexity bounds (linear beyond the
+    last node). Empty tail: (-inf, 0, 0)."""
+    j, h, t, c0, c1, c2, c3, e0, e1, e2, e3, q0, q1, q2, q3 = bs
+    if j < 0:
+        fl = np.float64(tail[i, m - 1, 0])
+        gl = np.float64(tail[i, m - 1, 1])
+        if fl == -np.inf:
+            return -np.inf, 0.0, 0.0
+        return fl + h * gl, gl, 0.0
     f0 = np.float64(tail[i, j, 0])
     f1 = np.float64(tail[i, j + 1, 0])
     if f0 == -np.inf or f1 == -np.inf:
         return -np.inf, 0.0, 0.0
     g0 = np.float64(tail[i, j, 1]) * h
     g1 = np.float64(tail[i, j + 1, 1]) * h
-    t2 = t * t
-    t3 = t2 * t
-    val = (2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * g0 + (-2 * t3 + 3 * t2) * f1 + (t3 - t2) * g1
-    d1 = ((6 * t2 - 6 * t) * f0 + (3 * t2 - 4 * t + 1) * g0 + (-6 * t2 + 6 * t) * f1 + (3 * t2 - 2 * t) * g1) / h
-    d2 = ((12 * t - 6) * f0 + (6 * t - 4) * g0 + (-12 * t + 6) * f1 + (6 * t - 2) * g1) / (h * h)
+    val = c0 * f0 + c1 * g0 + c2 * f1 + c3 * g1
+    d1 = (e0 * f0 + e1 * g0 + e2 * f1 + e3 * g1) / h
+    d2 = (q0 * f0 + q1 * g0 + q2 * f1 + q3 * g1) / (h * h)
     # convexity: f stays between the end tangents and the chord (tokcal.sketch._convex_clamp)
     lo0 = f0 + g0 * t
     lo1 = f1 - g1 * (1.0 - t)
@@ -463,7 +477,8 @@ def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, va
     beta == 1 take the stored exact normaliser ``exact_logz`` as log Z. Rows in chunks (in parallel),
     each chunk with its own work space for the exponentials: ``exp(b z_j - b z_1)`` by the Cephes
     formula above, vectorised (no library call; 2^n is built in ``bits`` and read back as float64),
-    ~4x faster than a scalar ``np.exp`` per logit. Written out here: a call per row costs more.
+    ~4x faster than a scalar ``np.exp`` per logit. Written out here: a call per row costs more. The tail's
+    Hermite basis is computed once per run of rows with the same beta (:func:`hermite_basis`).
     """
     n, k = top.shape
     n_chunks = min(n, 64)
@@ -471,10 +486,18 @@ def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, va
         e = np.empty(k)
         bits = np.empty(k, np.int64)
         pw = bits.view(np.float64)
+        m = nodes.shape[0]
+        last = np.nan  # the beta of the bases below: most calls have one temperature for all rows
+        bs1 = hermite_basis(nodes, 1.0)
+        bs2 = hermite_basis(nodes, 2.0)
         for i in range(ch * n // n_chunks, (ch + 1) * n // n_chunks):
             b = beta[i]
-            ft, ft1, ft2 = hermite_tail(tail, i, nodes, b)
-            f2b = hermite_tail(tail, i, nodes, 2.0 * b)[0]
+            if b != last:
+                bs1 = hermite_basis(nodes, b)
+                bs2 = hermite_basis(nodes, 2.0 * b)
+                last = b
+            ft, ft1, ft2 = hermite_row(tail, i, m, bs1)
+            f2b = hermite_row(tail, i, m, bs2)[0]
             mx = b * np.float64(top[i, 0])
             for j in range(k):
                 d = b * np.float64(top[i, j]) - mx
@@ -502,9 +525,10 @@ def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, va
                 s2 += ej * x * x
                 q += ej * ej
             et = np.exp(ft - mx) if ft > -np.inf else 0.0
-            logz = mx + np.log(s + et)
             if b == 1.0:
                 logz = np.float64(exact_logz[i])
+            else:
+                logz = mx + np.log(s + et)
             scale = np.exp(mx - logz)
             pt = et * scale
             mean = s1 * scale + pt * ft1

@@ -63,6 +63,7 @@ from ..progress import ProgressCallback
 from ..slices import FrequencySlice, GroupSlice, Slice, TokenTypeSlice, codes_by_id, parse_slices
 from ..table import TokenTable, parquet_files
 from .reading import Prefetch, pick_rows, source_rows, with_progress
+from .workers import Piece, ShardWorkers, default_workers, rows_before, shards
 
 AURC_BINS = 1 << 18  #: equal-width confidence bins of the streamed AURC and risk-coverage curve
 SMOOTH_GRIDS = tuple(sorted({_grid_points(j / 1024) for j in range(1, 1025)}))  #: grid sizes smooth ECE can visit
@@ -706,11 +707,13 @@ def aurc_from_bins(count: np.ndarray, errors: np.ndarray) -> tuple[float, float,
     def harmonic(x: np.ndarray) -> np.ndarray:
         return digamma(x + 1.0) + np.euler_gamma
 
+    h_s, h_sm = harmonic(s), harmonic(s + m)
     # sum_{k=s+1}^{s+m} (E_s + (k - s) e/m) / k = (E_s - s e/m) (H(s+m) - H(s)) + e
-    area = np.sum((e_before - s * e / m) * (harmonic(s + m) - harmonic(s)) + e) / n
+    area = np.sum((e_before - s * e / m) * (h_sm - h_s) + e) / n
     cap = np.minimum(e, m - e)
+    h_sc = harmonic(s + cap)
     # sum_{j=1}^{m} min(j, c)/(s+j) = c - s (H(s+c) - H(s)) + c (H(s+m) - H(s+c))
-    bound = np.sum(cap - s * (harmonic(s + cap) - harmonic(s)) + cap * (harmonic(s + m) - harmonic(s + cap))) / n
+    bound = np.sum(cap - s * (h_sc - h_s) + cap * (h_sm - h_sc)) / n
     kept = s + m
     return float(area), float(max(bound, 0.0)), kept / n, (e_before + e) / kept
 
@@ -724,9 +727,12 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
                     freq_ref: Any = None, batch_rows: int = 65536,
                     rows: Callable[[TokenTable], np.ndarray] | None = None, *,
                     select: Callable[[TokenTable], TokenTable | None] | None = None,
-                    progress: ProgressCallback | None = None) -> Any:
+                    progress: ProgressCallback | None = None, workers: int | None = None) -> Any:
     """:func:`tokcal.evaluate` of a Parquet file or dataset directory, streamed in batches of
     ``batch_rows`` rows: memory independent of its size (module docstring for what is exact).
+    ``workers``: threads of pass 2, each reading and summing its contiguous share of the data
+    (:mod:`tokcal.distributed.workers`; None: :func:`~tokcal.distributed.workers.default_workers`); a
+    row selection and equal-mass binning use one computing thread beside one reader.
     ``rows(batch)``: an optional boolean mask of the rows to evaluate; ``select(batch)``: the table to
     evaluate instead of each batch, None for none of its rows (a held-out split,
     :class:`tokcal.distributed.fit.StreamSplit`).
@@ -743,6 +749,17 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
 
     picked = rows is not None or select is not None
     hasher = None if picked else hashlib.sha256()  # the fingerprint of a part of the dataset is not computed
+    n_workers = default_workers() if workers is None else int(workers)
+    plan = shards(source, n_workers) if n_workers > 1 and not picked and args.binning == "width" else []
+    if len(plan) > 1:  # pass 2 on threads: they read their first batches during pass 1
+        with ShardWorkers(plan, batch_rows) as pool:
+            summary, first = summarize(source, block_length=block_length, hasher=hasher)
+            total = source_rows(source) if progress is not None else 0
+            acc = _parallel_sums(pool, plan, summary, first, progress, total, calibrator=calibrator, slices=slices,
+                                 bins=args.bins, bootstrap=args.bootstrap, seed=args.seed, worst=args.worst,
+                                 classwise_top=args.classwise_top, unit=args.unit, freq_ref=freq_ref)
+        acc.fingerprint = E.FINGERPRINT_PREFIX + hasher.hexdigest()
+        return acc.result()
     readers = [Prefetch(TokenTable.iter_parquet(source, batch_rows=batch_rows))]  # the next pass reads during pass 1
     try:
         summary, first = _summarize_rows(source, pick, block_length) if picked else \
@@ -770,6 +787,28 @@ def evaluate_stream(source: str | Path, calibrator: Any = None, slices: Any = No
             reader.close()
     acc.fingerprint = None if hasher is None else E.FINGERPRINT_PREFIX + hasher.hexdigest()
     return acc.result()
+
+
+def _parallel_sums(pool: ShardWorkers, plan: list[list[Piece]], summary: DatasetSummary, first: TokenTable,
+                   progress: ProgressCallback | None, total: int, **settings: Any) -> EvaluationSums:
+    """Pass 2 on ``pool``'s threads: an :class:`EvaluationSums` per shard (the replicate weights and per-id
+    slice codes shared; each starting from the rows stored before its shard, for the worst-token
+    contexts), merged in storage order."""
+    accs = [EvaluationSums(summary, first, **settings)]
+    for k in range(1, len(plan)):
+        acc = EvaluationSums(summary, first, weights=accs[0].weights, **settings)
+        earlier = [p for shard in plan[:k] for p in shard]
+        acc._carry = tuple(rows_before(earlier, ("sequence_id", "label"), _CONTEXT))
+        accs.append(acc)
+    per_id = _id_codes(accs[0].slices, first)
+    for acc in accs:
+        acc._per_id = per_id
+    with _one_blas_thread():  # entered here once: the threads' own entries then change nothing
+        done = pool.run(lambda k: accs[k], progress, total)
+    out = done[0]
+    for acc in done[1:]:
+        out.merge(acc)
+    return out
 
 
 def fingerprint(source: str | Path) -> str:
