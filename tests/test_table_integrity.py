@@ -32,14 +32,44 @@ def original(tmp_path_factory):
     return path, TokenTable.read_parquet(path)
 
 
-def test_written_files_are_lz4_with_dictionaries_only_for_integer_and_category_columns(original):
-    path, _ = original
-    rg = pq.ParquetFile(path).metadata.row_group(0)
+def test_written_files_are_lz4_packed_with_dictionaries_only_for_flat_integers_and_groups(original):
+    path, ref = original
+    pf = pq.ParquetFile(path)
+    rg = pf.metadata.row_group(0)
     enc = {rg.column(i).path_in_schema: rg.column(i) for i in range(rg.num_columns)}
     assert {c.compression for c in enc.values()} == {"LZ4"}
-    floats = ("top_logits", "label_logit", "log_normalizer", "tail_logz", "tail_mean")
     for name, c in enc.items():
-        assert ("RLE_DICTIONARY" in c.encodings) != name.startswith(floats), (name, c.encodings)
+        flat_int = name in ("sequence_id", "position", "label") or name.startswith("group:")
+        assert ("RLE_DICTIONARY" in c.encodings) == flat_int, (name, c.encodings)
+    schema = pf.schema_arrow
+    widths = {"top_ids": 8, "top_logits": 8, "tail_logz": ref.layout.n_nodes, "tail_mean": ref.layout.n_nodes}
+    for name, width in widths.items():  # one fixed-size value per row: little-endian int32 / float32, in order
+        assert schema.field(name).type == pa.binary(4 * width)
+    row = pq.read_table(path, columns=["top_ids", "top_logits"]).slice(3, 1).to_pylist()[0]
+    np.testing.assert_array_equal(np.frombuffer(row["top_ids"], "<i4"), ref.top_ids[3])
+    np.testing.assert_array_equal(np.frombuffer(row["top_logits"], "<f4"), ref.top_logits[3])
+    assert json.loads(schema.metadata[b"tokcal"])["schema_version"] == 3
+
+
+def test_schema_2_files_with_list_columns_read_alike(original, tmp_path):
+    path, ref = original
+    old = tmp_path / "schema2.parquet"
+    arrow = ref.to_arrow()  # lists, as tokcal wrote them up to table schema 2
+    meta = json.loads(arrow.schema.metadata[b"tokcal"])
+    meta["schema_version"] = 2
+    pq.write_table(arrow.replace_schema_metadata({b"tokcal": json.dumps(meta).encode()}), old, compression="zstd")
+    assert _same(TokenTable.read_parquet(old), ref)
+    assert [len(b) for b in TokenTable.iter_parquet(old, batch_rows=50)] == [50, 50, 20]
+
+
+def test_a_packed_column_of_the_wrong_width_is_a_clear_error(original, tmp_path):
+    path, ref = original
+    arrow = ref.to_arrow(packed=True)
+    i = arrow.column_names.index("top_logits")
+    odd = pa.array([b"\0" * 30] * len(ref), pa.binary(30))
+    pq.write_table(arrow.set_column(i, "top_logits", odd), tmp_path / "odd.parquet")
+    with pytest.raises(SchemaError, match="odd.parquet.*top_logits.*30 bytes per row"):
+        TokenTable.read_parquet(tmp_path / "odd.parquet")
 
 
 def test_written_files_carry_page_checksums_and_a_metadata_digest(original):

@@ -277,7 +277,7 @@ def test_table_stores_raw_pieces_and_convention(tmp_path, family):
     t.vocab = v
     path = t.write_parquet(tmp_path / f"{name}.parquet")
     meta = json.loads(pq.read_schema(path).metadata[b"tokcal"])
-    assert meta["schema_version"] == 2 and meta["vocabulary"]["convention"] == v.convention
+    assert meta["schema_version"] == 3 and meta["vocabulary"]["convention"] == v.convention
     assert meta["vocabulary"]["pieces"] == list(v.pieces) and "vocab" not in meta
     back = TokenTable.read_parquet(path)
     assert back.vocabulary == v
@@ -298,10 +298,10 @@ def test_version_1_tables_are_still_read(tmp_path):
     back = TokenTable.read_parquet(tmp_path / "v1.parquet")
     assert back.vocabulary.convention == "text" and back.vocab == decoded
     np.testing.assert_array_equal(back.vocabulary.token_types(), t.vocabulary.token_types())
-    meta["schema_version"] = 3
-    pq.write_table(arrow.replace_schema_metadata({b"tokcal": json.dumps(meta).encode()}), tmp_path / "v3.parquet")
-    with pytest.raises(SchemaError, match="schema version 3"):
-        TokenTable.read_parquet(tmp_path / "v3.parquet")
+    meta["schema_version"] = 4
+    pq.write_table(arrow.replace_schema_metadata({b"tokcal": json.dumps(meta).encode()}), tmp_path / "v4.parquet")
+    with pytest.raises(SchemaError, match="schema version 4"):
+        TokenTable.read_parquet(tmp_path / "v4.parquet")
     meta.update(schema_version=2, vocabulary={"convention": "klingon", "pieces": ["a"]})
     pq.write_table(arrow.replace_schema_metadata({b"tokcal": json.dumps(meta).encode()}), tmp_path / "bad.parquet")
     with pytest.raises(SchemaError, match="bad.parquet.*convention 'klingon'"):

@@ -21,20 +21,28 @@ from .sketch import DEFAULT_TOP_K, MAX_VOCAB_SIZE, LogitSketch, TailLayout, sket
 from .validation import Params, PositiveInt, check_params
 from .vocab import Vocabulary
 
-#: 2: the metadata holds the vocabulary's raw pieces and convention (``"vocabulary"``, see
-#: :mod:`tokcal.vocab`); version 1 files (decoded strings under ``"vocab"``) are still read.
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
+#: 3: Parquet files store the vector columns packed (:data:`PACKED`); 2: the metadata holds the vocabulary's
+#: raw pieces and convention (``"vocabulary"``, see :mod:`tokcal.vocab`); version 1 files (decoded strings
+#: under ``"vocab"``) are still read, and every version's vector columns may be lists or packed.
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 _META_KEY = b"tokcal"
 #: sha256 (hex) of the bytes stored under ``_META_KEY``: the footer metadata has no Parquet checksum
 _DIGEST_KEY = b"tokcal.sha256"
-#: every TokenTable file is written with these: LZ4 pages, each with its CRC32 (verified on read).
-#: Float columns are written without dictionary encoding (logits rarely repeat: the dictionary page fills
-#: up and falls back to plain, and only costs bytes and decode time); integer and category columns keep it.
-#: Measured against zstd level 1 with dictionaries everywhere (benchmarks/README.md, "stream"): as many
-#: bytes per token on the demo model's table (346 vs 347 B), 30 % less CPU to decode, streamed evaluate
-#: faster by a third. Files written with any other codec or encoding are read alike.
+#: every TokenTable file is written with these: LZ4 pages, each with its CRC32 (verified on read), and
+#: dictionary encoding only for the flat integer and category columns (:func:`dictionary_columns`; logits
+#: rarely repeat, so a float column's dictionary page fills up, falls back to plain and only costs bytes
+#: and decode time). Files written with any other codec or encoding are read alike.
 PARQUET_WRITE_OPTIONS: dict[str, Any] = {"compression": "lz4", "write_page_checksum": True}
+#: Parquet files store each row's vector (top_ids, top_logits, the tail's two halves, features) packed in
+#: one ``fixed_size_binary`` value: little-endian int32 / float32, in order. A Parquet list column stores a
+#: repetition level per element, and decoding those levels was two thirds of a table's read time; a
+#: packed vector is one fixed-width value, read into a numpy view without a copy. With the two options
+#: above, against zstd level 1 lists with dictionaries everywhere (benchmarks/README.md, "stream"): reading
+#: a table ~3x less CPU, for about as many bytes. :meth:`TokenTable.to_arrow` keeps lists (Arrow's own,
+#: self-describing form; what Ray Data passes around); a packed value decodes as
+#: ``np.frombuffer(value, "<f4")``.
+PACKED = True
 _PLAIN = {"sequence_id": pa.int64(), "position": pa.int32(), "label": pa.int32(), "label_logit": pa.float32(),
           "log_normalizer": pa.float32()}
 _LISTS = {"top_ids": pa.int32(), "top_logits": pa.float32(), "tail_logz": pa.float32(), "tail_mean": pa.float32(),
@@ -425,10 +433,15 @@ class TokenTable:
             "vocabulary": None if self.vocabulary is None else self.vocabulary.to_dict(),
         }
 
-    def to_arrow(self) -> pa.Table:
+    def to_arrow(self, *, packed: bool = False) -> pa.Table:
+        """The table as Arrow, the tokcal metadata in its schema. ``packed``: the vector columns as
+        ``fixed_size_binary`` (:data:`PACKED`, the Parquet layout), else fixed-size lists."""
         n, k, b = len(self), self.k, self.layout.n_nodes
 
         def fixed(arr: np.ndarray, width: int, typ: pa.DataType) -> pa.Array:
+            if packed:
+                data = np.ascontiguousarray(arr, dtype=np.dtype(typ.to_pandas_dtype()).newbyteorder("<"))
+                return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width * 4), n, [None, pa.py_buffer(data)])
             return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), typ), width)
 
         cols = {
@@ -484,7 +497,7 @@ class TokenTable:
     def write_parquet(self, path: str | os.PathLike, *, row_group_size: int = 65536) -> Path:
         """Write atomically (temp file in the same folder, then rename). Returns the path."""
         path = Path(path)
-        table = self.to_arrow()
+        table = self.to_arrow(packed=PACKED)
         atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size,
                                                       use_dictionary=dictionary_columns(table.schema),
                                                       **PARQUET_WRITE_OPTIONS))
@@ -512,7 +525,7 @@ class TokenTable:
             batch_rows = check_params("iter_parquet", _BatchParams, batch_rows=batch_rows).batch_rows
         for file, row_groups in pieces:
             try:
-                pf = pq.ParquetFile(file, page_checksum_verification=True)
+                pf = _open_parquet(file)
                 meta_raw = pf.schema_arrow.metadata
                 parsed = _file_meta(meta_raw, str(file))  # once per file (once per dataset), not per batch
                 if batch_rows is None:
@@ -530,17 +543,18 @@ class TokenTable:
                 raise SchemaError(f"{file}: not a readable Parquet file ({e})") from None
 
 
+def _open_parquet(file: Path) -> pq.ParquetFile:
+    """``file`` for reading, page checksums verified. Group columns are read as dictionaries from the Parquet
+    dictionary pages even where the stored Arrow schema says otherwise (a damaged footer, another writer),
+    so their categories keep the stored order."""
+    pf = pq.ParquetFile(file, page_checksum_verification=True)
+    plain = [f.name for f in pf.schema_arrow if f.name.startswith("group:") and not pa.types.is_dictionary(f.type)]
+    return pq.ParquetFile(file, page_checksum_verification=True, read_dictionary=plain) if plain else pf
+
+
 def dictionary_columns(schema: pa.Schema) -> list[str]:
-    """The Parquet column paths written with dictionary encoding: all but the floating-point ones (a list's
-    values are the column ``name.list.element``, pyarrow's compliant nested layout)."""
-    out = []
-    for f in schema:
-        t, path = f.type, f.name
-        if pa.types.is_fixed_size_list(t) or pa.types.is_list(t):
-            t, path = t.value_type, f"{f.name}.list.element"
-        if not pa.types.is_floating(t):
-            out.append(path)
-    return out
+    """The Parquet columns written with dictionary encoding: the flat integer and category columns."""
+    return [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_dictionary(f.type)]
 
 
 def parquet_files(path: str | os.PathLike) -> list[Path]:
@@ -569,13 +583,17 @@ def _first_null(arr: pa.Array) -> int:
 
 
 def _column(table: pa.Table, name: str, where: str, view: bool = False) -> np.ndarray:
-    """Column ``name`` as numpy, of the type :meth:`TokenTable.to_arrow` writes; SchemaError on a type it
-    cannot be read as without loss, or on a null (tokcal never writes one). ``view``: a view of a
-    one-chunk column's Arrow buffer when its type is already right (no copy; it keeps the buffer alive)."""
+    """Column ``name`` as numpy, of the type :meth:`TokenTable.to_arrow` writes (a vector column: fixed-size
+    lists, or packed, :data:`PACKED`); SchemaError on a type it cannot be read as without loss, or on a null
+    (tokcal never writes one). ``view``: a view of a one-chunk column's Arrow buffer when its type is already
+    right (no copy; it keeps the buffer alive)."""
     col = table.column(name)
     if name in _LISTS:
+        if pa.types.is_fixed_size_binary(col.type):
+            return _packed(col, name, where, view)
         if not pa.types.is_fixed_size_list(col.type):
-            raise SchemaError(f"{where}: column {name!r} has type {col.type}, expected fixed_size_list<{_LISTS[name]}>")
+            raise SchemaError(f"{where}: column {name!r} has type {col.type}, expected fixed_size_list<{_LISTS[name]}>"
+                              " or fixed_size_binary")
         target: pa.DataType = pa.list_(_LISTS[name], col.type.list_size)
     else:
         target = _PLAIN[name]
@@ -595,6 +613,24 @@ def _column(table: pa.Table, name: str, where: str, view: bool = False) -> np.nd
     if values.null_count:
         raise SchemaError(f"{where}: column {name!r}: row {_first_null(values) // max(width, 1)} holds a null")
     return values.to_numpy(zero_copy_only=False).reshape(len(arr), width)
+
+
+def _packed(col: pa.ChunkedArray, name: str, where: str, view: bool) -> np.ndarray:
+    """A packed vector column (:data:`PACKED`) as an [N, width] numpy array: a view of the Arrow buffer for a
+    streamed batch of one chunk, else a copy."""
+    dtype = np.dtype(_LISTS[name].to_pandas_dtype()).newbyteorder("<")
+    if col.type.byte_width % dtype.itemsize:
+        raise SchemaError(f"{where}: column {name!r} has type {col.type}: {col.type.byte_width} bytes per row is "
+                          f"not a whole number of {dtype.itemsize}-byte {_LISTS[name]} values")
+    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    if arr.null_count:
+        raise SchemaError(f"{where}: column {name!r}: row {_first_null(arr)} is null")
+    width = col.type.byte_width // dtype.itemsize
+    out = np.frombuffer(arr.buffers()[1], dtype, count=len(arr) * width, offset=arr.offset * col.type.byte_width)
+    out = out.reshape(len(arr), width)
+    if not dtype.isnative:
+        return out.astype(dtype.newbyteorder("="))
+    return out if view and col.num_chunks == 1 else out.copy()
 
 
 def _group_column(table: pa.Table, name: str, where: str) -> GroupColumn:
