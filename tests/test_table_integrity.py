@@ -226,3 +226,17 @@ def test_tail_layout_and_vocab_bounds_in_the_constructor(original):
         TokenTable(sequence_id=t.sequence_id, position=t.position, label=np.full(len(t), -1), top_ids=t.top_ids,
                    top_logits=t.top_logits, label_logit=t.label_logit, log_normalizer=t.log_normalizer,
                    tail=t.tail, layout=t.layout, vocab_size=0)
+
+
+def test_a_group_column_renamed_in_the_footer_is_a_clear_error(original, tmp_path):
+    """Column names live in the Parquet footer, which no page checksum covers: the (digested) tokcal
+    metadata lists the group columns, so a flipped or edited name is caught, not read as another group."""
+    path, ref = original
+    arrow = ref.to_arrow(packed=True)
+    renamed = arrow.rename_columns([("group:dom" if c == "group:domain" else c) for c in arrow.column_names])
+    pq.write_table(renamed.replace_schema_metadata(arrow.schema.metadata), tmp_path / "renamed.parquet")
+    with pytest.raises(SchemaError, match=r"renamed.parquet: group columns \['dom'\], the tokcal metadata lists "
+                                          r"\['domain'\]"):
+        TokenTable.read_parquet(tmp_path / "renamed.parquet")
+    dropped = ref.to_arrow().drop_columns(["group:domain"])  # an Arrow table a user edited: fine
+    assert TokenTable.from_arrow(dropped).groups == {}

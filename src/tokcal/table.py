@@ -431,6 +431,7 @@ class TokenTable:
             "schema_version": SCHEMA_VERSION, "tokcal_version": __version__, "vocab_size": self.vocab_size,
             "k": self.k, "tail_layout": self.layout.to_dict(), "source": self.source,
             "vocabulary": None if self.vocabulary is None else self.vocabulary.to_dict(),
+            "groups": sorted(self.groups),  # the footer's column names have no checksum: these do (schema 3)
         }
 
     def to_arrow(self, *, packed: bool = False) -> pa.Table:
@@ -463,12 +464,15 @@ class TokenTable:
 
     @classmethod
     def from_arrow(cls, table: pa.Table, where: str = "table", *,
-                   parsed: tuple[dict[str, Any], Vocabulary | None] | None = None, view: bool = False) -> TokenTable:
+                   parsed: tuple[dict[str, Any], Vocabulary | None] | None = None, view: bool = False,
+                   stored: bool = False) -> TokenTable:
         """The TokenTable stored in ``table`` (as :meth:`to_arrow` builds it). Column types, nulls and the
         metadata are checked here (:class:`SchemaError` naming ``where``), values by :meth:`validate`.
         ``parsed``: the metadata and vocabulary of ``table``'s file, already read (batches of one file).
         ``view``: columns are views of ``table``'s buffers where possible (a streamed batch: faster; a
-        whole table read to be kept is copied, which frees Arrow's buffers and keeps the peak lower)."""
+        whole table read to be kept is copied, which frees Arrow's buffers and keeps the peak lower).
+        ``stored``: ``table`` was read from a file, whose group columns must be those its metadata lists
+        (a Dataset or table a user edited may drop some)."""
         meta, vocab = parsed if parsed is not None else (_read_meta(table.schema.metadata, where), None)
         missing = [c for c in _REQUIRED if c not in table.column_names]
         if missing:
@@ -482,6 +486,10 @@ class TokenTable:
         for name in table.column_names:
             if name.startswith("group:"):
                 groups[name[6:]] = _group_column(table, name, where)
+        declared = meta.get("groups") if stored else None
+        if declared is not None and sorted(groups) != declared:
+            raise SchemaError(f"{where}: group columns {sorted(groups)}, the tokcal metadata lists {declared} "
+                              "(the file is damaged, or was edited without tokcal)")
         try:
             layout = _tail_layout(meta["tail_layout"])
             logz, mean = cols.pop("tail_logz"), cols.pop("tail_mean")
@@ -531,12 +539,12 @@ class TokenTable:
                 if batch_rows is None:
                     tbl = pf.read(use_threads=threads) if row_groups is None else \
                         pf.read_row_groups(list(row_groups), use_threads=threads)
-                    yield cls.from_arrow(tbl, str(file), parsed=parsed)
+                    yield cls.from_arrow(tbl, str(file), parsed=parsed, stored=True)
                     continue
                 groups = None if row_groups is None else list(row_groups)
                 for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, use_threads=threads):
                     tbl = pa.Table.from_batches([batch]).replace_schema_metadata(meta_raw)
-                    yield cls.from_arrow(tbl, str(file), parsed=parsed, view=True)
+                    yield cls.from_arrow(tbl, str(file), parsed=parsed, view=True, stored=True)
             except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
                 if isinstance(e, TokcalError):
                     raise
@@ -680,27 +688,29 @@ def _file_meta(raw: Mapping[bytes, bytes] | None, where: str) -> tuple[dict[str,
     """:func:`_read_meta` and :func:`_vocabulary` of a file's schema metadata; the parts of one dataset
     carry the same bytes, which are checked and parsed once (the latest bytes are remembered)."""
     key = (raw or {}).get(_META_KEY), (raw or {}).get(_DIGEST_KEY)
-    if key[0] is not None and _META_CACHE.get("key") == key:
-        return _META_CACHE["parsed"]
+    hit = _META_CACHE[-1:]  # one (key, value) pair, read at once: the streamed passes read on several threads
+    if key[0] is not None and hit and hit[0][0] == key:
+        return hit[0][1]
     meta = _read_meta(raw, where)
     parsed = meta, _vocabulary(meta, where)
-    _META_CACHE.update(key=key, parsed=parsed)
+    _META_CACHE[:] = [(key, parsed)]
     return parsed
 
 
-_META_CACHE: dict[str, Any] = {}
+_META_CACHE: list[tuple[Any, Any]] = []
 
 
 def _tail_layout(d: Any) -> TailLayout:
     """:meth:`TailLayout.from_dict`, the latest layout remembered (every batch of a dataset has the same)."""
-    if _LAYOUT_CACHE and _LAYOUT_CACHE[0] == d:
-        return _LAYOUT_CACHE[1]
+    hit = _LAYOUT_CACHE[-1:]
+    if hit and hit[0][0] == d:
+        return hit[0][1]
     layout = TailLayout.from_dict(d)  # immutable (a frozen dataclass): tables can share it
-    _LAYOUT_CACHE[:] = [d, layout]
+    _LAYOUT_CACHE[:] = [(d, layout)]
     return layout
 
 
-_LAYOUT_CACHE: list[Any] = []
+_LAYOUT_CACHE: list[tuple[Any, TailLayout]] = []
 
 
 def _vocabulary(meta: Mapping[str, Any], where: str) -> Vocabulary | None:
@@ -710,8 +720,9 @@ def _vocabulary(meta: Mapping[str, Any], where: str) -> Vocabulary | None:
     The batches and parts of one dataset share one object (and its derived arrays) while their
     metadata is equal."""
     key = [meta.get("vocabulary"), meta.get("vocab")]
-    if _VOCAB_CACHE and _VOCAB_CACHE[0] == key:  # equal parsed JSON: equal vocabularies
-        return _VOCAB_CACHE[1]
+    hit = _VOCAB_CACHE[-1:]
+    if hit and hit[0][0] == key:  # equal parsed JSON: equal vocabularies
+        return hit[0][1]
     if meta.get("vocabulary") is not None:
         vocabulary = Vocabulary.from_dict(meta["vocabulary"], where)
     else:
@@ -721,8 +732,8 @@ def _vocabulary(meta: Mapping[str, Any], where: str) -> Vocabulary | None:
         if not isinstance(old, list) or not all(isinstance(x, str) for x in old):
             raise SchemaError(f"{where}: metadata 'vocab' must be a list of strings")
         vocabulary = Vocabulary.from_pieces(old)
-    _VOCAB_CACHE[:] = [key, vocabulary]  # keep only the latest: bounded memory
+    _VOCAB_CACHE[:] = [(key, vocabulary)]  # keep only the latest: bounded memory
     return vocabulary
 
 
-_VOCAB_CACHE: list[Any] = []
+_VOCAB_CACHE: list[tuple[Any, Any]] = []
