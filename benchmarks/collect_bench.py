@@ -4,7 +4,7 @@ A small GPT-2 (4 layers, 256 dim, vocab 4096, context 256) on CPU scores random 
 (one word = one token, so every window is full and batches are identical on both sides). The bare
 forward is ``model(input_ids, attention_mask).logits`` on the same windows and batch size; the
 collection is ``collect_causal`` end to end (tokenizing, body + head, on-device sketch, table
-build). Targets: overhead <= 15 %, <= 512 bytes per token at top_k = 32 (zstd Parquet columns;
+build). Targets: overhead <= 15 %, <= 512 bytes per token at top_k = 32 (tokcal's Parquet columns;
 the id -> string vocabulary is stored once per file, in its metadata).
 
     .venv/bin/python benchmarks/collect_bench.py [--quick]

@@ -171,6 +171,8 @@ class ShardWorkers:
         for e in self._errors:
             if e is not None:
                 raise e
+        if progress is not None:
+            report(progress, step, min(sum(self.rows), total), total)
         return self._results
 
     def close(self) -> None:
