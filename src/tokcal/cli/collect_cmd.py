@@ -101,36 +101,40 @@ def collect(
     require_creatable_dir("--out", out)
     items = _read_inputs(task, data, parse_groups(group), paragraphs, text_field, group_field, source_field,
                          target_field)
-    from ..distributed.torchrun import Shard, init_from_env, launched_by_torchrun
+    from ..distributed.torchrun import Shard, init_from_env, launched_by_torchrun, leave_group
 
     shard = Shard()
     if launched_by_torchrun():
         shard, device = init_from_env(device)
-    model, tokenizer = load_model(model_dir, task, trust_remote_code, gguf_file, verbose=verbose)
-    import torch
-
-    from ..sources import hf
-    from ..table import TokenTable
-
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    common = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=dev, out_dir=out,
-                  part_rows=part_rows, flush_seconds=flush_seconds)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: as Ctrl-C
     try:
-        skipped, new_tokens = _run(task, items, model, tokenizer, hf, common, stride, append_eos,
-                                   show=shard.rank == 0 and progress_enabled(quiet),
-                                   total=sum(shard.mine(i) for i in range(len(items))))
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the finished documents are written; keep it that way
-        where = f" (rank {shard.rank})" if shard.world > 1 else ""
-        err_console.print(f"interrupted{where}: {_done(out)} of {len(items):,} documents are saved in {out}; "
-                          "run the same command again to resume", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        model, tokenizer = load_model(model_dir, task, trust_remote_code, gguf_file, verbose=verbose)
+        import torch
+
+        from ..sources import hf
+        from ..table import TokenTable
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        common = dict(top_k=top_k, max_length=max_length, batch_size=batch_size, device=dev, out_dir=out,
+                      part_rows=part_rows, flush_seconds=flush_seconds)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: as Ctrl-C
+        try:
+            skipped, new_tokens = _run(task, items, model, tokenizer, hf, common, stride, append_eos,
+                                       show=shard.rank == 0 and progress_enabled(quiet),
+                                       total=sum(shard.mine(i) for i in range(len(items))))
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the finished documents are written; keep it that way
+            where = f" (rank {shard.rank})" if shard.world > 1 else ""
+            err_console.print(f"interrupted{where}: {_done(out)} of {len(items):,} documents are saved in {out}; "
+                              "run the same command again to resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if shard.rank == 0:
+            n = sum(len(t) for t in TokenTable.iter_parquet(out, batch_rows=None))
+            console.print(resume_message(len(items), skipped, new_tokens, n, out), highlight=False)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    if shard.rank == 0:
-        n = sum(len(t) for t in TokenTable.iter_parquet(out, batch_rows=None))
-        console.print(resume_message(len(items), skipped, new_tokens, n, out), highlight=False)
+        if shard.world > 1:
+            leave_group()  # before exiting: a rank that leaves its process group alive can abort in teardown
 
 
 def _done(out: Path) -> int:

@@ -85,3 +85,16 @@ def barrier_and_merge(writer: Any) -> None:
         import torch.distributed as dist
 
         dist.barrier()  # nobody reads the directory before the merge is written
+
+
+def leave_group() -> None:
+    """Destroy the process group :func:`init_from_env` made, if any: a rank that exits with it alive can
+    abort in its teardown ("terminate called without an active exception")."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
