@@ -221,3 +221,28 @@ def test_unique_fast_path_equals_numpy_unique():
         for kw, name in (({"counts": True}, "return_counts"), ({"inverse": True}, "return_inverse")):
             got, want = _unique(x, **kw), np.unique(x, **{name: True})
             assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1].ravel())
+
+
+def test_ordered_merge_of_summaries_equals_merging_one_by_one():
+    """Pass 1 merges its parts pairwise (O(n log n)); the result is the one-by-one merge, order-dependent
+    fields (the first labelled sequence) included."""
+    from tokcal.distributed.stats import DatasetSummary, OrderedMerge
+
+    rng = np.random.default_rng(3)
+    parts = []
+    for i in range(37):
+        seq = np.sort(rng.integers(0, 60, 300)) + 40 * (i % 5)
+        lab = rng.integers(-1, 50, 300) if i > 2 else np.full(300, -1)  # the first parts have no label
+        parts.append(DatasetSummary.of_arrays(50, 16, seq, rng.integers(0, 100, 300), lab,
+                                              {"d": {f"g{i % 4}"}}))
+    one = DatasetSummary(50, 16)
+    merged = OrderedMerge()
+    for p in parts:
+        one = one.merge(p)
+        merged.add(p)
+    tree = merged.result(DatasetSummary(50, 16))
+    for name in ("n_rows", "label_counts", "seq_ids", "seq_counts", "labelled_seq", "labelled_count", "block_keys"):
+        np.testing.assert_array_equal(getattr(tree, name), getattr(one, name), err_msg=name)
+    assert tree.groups == one.groups
+    assert tree.first_labelled_seq == one.first_labelled_seq == parts[3].first_labelled_seq
+    assert OrderedMerge().result(one) is one

@@ -251,14 +251,14 @@ def _newton_groups(passes: _GroupedPasses, groups: list[int], beta0: dict[int, f
 def _units(batches: Batches) -> Any:
     """The resampling units of the labelled rows (:func:`tokcal.bootstrap.resampling_units`), by one pass."""
     from ..bootstrap import block_length_of
-    from .stats import DatasetSummary
+    from .stats import DatasetSummary, OrderedMerge
 
     first = batches.first()
     b = block_length_of(first.source)
-    total = DatasetSummary(first.vocab_size, b)
+    total = OrderedMerge()
     for part in batches.map(lambda t: DatasetSummary.of_table(t, b)):
-        total = total.merge(part)
-    return total.units()
+        total.add(part)
+    return total.result(DatasetSummary(first.vocab_size, b)).units()
 
 
 def fit_temperature(batches: Batches, calibrator: Temperature | None = None) -> Temperature:
@@ -405,15 +405,16 @@ class StreamSplit:
 
     def __init__(self, source: str | Path, frac: float, seed: int = 0, *, block_length: int | None = None) -> None:
         from ..bootstrap import block_length_of
-        from .stats import DatasetSummary, _arrow_summary
+        from .stats import DatasetSummary, OrderedMerge, _arrow_summary
 
         if not 0.0 < float(frac) < 1.0:
             raise ValidationError(f"split_by_sequence: frac must be in (0, 1), got {frac!r}")
         first = next(TokenTable.iter_parquet(source, batch_rows=1))
         b = block_length_of(first.source) if block_length is None else int(block_length)
-        total = DatasetSummary(first.vocab_size, b)
+        merged = OrderedMerge()
         for seq, pos, lab, _ in _arrow_summary(Path(source)):  # every row counts
-            total = total.merge(DatasetSummary.of_arrays(first.vocab_size, b, seq, pos, np.zeros_like(lab), {}))
+            merged.add(DatasetSummary.of_arrays(first.vocab_size, b, seq, pos, np.zeros_like(lab), {}))
+        total = merged.result(DatasetSummary(first.vocab_size, b))
         self.units = total.units()
         info = self.units.info
         if info.n_units < 2:

@@ -45,7 +45,7 @@ from ..table import _LISTS, _META_KEY, _REQUIRED, TokenTable, parquet_files
 from .fit import Batches, fit_stream
 from .quantiles import PassCounts, mass_edges_by
 from .reading import pick_rows
-from .stats import _CONTEXT, DatasetSummary, EvaluationSums, confidences, fingerprint, summarize
+from .stats import _CONTEXT, DatasetSummary, EvaluationSums, OrderedMerge, confidences, fingerprint, summarize
 
 _TASKS = ("causal", "seq2seq", "token-classification")
 
@@ -304,12 +304,12 @@ def _fingerprint_rows(item: Any, raw: dict[bytes, bytes] | None, where: str) -> 
 def _summary(item: Any, raw: dict[bytes, bytes] | None, where: str, vocab_size: int,
              block_length: int) -> tuple[DatasetSummary, tuple[np.ndarray, np.ndarray]]:
     """Pass 1 of a shard, and its last rows' (sequence_id, label): the next shard's context carry."""
-    total = DatasetSummary(vocab_size, block_length)
+    total = OrderedMerge()
     tail = (np.zeros(0, np.int64), np.zeros(0, np.int32))
     for t in _tables(item, raw, where, 1 << 20):
-        total = total.merge(DatasetSummary.of_table(t, block_length))
+        total.add(DatasetSummary.of_table(t, block_length))
         tail = _last_rows(tail, (t.sequence_id, t.label))
-    return total, tail
+    return total.result(DatasetSummary(vocab_size, block_length)), tail
 
 
 def _last_rows(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -367,11 +367,13 @@ def evaluate(source: Any, calibrator: Any = None, *, slices: Any = None, bins: i
     shards = _Shards(source, meta)
     head = shards.head
     b = block_length_of(head.source) if block_length is None else int(block_length)
-    summary = DatasetSummary(head.vocab_size, b)
+    merged = OrderedMerge()
     carries, tail = [], (np.zeros(0, np.int64), np.zeros(0, np.int32))
     for s, last in shards.run(_summary, head.vocab_size, b):
         carries.append(tail if tail[0].size else None)
-        summary, tail = summary.merge(s), _last_rows(tail, last)
+        merged.add(s)
+        tail = _last_rows(tail, last)
+    summary = merged.result(DatasetSummary(head.vocab_size, b))
     edges, passes = _mass_edges(shards, calibrator, bins, batch_rows) if a.binning == "mass" else (None, 0)
     kwargs = {"calibrator": calibrator, "slices": slices, "bins": bins, "bootstrap": bootstrap, "seed": seed,
               "worst": a.worst, "classwise_top": a.classwise_top, "unit": unit, "freq_ref": freq_ref, "edges": edges}

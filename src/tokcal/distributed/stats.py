@@ -150,6 +150,30 @@ class DatasetSummary:
         return StreamUnits(info, keys, self.block_length if kind == "block" else None)
 
 
+class OrderedMerge:
+    """Merges a stream of mergeable parts (:meth:`DatasetSummary.merge`, ...) in their order, pairing parts of
+    equal size first, like a binary counter: n parts cost O(n log n) in all. Merging each part into one
+    running total cost O(total) per part, which made a dataset of 2,000 parts take 8 s and one of a
+    billion tokens hours. :meth:`result` merges what is left, earlier parts on the left."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, Any]] = []  # (parts merged in it, the merge), oldest at the bottom
+
+    def add(self, part: Any) -> None:
+        size = 1
+        while self._stack and self._stack[-1][0] == size:
+            n, left = self._stack.pop()
+            part, size = left.merge(part), n + size
+        self._stack.append((size, part))
+
+    def result(self, empty: Any) -> Any:
+        """The merge of every part added (``empty`` when none was)."""
+        out = None
+        for _, part in self._stack:
+            out = part if out is None else out.merge(part)
+        return empty if out is None else out
+
+
 def _unique(x: np.ndarray, *, counts: bool = False, inverse: bool = False) -> Any:
     """``numpy.unique(x)`` (with ``return_counts`` or ``return_inverse``), in one linear pass when ``x`` is
     already sorted -- the usual case here: rows are stored in sequence order, and keys built from them
@@ -242,12 +266,12 @@ def summarize(path: str | Path, *, block_length: int | None = None,
 
     first = next(TokenTable.iter_parquet(path, batch_rows=1))
     b = block_length_of(first.source) if block_length is None else int(block_length)
-    total = DatasetSummary(first.vocab_size, b)
+    total = OrderedMerge()
     for seq, pos, lab, groups in _arrow_summary(Path(path)):
-        total = total.merge(DatasetSummary.of_arrays(first.vocab_size, b, seq, pos, lab, groups))
+        total.add(DatasetSummary.of_arrays(first.vocab_size, b, seq, pos, lab, groups))
         if hasher is not None:
             hasher.update(fingerprint_rows(seq, pos, lab))
-    return total, first
+    return total.result(DatasetSummary(first.vocab_size, b)), first
 
 
 # -- pass 2: the sums of evaluate ----------------------------------------------------------------------
@@ -829,12 +853,12 @@ def _summarize_rows(source: str | Path, pick: Callable[[TokenTable], TokenTable 
                     block_length: int | None) -> tuple[DatasetSummary, TokenTable]:
     first = next(TokenTable.iter_parquet(source, batch_rows=1))
     b = block_length_of(first.source) if block_length is None else int(block_length)
-    total = DatasetSummary(first.vocab_size, b)
+    total = OrderedMerge()
     for batch in TokenTable.iter_parquet(source, batch_rows=1 << 20):
         part = pick(batch)
         if part is not None:
-            total = total.merge(DatasetSummary.of_table(part, b))
-    return total, first
+            total.add(DatasetSummary.of_table(part, b))
+    return total.result(DatasetSummary(first.vocab_size, b)), first
 
 
 def should_stream(source: str | Path, stream: bool | None, binning: str = "width") -> bool:
