@@ -246,3 +246,26 @@ def test_ordered_merge_of_summaries_equals_merging_one_by_one():
     assert tree.groups == one.groups
     assert tree.first_labelled_seq == one.first_labelled_seq == parts[3].first_labelled_seq
     assert OrderedMerge().result(one) is one
+
+
+def test_unit_ids_by_one_search_equal_the_pairwise_search():
+    """Block units: a batch's rows find their unit by one search of the keys as single integers; rows
+    outside the keys' range take the search of the pairs, and a row of no unit is an error."""
+    from tokcal.bootstrap import ResamplingUnits
+    from tokcal.distributed.stats import StreamUnits
+    from tokcal.errors import ValidationError
+
+    rng = np.random.default_rng(5)
+    seq = np.sort(rng.integers(0, 400, 5000))
+    pos = rng.integers(0, 3000, 5000)
+    keys = np.unique(np.stack([seq, pos // 64], axis=1), axis=0)
+    info = ResamplingUnits(np.zeros(0, np.int64), np.zeros(len(keys), np.int64), "block", 64, 400, "test")
+    units = StreamUnits(info, keys, 64)
+    assert units._combined is not None
+    got = units.ids(seq, pos)
+    np.testing.assert_array_equal(keys[got], np.stack([seq, pos // 64], axis=1))
+    pairwise = StreamUnits(info, keys, 64)
+    pairwise.__dict__["_combined"] = None  # force the search of the pairs
+    np.testing.assert_array_equal(pairwise.ids(seq, pos), got)
+    with pytest.raises(ValidationError, match="not in the dataset summary"):
+        units.ids(np.array([seq[0]]), np.array([64 * (int(keys[:, 1].max()) + 1)]))  # a block past every key

@@ -35,6 +35,7 @@ edges: ~60 MB more, during their passes).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import warnings
@@ -220,17 +221,31 @@ class StreamUnits:
     keys: np.ndarray  # [U, 2] (sequence_id, block), sorted
     block_length: int | None
 
+    @functools.cached_property
+    def _combined(self) -> tuple[np.ndarray, int] | None:
+        """The keys as one sorted int64 each, ``sequence_id * span + block`` (None when that could overflow
+        or a key is negative: :meth:`ids` then searches the pairs)."""
+        k = self.keys
+        if not k.size or int(k.min()) < 0:
+            return None
+        span = int(k[:, 1].max()) + 1
+        if int(k[:, 0].max()) >= (1 << 62) // span:
+            return None
+        return k[:, 0] * span + k[:, 1], span
+
     def ids(self, sequence_id: np.ndarray, position: np.ndarray) -> np.ndarray:
         seq = np.asarray(sequence_id, np.int64)
         blk = (np.floor_divide(np.asarray(position, np.int64), self.block_length) if self.block_length
                else np.zeros_like(seq))
-        # lexicographic search of (seq, blk) in the sorted keys
-        lo = np.searchsorted(self.keys[:, 0], seq, side="left")
-        hi = np.searchsorted(self.keys[:, 0], seq, side="right")
-        out = lo.copy()
-        multi = hi - lo > 1
-        if multi.any():
-            for i in np.flatnonzero(multi):
+        comb = self._combined
+        if comb is not None and seq.size and int(seq.min()) >= 0 and int(blk.min()) >= 0 and \
+                int(blk.max()) < comb[1] and int(seq.max()) < (1 << 62) // comb[1]:
+            out = np.searchsorted(comb[0], seq * comb[1] + blk)  # one search (checked below, as the pairs)
+        else:  # lexicographic search of (seq, blk) in the sorted keys
+            lo = np.searchsorted(self.keys[:, 0], seq, side="left")
+            hi = np.searchsorted(self.keys[:, 0], seq, side="right")
+            out = lo.copy()
+            for i in np.flatnonzero(hi - lo > 1):
                 out[i] = lo[i] + np.searchsorted(self.keys[lo[i]:hi[i], 1], blk[i])
         ok = (out < len(self.keys)) & (self.keys[np.minimum(out, len(self.keys) - 1), 0] == seq) & \
              (self.keys[np.minimum(out, len(self.keys) - 1), 1] == blk)
