@@ -78,7 +78,8 @@ def split(d: Path, repeat: int) -> None:
     import hashlib
 
     from tokcal._threads import numba_threads
-    from tokcal.distributed.stats import EvaluationSums, summarize
+    from tokcal.distributed.stats import EvaluationSums
+    from tokcal.distributed.summary import summarize
     from tokcal.table import TokenTable
 
     def best(fn: Any) -> tuple[float, float]:

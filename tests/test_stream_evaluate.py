@@ -211,7 +211,7 @@ def test_peak_rss_is_flat_from_1x_to_16x(tmp_path):
 
 
 def test_unique_fast_path_equals_numpy_unique():
-    from tokcal.distributed.stats import _unique
+    from tokcal.distributed.summary import _unique
 
     rng = np.random.default_rng(0)
     cases = [np.sort(rng.integers(0, 50, 1000)), rng.integers(0, 50, 1000), np.zeros(0, np.int64), np.array([3]),
@@ -226,7 +226,7 @@ def test_unique_fast_path_equals_numpy_unique():
 def test_ordered_merge_of_summaries_equals_merging_one_by_one():
     """Pass 1 merges its parts pairwise (O(n log n)); the result is the one-by-one merge, order-dependent
     fields (the first labelled sequence) included."""
-    from tokcal.distributed.stats import DatasetSummary, OrderedMerge
+    from tokcal.distributed.summary import DatasetSummary, OrderedMerge
 
     rng = np.random.default_rng(3)
     parts = []
@@ -252,7 +252,7 @@ def test_unit_ids_by_one_search_equal_the_pairwise_search():
     """Block units: a batch's rows find their unit by one search of the keys as single integers; rows
     outside the keys' range take the search of the pairs, and a row of no unit is an error."""
     from tokcal.bootstrap import ResamplingUnits
-    from tokcal.distributed.stats import StreamUnits
+    from tokcal.distributed.summary import StreamUnits
     from tokcal.errors import ValidationError
 
     rng = np.random.default_rng(5)

@@ -426,6 +426,7 @@ def hermite_basis(nodes, beta):
             6 * t2 - 6 * t, 3 * t2 - 4 * t + 1, -6 * t2 + 6 * t, 3 * t2 - 2 * t,
             12 * t - 6, 6 * t - 4, -12 * t + 6, 6 * t - 2)
 
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def hermite_row(tail, i, m, bs):
     """Tail cumulants of row i at the beta of ``bs`` (:func:`hermite_basis`; m nodes): f, f' and f'' by
@@ -488,7 +489,7 @@ def temperature_stats(top, tail, nodes, beta, exact_logz, logz_out, mean_out, va
         pw = bits.view(np.float64)
         m = nodes.shape[0]
         last = np.nan  # the beta of the bases below: most calls have one temperature for all rows
-        bs1 = hermite_basis(nodes, 1.0)
+        bs1 = hermite_basis(nodes, 1.0)  # typed before the loop; replaced at its first row
         bs2 = hermite_basis(nodes, 2.0)
         for i in range(ch * n // n_chunks, (ch + 1) * n // n_chunks):
             b = beta[i]

@@ -441,8 +441,9 @@ class TokenTable:
 
         def fixed(arr: np.ndarray, width: int, typ: pa.DataType) -> pa.Array:
             if packed:
-                data = np.ascontiguousarray(arr, dtype=np.dtype(typ.to_pandas_dtype()).newbyteorder("<"))
-                return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width * 4), n, [None, pa.py_buffer(data)])
+                data = np.ascontiguousarray(arr, dtype=_packed_dtype(typ))
+                return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width * data.itemsize), n,
+                                                            [None, pa.py_buffer(data)])
             return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), typ), width)
 
         cols = {
@@ -623,10 +624,15 @@ def _column(table: pa.Table, name: str, where: str, view: bool = False) -> np.nd
     return values.to_numpy(zero_copy_only=False).reshape(len(arr), width)
 
 
+def _packed_dtype(typ: pa.DataType) -> np.dtype:
+    """The numpy dtype of a packed vector's values (:data:`PACKED`): ``typ``, little-endian."""
+    return np.dtype(typ.to_pandas_dtype()).newbyteorder("<")
+
+
 def _packed(col: pa.ChunkedArray, name: str, where: str, view: bool) -> np.ndarray:
     """A packed vector column (:data:`PACKED`) as an [N, width] numpy array: a view of the Arrow buffer for a
     streamed batch of one chunk, else a copy."""
-    dtype = np.dtype(_LISTS[name].to_pandas_dtype()).newbyteorder("<")
+    dtype = _packed_dtype(_LISTS[name])
     if col.type.byte_width % dtype.itemsize:
         raise SchemaError(f"{where}: column {name!r} has type {col.type}: {col.type.byte_width} bytes per row is "
                           f"not a whole number of {dtype.itemsize}-byte {_LISTS[name]} values")

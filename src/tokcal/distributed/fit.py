@@ -172,7 +172,7 @@ class _GroupedPasses:
 
     def score(self, betas: dict[int, float], units: Any) -> dict[int, tuple[np.ndarray, float, int]]:
         """Per group at its beta: gradient sums per resampling unit (``units``: the
-        :class:`~tokcal.distributed.stats.StreamUnits` of the labelled rows, the clusters of the
+        :class:`~tokcal.distributed.summary.StreamUnits` of the labelled rows, the clusters of the
         in-memory standard errors), the curvature sum, the number of units."""
         def kernel(batch: TokenTable) -> dict[int, tuple[np.ndarray, np.ndarray, float]]:
             out = {}
@@ -251,7 +251,7 @@ def _newton_groups(passes: _GroupedPasses, groups: list[int], beta0: dict[int, f
 def _units(batches: Batches) -> Any:
     """The resampling units of the labelled rows (:func:`tokcal.bootstrap.resampling_units`), by one pass."""
     from ..bootstrap import block_length_of
-    from .stats import DatasetSummary, OrderedMerge
+    from .summary import DatasetSummary, OrderedMerge
 
     first = batches.first()
     b = block_length_of(first.source)
@@ -405,7 +405,7 @@ class StreamSplit:
 
     def __init__(self, source: str | Path, frac: float, seed: int = 0, *, block_length: int | None = None) -> None:
         from ..bootstrap import block_length_of
-        from .stats import DatasetSummary, OrderedMerge, _arrow_summary
+        from .summary import DatasetSummary, OrderedMerge, _arrow_summary
 
         if not 0.0 < float(frac) < 1.0:
             raise ValidationError(f"split_by_sequence: frac must be in (0, 1), got {frac!r}")

@@ -13,7 +13,7 @@ system) -- the code is the same on one laptop and on a cluster.
   (one model per actor, ``num_gpus`` per actor when the cluster has GPUs); each call of an actor writes
   one part of the dataset as its own writer (:mod:`tokcal.sources.dataset`), and the driver merges the
   manifest at the end. A rerun skips the documents already listed. CPU accounting: :func:`pool_size`.
-* :func:`evaluate` -- pass 1 (:class:`~tokcal.distributed.stats.DatasetSummary`) and pass 2
+* :func:`evaluate` -- pass 1 (:class:`~tokcal.distributed.summary.DatasetSummary`) and pass 2
   (:class:`~tokcal.distributed.stats.EvaluationSums`) as one Ray task per shard, merged in storage
   order: the result equals :func:`tokcal.evaluate` of the whole table (see :mod:`tokcal.distributed.stats`).
 * :func:`fit` -- :class:`~tokcal.calibrators.Temperature` or :class:`~tokcal.calibrators.GroupTemperature`
@@ -45,7 +45,8 @@ from ..table import _LISTS, _META_KEY, _REQUIRED, TokenTable, parquet_files
 from .fit import Batches, fit_stream
 from .quantiles import PassCounts, mass_edges_by
 from .reading import pick_rows
-from .stats import _CONTEXT, DatasetSummary, EvaluationSums, OrderedMerge, confidences, fingerprint, summarize
+from .stats import _CONTEXT, EvaluationSums, confidences
+from .summary import DatasetSummary, OrderedMerge, fingerprint, summarize
 
 _TASKS = ("causal", "seq2seq", "token-classification")
 
